@@ -1,0 +1,43 @@
+# Robolake: `make demo` runs the main job end to end on the embedded default;
+# `make test` sets up and runs the tests. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_DATE ?= $(shell date -u -d yesterday +%F)
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export ROBOLAKE_LANDING ?= $(CURDIR)/landing
+export ROBOLAKE_LAKE ?= $(CURDIR)/lake
+
+.PHONY: install test demo ui lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# constraints.txt pins the tested set (torch==2.13.0: the CPU wheel, no CUDA download)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]' 2> $(VENV)/pip.log \
+	  || { grep -v '^WARNING: Location' $(VENV)/pip.log; exit 1; }
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest
+
+demo: install
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 5 \
+	  --date $(DEMO_DATE) --minutes 2 --seed 7 --faults truncated,no_identity,duplicate_messages
+	$(BIN)/robolake ingest --through raw
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python benchmarks/ingest_raw.py
+
+clean:
+	rm -rf $(VENV) lake landing .dagster_home

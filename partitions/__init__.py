@@ -1,0 +1,22 @@
+"""Partition definitions shared by the asset layers."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from robolake.raw import partitions_start
+
+# Robot types are discovered from uploads; the sensor and `robolake ingest` add them.
+robot_type_partitions = dg.DynamicPartitionsDefinition(name="robot_type")
+
+# end_offset=1: today's partition exists while robots are still uploading today.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=partitions_start(), end_offset=1)
+
+# Keys look like "2026-11-27|delivery" (dimensions in alphabetical order).
+daily_robot_type_partitions = dg.MultiPartitionsDefinition(
+    {"date": daily_partitions, "robot_type": robot_type_partitions}
+)
+
+
+def partition_key(day: str, robot_type: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"date": day, "robot_type": robot_type})

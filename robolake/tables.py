@@ -1,0 +1,53 @@
+"""Delta tables in the lake: thin helpers over deltalake shared by every layer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from robolake.storage import Store
+
+
+def open_table(lake: Store, key: str) -> DeltaTable | None:
+    try:
+        return DeltaTable(lake.table_uri(key), storage_options=lake.delta_options or None)
+    except TableNotFoundError:
+        return None
+
+
+def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
+               filters: dict[str, object] | None = None) -> pa.Table | None:
+    """The table's current version as Arrow (equality filters), or None if it does not exist.
+
+    Read through polars: a pyarrow dataset from deltalake left alive at
+    interpreter exit aborts the process ("terminate called without an active
+    exception").
+    """
+    if open_table(lake, key) is None:
+        return None
+    frame = pl.scan_delta(lake.table_uri(key), storage_options=lake.delta_options or None)
+    for col, value in (filters or {}).items():
+        frame = frame.filter(pl.col(col) == value)
+    if columns:
+        frame = frame.select(list(columns))
+    return frame.collect().to_arrow()
+
+
+def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
+                partition_by: Sequence[str] | None = None) -> int:
+    """Append rows in one commit; returns the new table version.
+
+    Appends never conflict with each other in delta-rs, so runs on different
+    partitions can write at the same time.
+    """
+    data = pa.Table.from_pylist(rows, schema=schema)
+    write_deltalake(lake.table_uri(key), data, mode="append",
+                    partition_by=list(partition_by) if partition_by else None,
+                    storage_options=lake.delta_options or None)
+    table = open_table(lake, key)
+    assert table is not None
+    return table.version()

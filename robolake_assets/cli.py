@@ -1,0 +1,174 @@
+"""`robolake` command line: simulate a fleet, ingest the landing zone, show the lake.
+
+Lives beside the Dagster code location (not in `robolake/`) because `ingest`
+materializes assets through Dagster so that its runs show in the UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from robolake.simulate import simulate_fleet
+
+    faults = [f for part in args.faults for f in part.split(",") if f]
+    truth = simulate_fleet(Path(args.out), robots=args.robots, date=args.date,
+                           minutes=args.minutes, seed=args.seed, fmt=args.format, faults=faults)
+    for r in truth["recordings"]:
+        faults_text = ",".join(r["faults"]) or "-"
+        print(f"{r['file']:<40} {r['identity']['robot_type']:<14} faults={faults_text}")
+    print(f"wrote {len(truth['recordings'])} recording(s) and ground_truth.json to {args.out}")
+    return 0
+
+
+def _pending_partitions(landing, lake) -> tuple[list[tuple[str, str]], int]:
+    """Partitions holding landing files that raw/uploads has not indexed yet."""
+    from robolake import raw
+    from robolake.tables import read_table
+
+    files = raw.list_landing(landing)
+    assignments = raw.assign_partitions(landing, lake, files)
+    indexed = read_table(lake, raw.RAW_UPLOADS,
+                         columns=["landing_key", "size_bytes", "arrived_ns", "date", "robot_type"])
+    done = set()
+    if indexed is not None:
+        done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
+                for r in indexed.to_pylist()}
+    pending = sorted({a.partition for a in assignments
+                      if (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done})
+    return pending, len(files)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from robolake.settings import ensure_dagster_home, ensure_env_defaults
+
+    if args.landing:
+        os.environ["ROBOLAKE_LANDING"] = args.landing
+    if args.lake:
+        os.environ["ROBOLAKE_LAKE"] = args.lake
+    env = ensure_env_defaults()
+    home = ensure_dagster_home()
+
+    import dagster as dg
+
+    from partitions import partition_key, robot_type_partitions
+    from robolake.storage import open_store
+    from robolake_assets.definitions import defs
+    from robolake_assets.jobs import LAYERS, ingest_job_name
+
+    if args.through not in LAYERS:
+        raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
+
+    landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
+    pending, n_files = _pending_partitions(landing, lake)
+    print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(robot_type_partitions.name))
+    new_types = sorted({rt for _, rt in pending} - known)
+    if new_types:
+        instance.add_dynamic_partitions(robot_type_partitions.name, new_types)
+    job = defs.resolve_job_def(ingest_job_name(args.through))
+    failed = []
+    for i, (day, robot_type) in enumerate(pending, 1):
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            instance=instance, partition_key=partition_key(day, robot_type),
+            tags={"robolake/trigger": "cli"}, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        state = "ok" if result.success else "FAILED"
+        print(f"[{i}/{len(pending)}] {day}|{robot_type}: {state} in "
+              f"{time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+        if not result.success:
+            failed.append(f"{day}|{robot_type}")
+    print_summary(lake, home)
+    if failed:
+        print(f"failed partitions: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_summary(lake, dagster_home: Path | None = None) -> None:
+    import polars as pl
+
+    from robolake import raw
+    from robolake.tables import read_table
+
+    table = read_table(lake, raw.RAW_UPLOADS)
+    print()
+    if table is None or table.num_rows == 0:
+        print(f"lake {lake.uri}: no uploads indexed yet")
+        return
+    df = pl.from_arrow(table)
+    by_status = (df.group_by("status")
+                 .agg(pl.len().alias("uploads"), pl.col("size_bytes").sum().alias("bytes"),
+                      pl.col("message_count").sum().alias("messages"))
+                 .sort("status"))
+    print("raw/uploads by status")
+    print(f"  {'status':<12}{'uploads':>8}{'messages':>12}{'MB':>10}")
+    for r in by_status.iter_rows(named=True):
+        print(f"  {r['status']:<12}{r['uploads']:>8}{r['messages']:>12}{r['bytes'] / 1e6:>10.1f}")
+    print(f"  {'total':<12}{df.height:>8}{df['message_count'].sum():>12}"
+          f"{df['size_bytes'].sum() / 1e6:>10.1f}")
+    quarantined = df.filter(pl.col("status") == "quarantined")
+    if quarantined.height:
+        print("quarantined")
+        for r in quarantined.iter_rows(named=True):
+            print(f"  {r['reasons'][0]}")
+    print(f"lake:  {lake.uri}  (raw/uploads is a Delta table; copies under raw/files/)")
+    if dagster_home:
+        print(f"runs:  DAGSTER_HOME={dagster_home}")
+    print("UI:    make ui   (then open http://127.0.0.1:3000)")
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from robolake.settings import ensure_env_defaults
+    from robolake.storage import open_store
+
+    print_summary(open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sim = sub.add_parser("simulate", help="write a simulated fleet day of recordings")
+    sim.add_argument("--out", required=True, help="folder to write recordings to")
+    sim.add_argument("--robots", type=int, default=3)
+    sim.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    sim.add_argument("--minutes", type=float, default=2.0, help="length of each recording")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--format", choices=["mcap", "bag"], default="mcap")
+    sim.add_argument("--faults", action="append", default=[],
+                     help="comma-separated fault kinds, each optionally KIND:ROBOT_INDEX")
+    sim.set_defaults(func=_cmd_simulate)
+
+    ing = sub.add_parser("ingest", help="scan the landing zone once and materialize "
+                                        "the affected partitions in-process")
+    ing.add_argument("--through", default="raw", help="last layer to build (raw)")
+    ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
+    ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    ing.set_defaults(func=_cmd_ingest)
+
+    summ = sub.add_parser("summary", help="print what the lake holds")
+    summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    summ.set_defaults(func=_cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"robolake: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

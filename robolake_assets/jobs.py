@@ -1,0 +1,30 @@
+"""Jobs that run the layers in order, for the sensor, the CLI and the UI."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from partitions import daily_robot_type_partitions
+
+# Layers in pipeline order; each is an asset group. Later layers append here.
+LAYERS = ("raw",)
+
+
+def ingest_job_name(through: str) -> str:
+    return f"ingest_through_{through}"
+
+
+def ingest_job(through: str) -> UnresolvedAssetJobDefinition:
+    if through not in LAYERS:
+        raise ValueError(f"unknown layer {through!r}; expected one of {', '.join(LAYERS)}")
+    groups = LAYERS[: LAYERS.index(through) + 1]
+    return dg.define_asset_job(
+        ingest_job_name(through),
+        selection=dg.AssetSelection.groups(*groups),
+        partitions_def=daily_robot_type_partitions,
+        description=f"Ingest one (date, robot type) partition through the {through} layer.",
+    )
+
+
+INGEST_JOBS = {layer: ingest_job(layer) for layer in LAYERS}

@@ -1,0 +1,89 @@
+"""Raw layer: validated, content-addressed copies of uploads indexed in `raw/uploads`."""
+
+
+import dagster as dg
+import pyarrow as pa
+
+from partitions import daily_robot_type_partitions
+from resources import pools
+from resources.lake import LakeResource, LandingResource
+from robolake import raw
+from robolake.tables import read_table
+
+_CHECKS = [
+    dg.AssetCheckSpec("unique_uploads", asset="raw_uploads", blocking=True,
+                      description="No (upload_id, landing_key) is indexed twice in a partition"),
+    dg.AssetCheckSpec("raw_files_present", asset="raw_uploads", blocking=True,
+                      description="Every accepted or flagged upload's copy exists with its size"),
+    dg.AssetCheckSpec("quarantine_rate", asset="raw_uploads",
+                      description="Less than 20 % of a partition's uploads are quarantined"),
+]
+
+
+def _column_schema(schema: pa.Schema) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+
+
+def _uploads_markdown(rows: list[dict]) -> str:
+    lines = ["| file | robot | status | score | first reason |", "|---|---|---|---|---|"]
+    for r in rows[:200]:
+        reason = (r["reasons"][0] if r["reasons"] else "").replace("|", "/")[:160]
+        lines.append(f"| {r['file_name']} | {r['robot_id'] or '-'} | {r['status']} | "
+                     f"{r['quality_score']:.0f} | {reason} |")
+    return "\n".join(lines)
+
+
+def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
+    keys = [(r["upload_id"], r["landing_key"]) for r in rows]
+    dupes = len(keys) - len(set(keys))
+    stored = [r for r in rows if r["status"] in ("accepted", "flagged")]
+    missing = [r["raw_key"] for r in stored if not lake.exists(r["raw_key"])]
+    quarantined = sum(r["status"] == "quarantined" for r in rows)
+    rate = quarantined / len(rows) if rows else 0.0
+    return [
+        dg.AssetCheckResult(check_name="unique_uploads", passed=dupes == 0,
+                            metadata={"duplicate_rows": dupes}),
+        dg.AssetCheckResult(check_name="raw_files_present", passed=not missing,
+                            metadata={"checked": len(stored), "missing": len(missing),
+                                      "first_missing": missing[0] if missing else ""}),
+        dg.AssetCheckResult(check_name="quarantine_rate", passed=rate < 0.2,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            metadata={"quarantine_rate": rate, "quarantined": quarantined}),
+    ]
+
+
+@dg.asset(
+    group_name="raw",
+    partitions_def=daily_robot_type_partitions,
+    check_specs=_CHECKS,
+    kinds={"delta", "python"},
+    description="Every upload of a day and robot type: validated, scored, copied "
+                "content-addressed under raw/files/, indexed in the Delta table raw/uploads. "
+                "Broken files are quarantined with their reasons.",
+    **pools.cpu_spot(),
+)
+def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
+                landing: LandingResource) -> dg.MaterializeResult:
+    keys = context.partition_key.keys_by_dimension
+    lake_store = lake.store()
+    result = raw.ingest_partition(landing.store(), lake_store, keys["date"], keys["robot_type"],
+                                  log=context.log.info)
+    table = read_table(lake_store, raw.RAW_UPLOADS,
+                       filters={"date": keys["date"], "robot_type": keys["robot_type"]})
+    rows = table.to_pylist() if table is not None else []
+    by_status = {s: sum(r["status"] == s for r in rows) for s in raw.STATUSES}
+    metadata = {
+        "dagster/row_count": len(rows),
+        "dagster/column_schema": _column_schema(raw.UPLOADS_SCHEMA),
+        "dagster/uri": lake_store.table_uri(raw.RAW_UPLOADS),
+        "new_uploads": len(result.new_rows),
+        "already_indexed": result.skipped,
+        "bytes": sum(r["size_bytes"] for r in rows),
+        "messages": sum(r["message_count"] for r in rows),
+        "mean_quality_score": (sum(r["quality_score"] for r in rows) / len(rows)) if rows else 0.0,
+        **{f"uploads_{s}": n for s, n in by_status.items()},
+        "delta_version": result.table_version if result.table_version is not None else -1,
+        "uploads": dg.MetadataValue.md(_uploads_markdown(rows)),
+    }
+    return dg.MaterializeResult(metadata=metadata,
+                                check_results=raw_check_results(lake_store, rows))

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require_service(available: bool, why: str) -> None:
+    """Skip with a visible reason locally; in CI a missing service is a failure."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"required service missing in CI: {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    require_service(SHARED_DATA.is_dir(), f"real recordings not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def land(landing: Path, src: Path, identity: dict | None = None, name: str | None = None) -> Path:
+    """Copy a recording into a landing folder the way an uploader would, with a sidecar."""
+    dst = landing / (name or src.name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    if identity is not None:
+        Path(f"{dst}.meta.json").write_text(json.dumps(identity))
+    return dst
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    landing, lake = tmp_path / "landing", tmp_path / "lake"
+    landing.mkdir()
+    return landing, lake
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3-compatible server (moto) on 127.0.0.1 for the session."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # pragma: no cover - moto[server] is a dev dependency
+        require_service(False, f"moto server not installed: {exc}")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    yield {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    server.stop()
