@@ -5,8 +5,6 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from partitions import daily_robot_type_partitions
-
 # Layers in pipeline order; each is an asset group. Later layers append here.
 LAYERS = ("raw",)
 
@@ -22,7 +20,6 @@ def ingest_job(through: str) -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         ingest_job_name(through),
         selection=dg.AssetSelection.groups(*groups),
-        partitions_def=daily_robot_type_partitions,
         description=f"Ingest one (date, robot type) partition through the {through} layer.",
     )
 

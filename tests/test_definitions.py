@@ -1,0 +1,47 @@
+"""The whole asset graph's shape: a change to it is a visible, reviewed diff."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from robolake_assets.definitions import defs
+
+
+def _graph() -> dict:
+    repo = defs.get_repository_def()
+    graph = repo.asset_graph
+    shape = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        assets_def = node.assets_def
+        partitions = node.partitions_def
+        shape[key.to_user_string()] = {
+            "group": node.group_name,
+            "deps": sorted(k.to_user_string() for k in node.parent_keys),
+            "partitions": type(partitions).__name__ if partitions else None,
+            "dimensions": sorted(d.name for d in partitions.partitions_defs)
+            if isinstance(partitions, dg.MultiPartitionsDefinition) else None,
+            "checks": sorted(c.name for c in assets_def.check_keys),
+            "pool": assets_def.node_def.pool if hasattr(assets_def.node_def, "pool") else None,
+        }
+    return shape
+
+
+def test_asset_graph_shape():
+    assert _graph() == {
+        "raw_uploads": {
+            "group": "raw",
+            "deps": [],
+            "partitions": "MultiPartitionsDefinition",
+            "dimensions": ["date", "robot_type"],
+            "checks": ["quarantine_rate", "raw_files_present", "unique_uploads"],
+            "pool": "cpu_spot",
+        },
+    }
+
+
+def test_jobs_and_sensors():
+    repo = defs.get_repository_def()
+    assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
+        "ingest_through_raw"]
+    assert [s.name for s in repo.sensor_defs] == ["new_uploads_sensor"]
