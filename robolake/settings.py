@@ -12,6 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
+PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
 DEFAULTS = {
     "ROBOLAKE_LANDING": "landing",
     "ROBOLAKE_LAKE": "lake",
@@ -28,12 +29,15 @@ def ensure_env_defaults(base: Path | None = None) -> dict[str, str]:
 
 
 def ensure_dagster_home(base: Path | None = None) -> Path:
-    """DAGSTER_HOME, defaulting to ./.dagster_home seeded with the project's dagster.yaml."""
+    """DAGSTER_HOME (default ./.dagster_home), seeded with the project's dagster.yaml."""
     base = base or Path.cwd()
     home = Path(os.environ.get("DAGSTER_HOME") or base / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    config, project_config = home / "dagster.yaml", base / "dagster.yaml"
-    if not config.exists() and project_config.exists() and project_config.resolve() != config:
-        shutil.copyfile(project_config, config)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        if PROJECT_INSTANCE_CONFIG.exists():
+            shutil.copyfile(PROJECT_INSTANCE_CONFIG, config)
+        else:  # installed without the repository's files
+            config.write_text("telemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
     return home

@@ -51,3 +51,26 @@ def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
     table = open_table(lake, key)
     assert table is not None
     return table.version()
+
+
+def _sql_list(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def replace_rows(lake: Store, key: str, data: pa.Table, column: str, values: Sequence[str],
+                 partition_by: Sequence[str] | None = None,
+                 scope: dict[str, str] | None = None) -> int:
+    """Replace every row whose `column` is in `values` with `data`, in one commit.
+
+    Re-running a partition therefore replaces exactly its rows (`scope` adds
+    equality terms on partition columns so concurrent runs on other partitions
+    touch other files). Returns the new table version.
+    """
+    terms = [f"{k} = '{v}'" for k, v in (scope or {}).items()]
+    terms.append(f"{column} IN ({_sql_list(values)})" if values else "false")
+    write_deltalake(lake.table_uri(key), data, mode="overwrite", predicate=" AND ".join(terms),
+                    partition_by=list(partition_by) if partition_by else None,
+                    storage_options=lake.delta_options or None)
+    table = open_table(lake, key)
+    assert table is not None
+    return table.version()

@@ -26,9 +26,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pending_partitions(landing, lake) -> tuple[list[tuple[str, str]], int]:
-    """Partitions holding landing files that raw/uploads has not indexed yet."""
-    from robolake import raw
+def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, str]], int]:
+    """Partitions holding landing files not indexed yet, or (through cleaned) uploads
+    that the cleaned layer has not reported on yet."""
+    from robolake import cleaned, raw
     from robolake.tables import read_table
 
     files = raw.list_landing(landing)
@@ -39,9 +40,17 @@ def _pending_partitions(landing, lake) -> tuple[list[tuple[str, str]], int]:
     if indexed is not None:
         done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
                 for r in indexed.to_pylist()}
-    pending = sorted({a.partition for a in assignments
-                      if (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done})
-    return pending, len(files)
+    pending = {a.partition for a in assignments
+               if (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done}
+    if through != "raw" and indexed is not None:
+        reported = read_table(lake, cleaned.TABLES["report"], columns=["upload_id"])
+        reported_ids = set(reported["upload_id"].to_pylist()) if reported is not None else set()
+        uploads = read_table(lake, raw.RAW_UPLOADS,
+                             columns=["upload_id", "status", "date", "robot_type"])
+        pending |= {(r["date"], r["robot_type"]) for r in uploads.to_pylist()
+                    if r["status"] in ("accepted", "flagged")
+                    and r["upload_id"] not in reported_ids}
+    return sorted(pending), len(files)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -65,7 +74,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
 
     landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
-    pending, n_files = _pending_partitions(landing, lake)
+    pending, n_files = _pending_partitions(landing, lake, args.through)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(robot_type_partitions.name))
@@ -95,7 +104,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def print_summary(lake, dagster_home: Path | None = None) -> None:
     import polars as pl
 
-    from robolake import raw
+    from robolake import cleaned, raw
     from robolake.tables import read_table
 
     table = read_table(lake, raw.RAW_UPLOADS)
@@ -119,7 +128,17 @@ def print_summary(lake, dagster_home: Path | None = None) -> None:
         print("quarantined")
         for r in quarantined.iter_rows(named=True):
             print(f"  {r['reasons'][0]}")
-    print(f"lake:  {lake.uri}  (raw/uploads is a Delta table; copies under raw/files/)")
+    reports = read_table(lake, cleaned.TABLES["report"])
+    if reports is not None and reports.num_rows:
+        print("cleaned tables")
+        for key in cleaned.TABLES.values():
+            table = read_table(lake, key, columns=["upload_id"])
+            print(f"  {key:<28}{table.num_rows if table is not None else 0:>10} rows")
+        metrics = cleaned.partition_report(reports.to_pylist())
+        passed = cleaned.check_report(metrics)
+        print("quality (all uploads): " + ", ".join(
+            f"{k} {'ok' if ok else 'FAIL'}" for k, ok in passed.items()))
+    print(f"lake:  {lake.uri}  (Delta tables under raw/ and cleaned/; copies under raw/files/)")
     if dagster_home:
         print(f"runs:  DAGSTER_HOME={dagster_home}")
     print("UI:    make ui   (then open http://127.0.0.1:3000)")
@@ -150,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="scan the landing zone once and materialize "
                                         "the affected partitions in-process")
-    ing.add_argument("--through", default="raw", help="last layer to build (raw)")
+    ing.add_argument("--through", default="cleaned",
+                     help="last layer to build: raw or cleaned (default)")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)

@@ -9,12 +9,12 @@ from robolake.settings import ensure_env_defaults
 ensure_env_defaults()  # laptop defaults for ROBOLAKE_* before EnvVar-based resources resolve
 
 from resources.lake import storage_resources  # noqa: E402
-from robolake_assets import raw  # noqa: E402
+from robolake_assets import cleaned, raw  # noqa: E402
 from robolake_assets.jobs import INGEST_JOBS, LAYERS  # noqa: E402
 from sensors.uploads import build_new_uploads_sensor  # noqa: E402
 
 defs = dg.Definitions(
-    assets=[raw.raw_uploads],
+    assets=[raw.raw_uploads, cleaned.cleaned_layer],
     jobs=list(INGEST_JOBS.values()),
     sensors=[build_new_uploads_sensor(INGEST_JOBS[LAYERS[-1]])],
     resources=storage_resources(),

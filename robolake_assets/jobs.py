@@ -6,7 +6,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 # Layers in pipeline order; each is an asset group. Later layers append here.
-LAYERS = ("raw",)
+LAYERS = ("raw", "cleaned")
 
 
 def ingest_job_name(through: str) -> str:

@@ -20,7 +20,7 @@ _CHECKS = [
 ]
 
 
-def _column_schema(schema: pa.Schema) -> dg.TableSchema:
+def column_schema(schema: pa.Schema) -> dg.TableSchema:
     return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
 
 
@@ -74,7 +74,7 @@ def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
     by_status = {s: sum(r["status"] == s for r in rows) for s in raw.STATUSES}
     metadata = {
         "dagster/row_count": len(rows),
-        "dagster/column_schema": _column_schema(raw.UPLOADS_SCHEMA),
+        "dagster/column_schema": column_schema(raw.UPLOADS_SCHEMA),
         "dagster/uri": lake_store.table_uri(raw.RAW_UPLOADS),
         "new_uploads": len(result.new_rows),
         "already_indexed": result.skipped,

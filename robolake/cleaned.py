@@ -1,0 +1,502 @@
+"""The cleaned layer: cleaning rules, clock correction, alignment to LiDAR, quality.
+
+Everything works on columns (numpy arrays / polars frames) for one upload at
+a time; the Dagster assets and Spark jobs call these functions unchanged.
+Rules are the data contract's (see DESIGN.md) and each counts what it removed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from robolake.decode import Decoded, decode_recording
+
+IMU_OUTLIER_NORM = 20.0  # m/s², acceleration norm above this is an outlier
+CAMERA_MATCH_NS = 16_000_000  # nearest camera frame counts only if |dt| < 16 ms
+IMU_HALF_WINDOW_NS = 50_000_000  # IMU mean over [t - 50 ms, t + 50 ms)
+CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
+CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
+
+# quality thresholds (asset checks)
+MAX_NULL_RATE = 0.05
+MAX_OUTLIER_RATE = 0.01
+MAX_GAP_S = 1.0
+MAX_DUPLICATE_RATE = 0.001
+MAX_LATENCY_S = 2 * 3600.0
+
+IDENTITY = ("robot_id", "robot_type", "region", "upload_id")
+PARTITION_BY = ["date", "robot_type", "region"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    upload_id: str
+    robot_id: str
+    robot_type: str
+    region: str
+    raw_key: str
+    arrived_ns: int
+
+
+@dataclass
+class Cleaned:
+    imu: pl.DataFrame
+    gps: pl.DataFrame
+    lidar: pl.DataFrame
+    camera: pl.DataFrame
+    aligned: pl.DataFrame
+    report: dict
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def utc_date_expr(col: str = "ts_ns") -> pl.Expr:
+    return pl.from_epoch(pl.col(col), time_unit="ns").dt.strftime("%Y-%m-%d").alias("date")
+
+
+# --------------------------------------------------------------------------- clock
+
+
+@dataclass(frozen=True)
+class ClockCheck:
+    offset_ns: int  # median(sensor stamp - log time)
+    spread_ns: int  # p95 - p5 of the offsets
+    corrected: bool
+    note: str
+
+
+def check_clock(decoded: Decoded) -> ClockCheck:
+    """Detect a recorder/sensor clock disagreement; correct it when the offset is constant."""
+    offsets = [(c["stamp_ns"] - c["log_ns"])[c["stamp_ns"] != 0]
+               for c in (decoded.imu, decoded.gps, decoded.lidar, decoded.camera) if c]
+    allx = np.concatenate(offsets) if offsets else np.empty(0, dtype=np.int64)
+    if allx.size == 0:
+        return ClockCheck(0, 0, False, "no sensor stamps")
+    offset = int(np.median(allx))
+    p5, p95 = np.percentile(allx, [5, 95])
+    spread = int(p95 - p5)
+    if abs(offset) < CLOCK_OFFSET_MIN_NS:
+        return ClockCheck(offset, spread, False, "clock ok")
+    if spread <= CLOCK_CONSTANT_SPREAD_NS:
+        return ClockCheck(offset, spread, True,
+                          f"sensor clock off by a constant {offset / 1e9:+.3f} s: corrected")
+    return ClockCheck(offset, spread, False,
+                      f"sensor clock off by {offset / 1e9:+.3f} s and drifting (spread "
+                      f"{spread / 1e9:.3f} s): log times used")
+
+
+def _event_time(cols: dict[str, np.ndarray], clock: ClockCheck) -> np.ndarray:
+    stamp, log = cols["stamp_ns"], cols["log_ns"]
+    if clock.corrected:
+        ts = stamp - clock.offset_ns
+    elif abs(clock.offset_ns) >= CLOCK_OFFSET_MIN_NS:
+        ts = log.copy()
+    else:
+        ts = stamp.copy()
+    return np.where(stamp == 0, log, ts)  # unset header stamps fall back to the log time
+
+
+# --------------------------------------------------------------------------- cleaning rules
+
+
+def _frame(cols: dict[str, np.ndarray], clock: ClockCheck, upload: Upload,
+           schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    if not cols:
+        return pl.DataFrame(schema=schema)
+    data = {k: v for k, v in cols.items() if k in schema and k not in ("ts_ns", "date")}
+    data["ts_ns"] = _event_time(cols, clock)
+    frame = pl.DataFrame(data).with_columns(
+        pl.lit(upload.robot_id).alias("robot_id"), pl.lit(upload.robot_type).alias("robot_type"),
+        pl.lit(upload.region).alias("region"), pl.lit(upload.upload_id).alias("upload_id"),
+        utc_date_expr())
+    return frame.select([pl.col(k).cast(t) for k, t in schema.items()])
+
+
+def _dedupe(frame: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Exact duplicates (same robot, sensor topic, timestamp and values): keep the first.
+
+    Values are compared too because real sensors split one scan into several
+    messages with one stamp (the SICK radar clouds do); those are not duplicates.
+    """
+    subset = [c for c in frame.columns if c not in ("log_ns", "payload_ref")]
+    out = frame.unique(subset=subset, keep="first", maintain_order=True)
+    return out, frame.height - out.height
+
+
+_ID_SCHEMA = {"robot_id": pl.String, "robot_type": pl.String, "region": pl.String,
+              "date": pl.String, "upload_id": pl.String, "topic": pl.String,
+              "ts_ns": pl.Int64, "log_ns": pl.Int64}
+IMU_SCHEMA = {**_ID_SCHEMA, **{k: pl.Float64 for k in
+                               ("ax", "ay", "az", "gx", "gy", "gz", "qx", "qy", "qz", "qw")}}
+GPS_SCHEMA = {**_ID_SCHEMA, "lat": pl.Float64, "lon": pl.Float64, "alt": pl.Float64,
+              "status": pl.Int16}
+LIDAR_SCHEMA = {**_ID_SCHEMA, "points_total": pl.Int64, "points_kept": pl.Int64,
+                "points_far": pl.Int64, "range_min_m": pl.Float64, "range_mean_m": pl.Float64,
+                "range_max_m": pl.Float64, "payload_ref": pl.String}
+CAMERA_SCHEMA = {**_ID_SCHEMA, "bytes": pl.Int64, "width": pl.Int32, "height": pl.Int32,
+                 "brightness": pl.Float64, "is_black": pl.Boolean, "payload_ref": pl.String}
+ALIGNED_SCHEMA = {
+    "robot_id": pl.String, "robot_type": pl.String, "region": pl.String, "date": pl.String,
+    "upload_id": pl.String, "lidar_topic": pl.String, "ts_ns": pl.Int64,
+    "camera_ts_ns": pl.Int64, "camera_dt_ms": pl.Float64,
+    "imu_ax": pl.Float64, "imu_ay": pl.Float64, "imu_az": pl.Float64,
+    "imu_gx": pl.Float64, "imu_gy": pl.Float64, "imu_gz": pl.Float64, "imu_count": pl.Int64,
+    "gps_lat": pl.Float64, "gps_lon": pl.Float64, "gps_alt": pl.Float64,
+    "lidar_points": pl.Int64,
+}
+
+
+def clean_imu(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    frame, dups = _dedupe(frame)
+    norm = (pl.col("ax") ** 2 + pl.col("ay") ** 2 + pl.col("az") ** 2).sqrt()
+    kept = frame.filter(norm <= IMU_OUTLIER_NORM)  # NaN norms fail too: removed as outliers
+    return kept, {"imu_samples": frame.height + dups, "imu_duplicates": dups,
+                  "imu_outliers": frame.height - kept.height}
+
+
+def clean_gps(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    frame, dups = _dedupe(frame)
+    valid = (pl.col("status") >= 0) & pl.col("lat").is_not_nan() & pl.col("lon").is_not_nan() \
+        & pl.col("alt").is_not_nan()
+    kept = frame.filter(valid)
+    return kept, {"gps_fixes": frame.height + dups, "gps_duplicates": dups,
+                  "gps_invalid": frame.height - kept.height}
+
+
+def clean_lidar(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    frame, dups = _dedupe(frame)
+    return frame, {"lidar_frames": frame.height + dups, "lidar_duplicates": dups,
+                   "lidar_points_far": int(frame["points_far"].sum() or 0)}
+
+
+def clean_camera(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
+    frame, dups = _dedupe(frame)
+    return frame, {"camera_frames": frame.height + dups, "camera_duplicates": dups,
+                   "camera_black": int(frame["is_black"].sum() or 0)}
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def _primary(frame: pl.DataFrame) -> pl.DataFrame:
+    """The topic with the most rows (ties: by name) stands for its sensor kind."""
+    if frame.is_empty():
+        return frame
+    counts = frame.group_by("topic").len().sort(["len", "topic"], descending=[True, False])
+    return frame.filter(pl.col("topic") == counts["topic"][0]).sort("ts_ns")
+
+
+def nearest_within(ref: np.ndarray, t: np.ndarray, max_abs: int) -> np.ndarray:
+    """Index into sorted `ref` of the nearest value to each t, -1 if none with |dt| < max_abs.
+
+    Ties go to the earlier frame.
+    """
+    if ref.size == 0:
+        return np.full(t.shape, -1, dtype=np.int64)
+    right = np.searchsorted(ref, t, side="left").clip(0, ref.size - 1)
+    left = (right - 1).clip(0, ref.size - 1)
+    d_left, d_right = np.abs(ref[left] - t), np.abs(ref[right] - t)
+    best = np.where(d_left <= d_right, left, right)
+    return np.where(np.abs(ref[best] - t) < max_abs, best, -1)
+
+
+def window_means(ts: np.ndarray, values: np.ndarray, t: np.ndarray,
+                 half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of `values` rows with t - half <= ts < t + half, and the count (ts sorted)."""
+    lo = np.searchsorted(ts, t - half, side="left")
+    hi = np.searchsorted(ts, t + half, side="left")
+    count = hi - lo
+    csum = np.vstack([np.zeros((1, values.shape[1])), np.cumsum(values, axis=0)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = (csum[hi] - csum[lo]) / count[:, None]
+    means[count == 0] = np.nan
+    return means, count
+
+
+def interpolate_inside(ts: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Linear interpolation between bracketing samples; NaN outside [ts[0], ts[-1]]."""
+    out = np.full((t.size, values.shape[1]), np.nan)
+    if ts.size == 0:
+        return out
+    inside = (t >= ts[0]) & (t <= ts[-1])
+    x = (t[inside] - ts[0]).astype(np.float64)  # relative ns keep float64 precise
+    xp = (ts - ts[0]).astype(np.float64)
+    for j in range(values.shape[1]):
+        out[inside, j] = np.interp(x, xp, values[:, j])
+    return out
+
+
+def align_arrays(lidar_ts: np.ndarray, camera_ts: np.ndarray, imu_ts: np.ndarray,
+                 imu_values: np.ndarray, gps_ts: np.ndarray,
+                 gps_values: np.ndarray) -> dict[str, np.ndarray]:
+    """The contract's alignment on sorted arrays (camera frames already without black ones)."""
+    cam = nearest_within(camera_ts, lidar_ts, CAMERA_MATCH_NS)
+    has_cam = cam >= 0
+    cam_ts = np.where(has_cam, camera_ts[cam.clip(0)] if camera_ts.size else 0, 0)
+    imu_mean, imu_count = window_means(imu_ts, imu_values, lidar_ts, IMU_HALF_WINDOW_NS)
+    gps = interpolate_inside(gps_ts, gps_values, lidar_ts)
+    return {"camera_ts_ns": cam_ts, "has_camera": has_cam,
+            "camera_dt_ms": (cam_ts - lidar_ts) / 1e6, "imu": imu_mean,
+            "imu_count": imu_count, "gps": gps}
+
+
+def align_to_lidar(lidar: pl.DataFrame, camera: pl.DataFrame, imu: pl.DataFrame,
+                   gps: pl.DataFrame) -> pl.DataFrame:
+    """One row per LiDAR frame with the nearest camera frame, IMU means and GPS position."""
+    if lidar.is_empty():
+        return pl.DataFrame(schema=ALIGNED_SCHEMA)
+    cam = _primary(camera.filter(~pl.col("is_black"))) if not camera.is_empty() else camera
+    imu_p, gps_p = _primary(imu), _primary(gps)
+    imu_cols = ["ax", "ay", "az", "gx", "gy", "gz"]
+    parts = []
+    for _, frames in lidar.sort("ts_ns").group_by("topic", maintain_order=True):
+        t = frames["ts_ns"].to_numpy()
+        a = align_arrays(
+            t,
+            cam["ts_ns"].to_numpy() if not cam.is_empty() else np.empty(0, np.int64),
+            imu_p["ts_ns"].to_numpy() if not imu_p.is_empty() else np.empty(0, np.int64),
+            imu_p.select(imu_cols).to_numpy() if not imu_p.is_empty() else np.empty((0, 6)),
+            gps_p["ts_ns"].to_numpy() if not gps_p.is_empty() else np.empty(0, np.int64),
+            gps_p.select(["lat", "lon", "alt"]).to_numpy() if not gps_p.is_empty()
+            else np.empty((0, 3)))
+        parts.append(frames.select(
+            "robot_id", "robot_type", "region", "date", "upload_id",
+            pl.col("topic").alias("lidar_topic"), "ts_ns",
+        ).with_columns(
+            pl.when(pl.Series(a["has_camera"])).then(pl.Series(a["camera_ts_ns"]))
+            .otherwise(None).alias("camera_ts_ns"),
+            pl.when(pl.Series(a["has_camera"])).then(pl.Series(a["camera_dt_ms"]))
+            .otherwise(None).alias("camera_dt_ms"),
+            *[pl.Series(f"imu_{c}", a["imu"][:, i]).fill_nan(None)
+              for i, c in enumerate(imu_cols)],
+            pl.Series("imu_count", a["imu_count"]),
+            *[pl.Series(f"gps_{c}", a["gps"][:, i]).fill_nan(None)
+              for i, c in enumerate(("lat", "lon", "alt"))],
+            frames["points_kept"].alias("lidar_points"),
+        ))
+    return pl.concat(parts).select([pl.col(k).cast(t) for k, t in ALIGNED_SCHEMA.items()])
+
+
+# --------------------------------------------------------------------------- quality
+
+
+def max_gap_s(*frames: pl.DataFrame) -> float:
+    gaps = [0.0]
+    for frame in frames:
+        if frame.height > 1:
+            g = (frame.sort("ts_ns").group_by("topic")
+                 .agg(pl.col("ts_ns").diff().max().alias("gap")))["gap"].max()
+            if g is not None:
+                gaps.append(g / 1e9)
+    return max(gaps)
+
+
+def null_rate(aligned: pl.DataFrame, present: dict[str, bool]) -> float:
+    """Share of missing cells among the aligned columns whose sensor the recording has."""
+    cols = [c for c, kind in (("camera_ts_ns", "camera"), ("imu_ax", "imu"), ("gps_lat", "gps"))
+            if present[kind]]
+    if aligned.is_empty() or not cols:
+        return 0.0
+    nulls = sum(aligned[c].null_count() for c in cols)
+    return nulls / (aligned.height * len(cols))
+
+
+def quality_row(upload: Upload, day: str, counts: dict[str, int], clock: ClockCheck,
+                aligned: pl.DataFrame, present: dict[str, bool], gap_s: float,
+                cleaned_ns: int, notes: list[str]) -> dict:
+    total = sum(counts.get(k, 0) for k in ("imu_samples", "gps_fixes", "lidar_frames",
+                                            "camera_frames"))
+    dups = sum(counts.get(k, 0) for k in ("imu_duplicates", "gps_duplicates",
+                                           "lidar_duplicates", "camera_duplicates"))
+    return {
+        "upload_id": upload.upload_id, "robot_id": upload.robot_id,
+        "robot_type": upload.robot_type, "region": upload.region, "date": day,
+        **{k: int(counts.get(k, 0)) for k in COUNT_COLUMNS},
+        "aligned_frames": aligned.height,
+        "clock_offset_ns": clock.offset_ns, "clock_corrected": clock.corrected,
+        "null_rate": null_rate(aligned, present),
+        "outlier_rate": counts.get("imu_outliers", 0) / max(counts.get("imu_samples", 0), 1),
+        "duplicate_rate": dups / max(total, 1),
+        "max_gap_s": gap_s,
+        "latency_s": (cleaned_ns - upload.arrived_ns) / 1e9,
+        "cleaned_ns": cleaned_ns,
+        "notes": [clock.note, *notes],
+    }
+
+
+COUNT_COLUMNS = ("imu_samples", "imu_duplicates", "imu_outliers", "gps_fixes", "gps_duplicates",
+                 "gps_invalid", "lidar_frames", "lidar_duplicates", "lidar_points_far",
+                 "camera_frames", "camera_duplicates", "camera_black")
+REPORT_SCHEMA = {
+    "upload_id": pl.String, "robot_id": pl.String, "robot_type": pl.String,
+    "region": pl.String, "date": pl.String, **{k: pl.Int64 for k in COUNT_COLUMNS},
+    "aligned_frames": pl.Int64, "clock_offset_ns": pl.Int64, "clock_corrected": pl.Boolean,
+    "null_rate": pl.Float64, "outlier_rate": pl.Float64, "duplicate_rate": pl.Float64,
+    "max_gap_s": pl.Float64, "latency_s": pl.Float64, "cleaned_ns": pl.Int64,
+    "notes": pl.List(pl.String),
+}
+
+
+def clean_decoded(decoded: Decoded, upload: Upload, day: str,
+                  cleaned_ns: int | None = None) -> Cleaned:
+    """Apply the contract's rules to one decoded upload and align it to its LiDAR frames."""
+    clock = check_clock(decoded)
+    imu, c_imu = clean_imu(_frame(decoded.imu, clock, upload, IMU_SCHEMA))
+    gps, c_gps = clean_gps(_frame(decoded.gps, clock, upload, GPS_SCHEMA))
+    lidar, c_lidar = clean_lidar(_frame(decoded.lidar, clock, upload, LIDAR_SCHEMA))
+    camera, c_cam = clean_camera(_frame(decoded.camera, clock, upload, CAMERA_SCHEMA))
+    counts = {**c_imu, **c_gps, **c_lidar, **c_cam}
+    aligned = align_to_lidar(lidar, camera, imu, gps)
+    present = {"imu": not imu.is_empty(), "gps": not gps.is_empty(),
+               "camera": not camera.is_empty()}
+    notes = [] if not lidar.is_empty() else ["no LiDAR: no aligned frames"]
+    report = quality_row(upload, day, counts, clock, aligned, present,
+                         # GPS is left out: its nominal 1 Hz period equals the 1 s threshold;
+                         # fix dropouts are counted as gps_invalid instead
+                         max_gap_s(imu, lidar, camera), cleaned_ns or time.time_ns(), notes)
+    return Cleaned(imu, gps, lidar, camera, aligned, report, counts)
+
+
+def clean_upload(path: Path, upload: Upload, day: str, cleaned_ns: int | None = None) -> Cleaned:
+    return clean_decoded(decode_recording(path, upload.raw_key), upload, day, cleaned_ns)
+
+
+def check_report(report: dict) -> dict[str, bool]:
+    """Which quality thresholds a (per-upload or per-partition) report meets."""
+    return {
+        "null_rate": report["null_rate"] < MAX_NULL_RATE,
+        "outlier_rate": report["outlier_rate"] < MAX_OUTLIER_RATE,
+        "max_gap": report["max_gap_s"] < MAX_GAP_S,
+        "duplicate_rate": report["duplicate_rate"] < MAX_DUPLICATE_RATE,
+        "latency": report["latency_s"] < MAX_LATENCY_S,
+    }
+
+
+def partition_report(reports: list[dict]) -> dict:
+    """A partition's metrics from its uploads' reports (weighted where it matters)."""
+    if not reports:
+        return {"null_rate": 0.0, "outlier_rate": 0.0, "duplicate_rate": 0.0, "max_gap_s": 0.0,
+                "latency_s": 0.0, "uploads": 0, "aligned_frames": 0}
+    frames = sum(r["aligned_frames"] for r in reports)
+    samples = sum(r["imu_samples"] for r in reports)
+    messages = sum(r["imu_samples"] + r["gps_fixes"] + r["lidar_frames"] + r["camera_frames"]
+                   for r in reports)
+    dups = sum(r["imu_duplicates"] + r["gps_duplicates"] + r["lidar_duplicates"]
+               + r["camera_duplicates"] for r in reports)
+    return {
+        "uploads": len(reports),
+        "aligned_frames": frames,
+        "null_rate": (sum(r["null_rate"] * r["aligned_frames"] for r in reports) / frames
+                      if frames else 0.0),
+        "outlier_rate": sum(r["imu_outliers"] for r in reports) / max(samples, 1),
+        "duplicate_rate": dups / max(messages, 1),
+        "max_gap_s": max(r["max_gap_s"] for r in reports),
+        "latency_s": max(r["latency_s"] for r in reports),
+    }
+
+
+# --------------------------------------------------------------------------- a partition
+
+TABLES = {
+    "imu": "cleaned/imu",
+    "gps": "cleaned/gps",
+    "lidar": "cleaned/lidar",
+    "camera": "cleaned/camera_frames",
+    "aligned": "cleaned/aligned_frames",
+    "report": "cleaned/quality_reports",
+}
+SCHEMAS = {"imu": IMU_SCHEMA, "gps": GPS_SCHEMA, "lidar": LIDAR_SCHEMA, "camera": CAMERA_SCHEMA,
+           "aligned": ALIGNED_SCHEMA, "report": REPORT_SCHEMA}
+DECODABLE_FORMATS = ("mcap", "bag")
+
+
+@dataclass
+class PartitionResult:
+    day: str
+    robot_type: str
+    uploads: list[Upload]
+    frames: dict[str, pl.DataFrame]  # table kind -> the partition's rows as written
+    versions: dict[str, int]  # table -> Delta version after the write
+    reports: list[dict]
+    counts: dict[str, int]
+
+    @property
+    def metrics(self) -> dict:
+        return partition_report(self.reports)
+
+
+def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str]]:
+    """The partition's uploads that later layers use (accepted or flagged), with formats."""
+    from robolake.raw import RAW_UPLOADS
+    from robolake.tables import read_table
+
+    table = read_table(lake, RAW_UPLOADS, filters={"date": day, "robot_type": robot_type})
+    if table is None:
+        return []
+    rows = sorted((r for r in table.to_pylist() if r["status"] in ("accepted", "flagged")),
+                  key=lambda r: r["start_ns"])
+    return [(Upload(r["upload_id"], r["robot_id"], r["robot_type"], r["region"], r["raw_key"],
+                    r["arrived_ns"]), r["format"]) for r in rows]
+
+
+def _empty_report(upload: Upload, day: str, cleaned_ns: int, note: str) -> dict:
+    empty = pl.DataFrame(schema=ALIGNED_SCHEMA)
+    return quality_row(upload, day, {}, ClockCheck(0, 0, False, note), empty,
+                       {"imu": False, "gps": False, "camera": False}, 0.0, cleaned_ns, [])
+
+
+def clean_partition(lake, day: str, robot_type: str,
+                    log=lambda _msg: None) -> PartitionResult:
+    """Decode, clean and align every usable upload of a (date, robot_type) partition.
+
+    Each cleaned table gets the partition's rows replaced in one Delta commit
+    (rows are selected by upload_id, so a recording that crosses midnight keeps
+    its rows in both dates). An upload that fails to decode is reported, not
+    fatal to the others.
+    """
+    from robolake.tables import read_table, replace_rows
+
+    uploads = partition_uploads(lake, day, robot_type)
+    ids = [u.upload_id for u, _ in uploads]
+    first_cleaned: dict[str, int] = {}
+    previous = read_table(lake, TABLES["report"], columns=["upload_id", "cleaned_ns"],
+                          filters={"robot_type": robot_type})
+    if previous is not None:
+        for r in previous.to_pylist():
+            first_cleaned[r["upload_id"]] = min(r["cleaned_ns"],
+                                                first_cleaned.get(r["upload_id"], r["cleaned_ns"]))
+    frames: dict[str, list[pl.DataFrame]] = {k: [] for k in TABLES if k != "report"}
+    reports = []
+    counts: dict[str, int] = {}
+    for i, (upload, fmt) in enumerate(uploads, 1):
+        now = first_cleaned.get(upload.upload_id, time.time_ns())
+        if fmt not in DECODABLE_FORMATS:
+            reports.append(_empty_report(upload, day, now, f"{fmt}: indexed only, not decoded"))
+            continue
+        try:
+            with lake.local_path(upload.raw_key) as path:
+                cleaned = clean_upload(path, upload, day, now)
+        except Exception as exc:  # one bad upload must not stop the partition
+            note = f"decode failed: {type(exc).__name__}: {exc}"
+            reports.append(_empty_report(upload, day, now, note))
+            log(f"[{i}/{len(uploads)}] {upload.raw_key}: {note}")
+            continue
+        for name in frames:
+            frames[name].append(getattr(cleaned, name))
+        reports.append(cleaned.report)
+        for k, v in cleaned.counts.items():
+            counts[k] = counts.get(k, 0) + v
+        log(f"[{i}/{len(uploads)}] {upload.robot_id} {upload.upload_id[:12]}: "
+            f"{cleaned.aligned.height} aligned frames; {cleaned.report['notes'][0]}")
+    tables = {name: pl.concat(parts) if parts else pl.DataFrame(schema=SCHEMAS[name])
+              for name, parts in frames.items()}
+    tables["report"] = pl.DataFrame(reports, schema=REPORT_SCHEMA)
+    versions = {name: replace_rows(lake, TABLES[name], frame.to_arrow(), "upload_id", ids,
+                                   partition_by=PARTITION_BY, scope={"robot_type": robot_type})
+                for name, frame in tables.items()}
+    return PartitionResult(day, robot_type, [u for u, _ in uploads], tables, versions, reports,
+                           counts)

@@ -1,0 +1,94 @@
+"""Cleaned layer: per-sensor Delta tables, aligned frames and quality reports.
+
+One multi-asset decodes each upload once and writes all six tables of the
+partition; quality thresholds and Great Expectations suites are its checks.
+"""
+
+import dagster as dg
+
+from partitions import daily_robot_type_partitions
+from resources import pools
+from resources.lake import LakeResource
+from robolake import cleaned, expectations
+from robolake_assets.raw import column_schema
+
+# asset name -> (table kind in robolake.cleaned, description)
+CLEANED_ASSETS = {
+    "cleaned_imu": ("imu", "IMU samples: duplicates and |a| > 20 m/s² outliers removed"),
+    "cleaned_gps": ("gps", "GPS fixes: duplicates and invalid fixes (no fix, NaN) removed"),
+    "cleaned_lidar": ("lidar", "LiDAR frames: kept points (<= 200 m), range stats, payload ref"),
+    "cleaned_camera_frames": ("camera", "Camera frame index: size, brightness, black flag, ref"),
+    "cleaned_aligned_frames": ("aligned", "One row per LiDAR frame with camera, IMU and GPS "
+                                          "aligned to it (data contract)"),
+    "cleaned_quality_reports": ("report", "Per-upload quality metrics and rule counts"),
+}
+# quality thresholds: ERROR ones block datasets built on bad data, WARN ones flag
+QUALITY_CHECKS = {
+    "null_rate": dg.AssetCheckSeverity.ERROR,
+    "max_gap": dg.AssetCheckSeverity.ERROR,
+    "outlier_rate": dg.AssetCheckSeverity.WARN,
+    "duplicate_rate": dg.AssetCheckSeverity.WARN,
+    "latency": dg.AssetCheckSeverity.WARN,
+}
+METRIC_OF = {"null_rate": "null_rate", "max_gap": "max_gap_s", "outlier_rate": "outlier_rate",
+             "duplicate_rate": "duplicate_rate", "latency": "latency_s"}
+GX_ASSETS = ("cleaned_imu", "cleaned_gps", "cleaned_lidar", "cleaned_camera_frames",
+             "cleaned_aligned_frames")
+
+_CHECK_SPECS = [
+    *[dg.AssetCheckSpec(name, asset="cleaned_quality_reports",
+                        blocking=severity == dg.AssetCheckSeverity.ERROR,
+                        description=f"partition {METRIC_OF[name]} within the contract")
+      for name, severity in QUALITY_CHECKS.items()],
+    *[dg.AssetCheckSpec("great_expectations", asset=name, blocking=True,
+                        description=f"GX suite {name}") for name in GX_ASSETS],
+]
+
+
+@dg.multi_asset(
+    name="cleaned_layer",
+    specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned", description=desc,
+                        kinds={"delta", "polars"})
+           for name, (_, desc) in CLEANED_ASSETS.items()],
+    check_specs=_CHECK_SPECS,
+    partitions_def=daily_robot_type_partitions,
+    **pools.cpu_spot(),
+)
+def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
+    keys = context.partition_key.keys_by_dimension
+    lake_store = lake.store()
+    result = cleaned.clean_partition(lake_store, keys["date"], keys["robot_type"],
+                                     log=context.log.info)
+    metrics = result.metrics
+    frames = {}
+    for name, (kind, _) in CLEANED_ASSETS.items():
+        frame = result.frames[kind]
+        frames[name] = frame
+        metadata = {
+            "dagster/row_count": frame.height,
+            "dagster/column_schema": column_schema(frame.to_arrow().schema),
+            "dagster/uri": lake_store.table_uri(cleaned.TABLES[kind]),
+            "delta_version": result.versions[kind],
+            "uploads": len(result.uploads),
+        }
+        if kind == "report":
+            metadata.update({k: float(v) for k, v in metrics.items()})
+            metadata.update({f"removed_{k}": v for k, v in result.counts.items()})
+        if kind == "aligned" and frame.height:
+            metadata["camera_match_rate"] = float(frame["camera_ts_ns"].is_not_null().mean())
+            metadata["gps_coverage"] = float(frame["gps_lat"].is_not_null().mean())
+        yield dg.MaterializeResult(asset_key=name, metadata=metadata)
+
+    passed = cleaned.check_report(metrics) if result.reports else {}
+    for check, severity in QUALITY_CHECKS.items():
+        yield dg.AssetCheckResult(
+            asset_key="cleaned_quality_reports", check_name=check, severity=severity,
+            passed=passed.get(check, True),
+            metadata={METRIC_OF[check]: float(metrics[METRIC_OF[check]])})
+    for name in GX_ASSETS:
+        suite = expectations.validate(name, frames[name])
+        yield dg.AssetCheckResult(
+            asset_key=name, check_name="great_expectations", passed=suite.success,
+            metadata={"expectations": suite.evaluated, "failed": len(suite.failed),
+                      "failures": dg.MetadataValue.md("\n".join(
+                          f"- {f}" for f in suite.failed) or "none")})
