@@ -39,6 +39,7 @@ ACCEPT_ABOVE = 90.0  # score > 90: accepted
 QUARANTINE_BELOW = 60.0  # score < 60: quarantined; in between: accepted and flagged
 FUTURE_TOLERANCE_NS = 5 * 60 * 10**9  # recorder clocks may run a little ahead
 MAX_SENSOR_GAP_NS = 10**9  # data contract: max time gap < 1 s
+MAX_DUPLICATE_RATE = 0.001  # data contract: duplicate rate < 0.1 %
 EARLIEST_PLAUSIBLE_NS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1e9)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
 
@@ -304,7 +305,12 @@ def score_recording(info: rec.RecordingInfo | None, fatal: list[str], now_ns: in
     dups = sum(t.duplicate_stamps for t in info.topics)
     if dups:
         rate = dups / total
-        score -= min(30.0, max(1.0, 1000.0 * rate))
+        # above the contract's 0.1 % duplicate rate the upload is at least flagged
+        if rate > MAX_DUPLICATE_RATE:
+            penalty = 10.0 + 1000.0 * (rate - MAX_DUPLICATE_RATE)
+        else:
+            penalty = 1000.0 * rate
+        score -= min(30.0, penalty)
         worst = max(info.topics, key=lambda t: t.duplicate_stamps)
         reasons.append(f"{dups} duplicate messages ({100 * rate:.2f} %, same topic and log "
                        f"time), most on {worst.topic}")

@@ -21,27 +21,33 @@ def _graph() -> dict:
             "partitions": type(partitions).__name__ if partitions else None,
             "dimensions": sorted(d.name for d in partitions.partitions_defs)
             if isinstance(partitions, dg.MultiPartitionsDefinition) else None,
-            "checks": sorted(c.name for c in assets_def.check_keys),
+            "checks": sorted(c.name for c in assets_def.check_keys if c.asset_key == key),
             "pool": assets_def.node_def.pool if hasattr(assets_def.node_def, "pool") else None,
         }
     return shape
 
 
+PARTITIONED = {"partitions": "MultiPartitionsDefinition", "dimensions": ["date", "robot_type"],
+               "pool": "cpu_spot"}
+CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"]}
+
+
 def test_asset_graph_shape():
     assert _graph() == {
-        "raw_uploads": {
-            "group": "raw",
-            "deps": [],
-            "partitions": "MultiPartitionsDefinition",
-            "dimensions": ["date", "robot_type"],
-            "checks": ["quarantine_rate", "raw_files_present", "unique_uploads"],
-            "pool": "cpu_spot",
-        },
+        "raw_uploads": {**PARTITIONED, "group": "raw", "deps": [],
+                        "checks": ["quarantine_rate", "raw_files_present", "unique_uploads"]},
+        "cleaned_imu": {**CLEANED, "checks": ["great_expectations"]},
+        "cleaned_gps": {**CLEANED, "checks": ["great_expectations"]},
+        "cleaned_lidar": {**CLEANED, "checks": ["great_expectations"]},
+        "cleaned_camera_frames": {**CLEANED, "checks": ["great_expectations"]},
+        "cleaned_aligned_frames": {**CLEANED, "checks": ["great_expectations"]},
+        "cleaned_quality_reports": {**CLEANED, "checks": [
+            "duplicate_rate", "latency", "max_gap", "null_rate", "outlier_rate"]},
     }
 
 
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "ingest_through_raw"]
+        "ingest_through_cleaned", "ingest_through_raw"]
     assert [s.name for s in repo.sensor_defs] == ["new_uploads_sensor"]
