@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -66,10 +66,10 @@ def reference_alignment(path: Path) -> list[dict]:
         means = [sum(s[i] for s in window) / len(window) if window else None for i in range(1, 7)]
         pos = [None] * 3
         fixes = sorted(gps)
-        for (t0, *v0), (t1, *v1) in zip(fixes, fixes[1:]):
+        for (t0, *v0), (t1, *v1) in zip(fixes, fixes[1:], strict=False):
             if t0 <= t <= t1:
                 w = (t - t0) / (t1 - t0)
-                pos = [a + (b - a) * w for a, b in zip(v0, v1)]
+                pos = [a + (b - a) * w for a, b in zip(v0, v1, strict=True)]
                 break
         rows.append({"ts_ns": t, "camera_ts_ns": cam, "imu": means, "imu_count": len(window),
                      "gps": pos, "lidar_points": kept})
@@ -227,7 +227,7 @@ def test_real_recordings_decode(shared_data: Path):
         # column-wise decoding equals rosbags' message-by-message deserialization
         des = _Deserializer()
         i = 0
-        for topic, msgtype, log_ns, data, enc in iter_sensor_messages(shared_data / name):
+        for _topic, msgtype, _log_ns, data, enc in iter_sensor_messages(shared_data / name):
             if msgtype.endswith("Imu") and i < 300:
                 m = des(data, msgtype, enc)
                 assert decoded.imu["ax"][i] == m.linear_acceleration.x
