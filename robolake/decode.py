@@ -9,7 +9,7 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
-import io
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,21 +217,47 @@ def summarize_lidar(msg, msgtype: str) -> tuple[int, int, int, float, float, flo
 BLACK_MAX_LEVEL = 16  # no 8x8 block brighter than this (of 255): the frame is black
 
 
-def summarize_image(msg, msgtype: str) -> tuple[int, int, float, bool]:
-    """(width, height, mean brightness 0-255, black) from the DC level of the image."""
-    from PIL import Image
+def _block_levels(jpeg: bytes) -> tuple[int, int, np.ndarray]:
+    """(width, height, 8x8 block mean levels) via libjpeg-turbo's DCT-domain downscale."""
+    import simplejpeg
 
+    height, width = simplejpeg.decode_jpeg_header(jpeg)[:2]
+    gray = simplejpeg.decode_jpeg(jpeg, colorspace="GRAY", fastdct=True, fastupsample=True,
+                                  min_height=max(1, height // 8), min_width=max(1, width // 8))
+    return width, height, gray
+
+
+def summarize_image(msg, msgtype: str) -> tuple[int, int, float, bool]:
+    """(width, height, mean brightness 0-255, black) of a camera frame."""
     if msgtype.endswith("CompressedImage"):
-        img = Image.open(io.BytesIO(bytes(msg.data)))
-        width, height = img.size
-        img.draft("L", (max(1, width // 8), max(1, height // 8)))  # DCT-domain downscale: fast
-        gray = np.asarray(img.convert("L"), dtype=np.float32)
-    else:
-        width, height = int(msg.width), int(msg.height)
-        data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
-        channels = max(1, len(data) // max(1, width * height))
-        gray = data[: width * height * channels].reshape(height, width, channels).mean(axis=2)
+        return summarize_jpeg(bytes(msg.data))
+    width, height = int(msg.width), int(msg.height)
+    data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
+    channels = max(1, len(data) // max(1, width * height))
+    gray = data[: width * height * channels].reshape(height, width, channels).mean(axis=2)
     return width, height, float(gray.mean()), bool(gray.max() <= BLACK_MAX_LEVEL)
+
+
+def summarize_jpeg(jpeg: bytes) -> tuple[int, int, float, bool]:
+    width, height, gray = _block_levels(jpeg)
+    return width, height, float(gray.mean()), bool(gray.max() <= BLACK_MAX_LEVEL)
+
+
+def compressed_image_payload(data: bytes, encoding: str) -> tuple[int, bytes]:
+    """(header stamp ns, image bytes) of a serialized CompressedImage, without a typestore."""
+    if encoding == "cdr":
+        base, (sec, nsec, frame_len) = 4, struct.unpack_from("<iII", data, 4)
+    else:
+        base, (_seq, sec, nsec, frame_len) = 0, struct.unpack_from("<IIII", data, 0)
+    pos = 16 + frame_len
+    if encoding == "cdr":
+        pos = _align(pos, 4, base)
+    (fmt_len,) = struct.unpack_from("<I", data, pos)
+    pos += 4 + fmt_len
+    if encoding == "cdr":
+        pos = _align(pos, 4, base)
+    (size,) = struct.unpack_from("<I", data, pos)
+    return sec * 1_000_000_000 + nsec, data[pos + 4: pos + 4 + size]
 
 
 # --------------------------------------------------------------------------- a recording
@@ -259,9 +285,12 @@ def decode_recording(path: Path, payload_ref: str) -> Decoded:
         elif kind == "lidar":
             msg = deserialize(data, msgtype, encoding)
             lidar_rows.append((topic, log_ns, _stamp(msg), *summarize_lidar(msg, msgtype)))
+        elif kind == "camera" and msgtype.endswith("CompressedImage"):
+            stamp, jpeg = compressed_image_payload(data, encoding)
+            camera_rows.append((topic, log_ns, stamp, len(jpeg), *summarize_jpeg(jpeg)))
         elif kind == "camera":
             msg = deserialize(data, msgtype, encoding)
-            camera_rows.append((topic, log_ns, _stamp(msg), len(data),
+            camera_rows.append((topic, log_ns, _stamp(msg), len(msg.data),
                                 *summarize_image(msg, msgtype)))
     imu_parts, gps_parts = [], []
     for raw in fixed.values():
