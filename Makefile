@@ -27,7 +27,7 @@ demo: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 5 \
 	  --date $(DEMO_DATE) --minutes 2 --seed 7 --faults truncated,no_identity,duplicate_messages
-	$(BIN)/robolake ingest --through raw
+	$(BIN)/robolake ingest --through cleaned
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
@@ -38,6 +38,7 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/ingest_raw.py
+	$(BIN)/python benchmarks/align.py
 
 clean:
 	rm -rf $(VENV) lake landing .dagster_home

@@ -117,6 +117,9 @@ def duckdb_align(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     con.register("gps", pa.table({"tg": d["gps_ts"], "lat": d["gps_values"][:, 0],
                                   "lon": d["gps_values"][:, 1], "alt": d["gps_values"][:, 2]}))
     v = ", ".join(f"hi.v{i} - lo.v{i} AS s{i}" for i in range(6))
+    gps_cols = ", ".join(
+        f"CASE WHEN g.t1 = g.t0 THEN g.{c}0 ELSE g.{c}0 + (g.{c}1 - g.{c}0) * "
+        f"(g.t - g.t0)::DOUBLE / (g.t1 - g.t0) END AS {c}" for c in ("lat", "lon", "alt"))
     out = con.execute(f"""
         WITH c AS (
           SELECT l.t, p.tc AS prev_c, n.tc AS next_c
@@ -138,11 +141,10 @@ def duckdb_align(d: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         SELECT cp.t,
                CASE WHEN abs(cp.tc - cp.t) < {CAMERA_MATCH_NS} THEN cp.tc ELSE -1 END AS cam,
                w.cnt, {", ".join(f"w.s{i} / nullif(w.cnt, 0) AS m{i}" for i in range(6))},
-               {", ".join(
-                   f"CASE WHEN g.t1 = g.t0 THEN g.{c}0 ELSE g.{c}0 + (g.{c}1 - g.{c}0) * "
-                   f"(g.t - g.t0)::DOUBLE / (g.t1 - g.t0) END AS {c}" for c in ("lat", "lon", "alt"))}
+               {gps_cols}
         FROM cam_pick cp JOIN w USING (t) JOIN g USING (t) ORDER BY cp.t
     """).fetchnumpy()
+
     def floats(col: str) -> np.ndarray:  # SQL NULL arrives masked
         return np.ma.filled(np.ma.asarray(out[col], dtype=np.float64), np.nan)
 

@@ -182,36 +182,92 @@ def _stamp(msg) -> int:
 _POINT_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 
 
-def _cloud_ranges(msg) -> np.ndarray:
-    fields = {f.name: f for f in msg.fields}
+@dataclass(frozen=True)
+class CloudLayout:
+    """Where a serialized PointCloud2's points are and how x, y, z are stored."""
+
+    stamp_ns: int
+    data_at: int
+    n_points: int
+    point_step: int
+    xyz: tuple[tuple[int, int], ...]  # (offset, datatype) of x, y, z
+    bigendian: bool
+
+    @property
+    def group(self) -> tuple:
+        return self.n_points, self.point_step, self.xyz, self.bigendian
+
+
+def cloud_layout(data: bytes, encoding: str) -> CloudLayout:
+    """Parse a PointCloud2's header and field list (CDR or ROS 1) without a typestore."""
+    cdr = encoding == "cdr"
+    base = 4 if cdr else 0
+
+    def aligned(pos: int) -> int:
+        return _align(pos, 4, base) if cdr else pos
+
+    sec, nsec, frame_len = struct.unpack_from("<iII" if cdr else "<III", data, 4)
+    pos = aligned(16 + frame_len)
+    height, width, n_fields = struct.unpack_from("<III", data, pos)
+    pos += 12
+    fields = {}
+    for _ in range(n_fields):
+        pos = aligned(pos)
+        (name_len,) = struct.unpack_from("<I", data, pos)
+        name = data[pos + 4: pos + 4 + name_len].rstrip(b"\0").decode()
+        pos = aligned(pos + 4 + name_len)
+        offset, datatype = struct.unpack_from("<IB", data, pos)
+        pos = aligned(pos + 5) + 4  # + count
+        fields[name] = (offset, datatype)
     if not all(k in fields for k in "xyz"):
         raise ValueError("PointCloud2 without x, y, z fields")
-    n = int(msg.width) * int(msg.height)
-    endian = ">" if msg.is_bigendian else "<"
-    dtype = np.dtype({"names": list("xyz"),
-                      "formats": [endian + _POINT_DTYPES[fields[k].datatype] for k in "xyz"],
-                      "offsets": [fields[k].offset for k in "xyz"],
-                      "itemsize": int(msg.point_step)})
-    pts = np.frombuffer(memoryview(msg.data)[: n * int(msg.point_step)], dtype=dtype, count=n)
-    x, y, z = (pts[k].astype(np.float64) for k in "xyz")
-    return np.sqrt(x * x + y * y + z * z)
+    bigendian = bool(data[pos])
+    point_step, _row_step, size = struct.unpack_from("<III", data, aligned(pos + 1))
+    data_at = aligned(pos + 1) + 12
+    n_points = int(width) * int(height)
+    if n_points * point_step > size or data_at + size > len(data):
+        raise ValueError("PointCloud2 data shorter than width x height x point_step")
+    return CloudLayout(sec * 1_000_000_000 + nsec, data_at, n_points, point_step,
+                       tuple(fields[k] for k in "xyz"), bigendian)
 
 
-def summarize_lidar(msg, msgtype: str) -> tuple[int, int, int, float, float, float]:
-    """(points, kept, beyond 200 m, min, mean, max range of the kept points)."""
-    if msgtype.endswith("LaserScan"):
-        r = np.asarray(msg.ranges, dtype=np.float64)
-        valid = np.isfinite(r) & (r >= msg.range_min) & (r <= msg.range_max)
-    else:
-        r = _cloud_ranges(msg)
-        valid = np.isfinite(r) & (r > 0)  # (0, 0, 0) is "no return"
+def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per row of ranges: points, kept (<= 200 m), far, min/mean/max of the kept ones."""
     far = valid & (r > LIDAR_MAX_RANGE_M)
-    kept = r[valid & ~far]
-    if kept.size:
-        stats = (float(kept.min()), float(kept.mean()), float(kept.max()))
-    else:
-        stats = (float("nan"),) * 3
-    return int(r.size), int(kept.size), int(far.sum()), *stats
+    kept = valid & ~far
+    n_kept = kept.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(kept, r, 0.0).sum(axis=1) / n_kept
+    lo = np.where(kept, r, np.inf).min(axis=1)
+    hi = np.where(kept, r, -np.inf).max(axis=1)
+    empty = n_kept == 0
+    return {"points_total": np.full(r.shape[0], r.shape[1]), "points_kept": n_kept,
+            "points_far": far.sum(axis=1),
+            "range_min_m": np.where(empty, np.nan, lo), "range_mean_m": np.where(empty, np.nan,
+                                                                                 mean),
+            "range_max_m": np.where(empty, np.nan, hi)}
+
+
+def summarize_clouds(datas: list[bytes], layouts: list[CloudLayout]) -> dict[str, np.ndarray]:
+    """Range statistics of same-layout point clouds, all frames at once."""
+    first = layouts[0]
+    endian = ">" if first.bigendian else "<"
+    dtype = np.dtype({"names": list("xyz"),
+                      "formats": [endian + _POINT_DTYPES[t] for _, t in first.xyz],
+                      "offsets": [o for o, _ in first.xyz], "itemsize": first.point_step})
+    span = first.n_points * first.point_step
+    buf = b"".join(d[lay.data_at: lay.data_at + span] for d, lay in zip(datas, layouts,
+                                                                          strict=True))
+    pts = np.frombuffer(buf, dtype=dtype).reshape(len(datas), first.n_points)
+    x, y, z = (pts[k].astype(np.float64) for k in "xyz")
+    r = np.sqrt(x * x + y * y + z * z)
+    return _range_stats(r, np.isfinite(r) & (r > 0))  # (0, 0, 0) is "no return"
+
+
+def summarize_scan(msg) -> dict[str, np.ndarray]:
+    """Range statistics of one LaserScan (returns outside its own min/max are invalid)."""
+    r = np.asarray(msg.ranges, dtype=np.float64)[None, :]
+    return _range_stats(r, np.isfinite(r) & (r >= msg.range_min) & (r <= msg.range_max))
 
 
 BLACK_MAX_LEVEL = 16  # no 8x8 block brighter than this (of 255): the frame is black
@@ -263,6 +319,41 @@ def compressed_image_payload(data: bytes, encoding: str) -> tuple[int, bytes]:
 # --------------------------------------------------------------------------- a recording
 
 
+CLOUD_BATCH = 256  # frames summarised together; bounds the memory held for point clouds
+
+
+class _LidarColumns:
+    """Collects LiDAR frame summaries; point clouds are batched by topic and layout."""
+
+    def __init__(self) -> None:
+        self.parts: list[tuple[str, dict[str, np.ndarray]]] = []
+        self.pending: dict[tuple, tuple[list[int], list[bytes], list[CloudLayout]]] = {}
+
+    def add_cloud(self, topic: str, log_ns: int, data: bytes, layout: CloudLayout) -> None:
+        logs, datas, layouts = self.pending.setdefault((topic, layout.group), ([], [], []))
+        logs.append(log_ns)
+        datas.append(data)
+        layouts.append(layout)
+        if len(datas) >= CLOUD_BATCH:
+            self._flush((topic, layout.group))
+
+    def add(self, topic: str, log_ns: int, stamp_ns: int, stats: dict[str, np.ndarray]) -> None:
+        self.parts.append((topic, {"log_ns": np.array([log_ns]),
+                                   "stamp_ns": np.array([stamp_ns]), **stats}))
+
+    def _flush(self, key: tuple) -> None:
+        logs, datas, layouts = self.pending.pop(key)
+        self.parts.append((key[0], {
+            "log_ns": np.asarray(logs, dtype=np.int64),
+            "stamp_ns": np.asarray([lay.stamp_ns for lay in layouts], dtype=np.int64),
+            **summarize_clouds(datas, layouts)}))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        for key in list(self.pending):
+            self._flush(key)
+        return _concat_topics(self.parts)
+
+
 def decode_recording(path: Path, payload_ref: str) -> Decoded:
     """Decode every sensor topic of a recording into columns.
 
@@ -272,19 +363,22 @@ def decode_recording(path: Path, payload_ref: str) -> Decoded:
     deserialize = _Deserializer()
     fixed: dict[str, RawMessages] = {}
     encoding = "cdr"
-    lidar_rows: list[tuple] = []
+    lidar = _LidarColumns()
     camera_rows: list[tuple] = []
+    kinds: dict[str, str | None] = {}
     for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path):
-        kind = sensor_kind(msgtype)
+        kind = kinds.get(msgtype) or kinds.setdefault(msgtype, sensor_kind(msgtype))
         if kind in ("imu", "gps"):
             raw = fixed.get(topic)
             if raw is None:
                 raw = fixed[topic] = RawMessages(topic, msgtype)
             raw.log_ns.append(log_ns)
             raw.data.append(data)
+        elif kind == "lidar" and msgtype.endswith("PointCloud2"):
+            lidar.add_cloud(topic, log_ns, data, cloud_layout(data, encoding))
         elif kind == "lidar":
             msg = deserialize(data, msgtype, encoding)
-            lidar_rows.append((topic, log_ns, _stamp(msg), *summarize_lidar(msg, msgtype)))
+            lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
             stamp, jpeg = compressed_image_payload(data, encoding)
             camera_rows.append((topic, log_ns, stamp, len(jpeg), *summarize_jpeg(jpeg)))
@@ -298,16 +392,14 @@ def decode_recording(path: Path, payload_ref: str) -> Decoded:
             imu_parts.append((raw.topic, decode_imu(raw, encoding)))
         else:
             gps_parts.append((raw.topic, decode_gps(raw, encoding)))
-    lidar_cols = ["topic", "log_ns", "stamp_ns", "points_total", "points_kept", "points_far",
-                  "range_min_m", "range_mean_m", "range_max_m"]
     camera_cols = ["topic", "log_ns", "stamp_ns", "bytes", "width", "height", "brightness",
                    "is_black"]
     return Decoded(
         format=detect_format(read_head(path)) or "",
         imu=_concat_topics(imu_parts),
         gps=_concat_topics(gps_parts),
-        lidar=_rows_to_columns(lidar_rows, lidar_cols, payload_ref),
-        camera=_rows_to_columns(camera_rows, camera_cols, payload_ref),
+        lidar=_with_payload_ref(lidar.columns(), payload_ref),
+        camera=_with_payload_ref(_rows_to_columns(camera_rows, camera_cols), payload_ref),
     )
 
 
@@ -319,13 +411,17 @@ def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, 
     return out
 
 
-def _rows_to_columns(rows: list[tuple], names: list[str],
-                     payload_ref: str) -> dict[str, np.ndarray]:
+def _rows_to_columns(rows: list[tuple], names: list[str]) -> dict[str, np.ndarray]:
     if not rows:
         return {}
     cols = {name: np.asarray([r[i] for r in rows]) for i, name in enumerate(names)}
     cols["topic"] = cols["topic"].astype(object)
-    cols["payload_ref"] = np.asarray(
-        [f"{payload_ref}#{t}@{ns}" for t, ns in zip(cols["topic"], cols["log_ns"], strict=True)],
-        dtype=object)
+    return cols
+
+
+def _with_payload_ref(cols: dict[str, np.ndarray], payload_ref: str) -> dict[str, np.ndarray]:
+    if cols:
+        cols["payload_ref"] = np.asarray(
+            [f"{payload_ref}#{t}@{ns}" for t, ns in zip(cols["topic"], cols["log_ns"],
+                                                        strict=True)], dtype=object)
     return cols
