@@ -51,3 +51,19 @@ def test_jobs_and_sensors():
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "ingest_through_cleaned", "ingest_through_raw"]
     assert [s.name for s in repo.sensor_defs] == ["new_uploads_sensor"]
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text((repo / "dagster.yaml").read_text())
+    out = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
+                          "-w", "workspace.yaml"], cwd=repo, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "All code locations passed validation" in out.stdout + out.stderr
