@@ -9,8 +9,11 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +45,15 @@ class Decoded:
     camera: dict[str, np.ndarray]
 
 
-def iter_sensor_messages(path: Path) -> Iterator[tuple[str, str, int, bytes, str]]:
-    """(topic, msgtype, log_ns, raw bytes, encoding) for every sensor message, in file order."""
+def iter_sensor_messages(path: Path, start_ns: int | None = None,
+                         end_ns: int | None = None) -> Iterator[tuple[str, str, int, bytes, str]]:
+    """(topic, msgtype, log_ns, raw bytes, encoding) for every sensor message, in file order.
+
+    With `start_ns`/`end_ns` only messages logged in [start_ns, end_ns) are read,
+    through the file's index.
+    """
     fmt = detect_format(read_head(path))
-    if fmt == "mcap":
+    if fmt == "mcap" and start_ns is None and end_ns is None:
         from mcap.records import Channel, Message, Schema
         from mcap.stream_reader import StreamReader
 
@@ -63,16 +71,50 @@ def iter_sensor_messages(path: Path) -> Iterator[tuple[str, str, int, bytes, str
                     channels[rec.id] = (rec.topic, msgtype) if sensor_kind(msgtype) else None
                 elif kind is Schema:
                     schemas[rec.id] = normalize_msgtype(rec.name)
+    elif fmt == "mcap":
+        from mcap.reader import make_reader
+
+        with open(path, "rb") as f:
+            known: dict[int, str | None] = {}
+            for schema, channel, msg in make_reader(f).iter_messages(
+                    start_time=start_ns, end_time=end_ns, log_time_order=False):
+                msgtype = known.get(channel.id, "")
+                if msgtype == "":
+                    msgtype = normalize_msgtype(schema.name) if schema else None
+                    known[channel.id] = msgtype = msgtype if sensor_kind(msgtype or "") else None
+                if msgtype is not None:
+                    yield channel.topic, msgtype, msg.log_time, msg.data, "cdr"
     elif fmt == "bag":
         from rosbags.rosbag1 import Reader
 
         with Reader(path) as reader:
             conns = [c for c in reader.connections if sensor_kind(c.msgtype)]
             types = {c.id: normalize_msgtype(c.msgtype) for c in conns}
-            for conn, ts, data in reader.messages(connections=conns):
+            for conn, ts, data in reader.messages(connections=conns, start=start_ns,
+                                                  stop=end_ns):
                 yield conn.topic, types[conn.id], ts, data, "ros1"
     else:
         raise ValueError(f"{path.name}: no sensor messages to decode in format {fmt!r}")
+
+
+def _time_span(path: Path) -> tuple[int, int, int] | None:
+    """(first log time, last log time, message count) from the file's own index."""
+    fmt = detect_format(read_head(path))
+    try:
+        if fmt == "mcap":
+            from mcap.reader import make_reader
+
+            with open(path, "rb") as f:
+                stats = make_reader(f).get_summary().statistics
+            return stats.message_start_time, stats.message_end_time, stats.message_count
+        if fmt == "bag":
+            from rosbags.rosbag1 import Reader
+
+            with Reader(path) as reader:
+                return reader.start_time, reader.end_time - 1, reader.message_count
+    except Exception:  # no usable index: decode serially
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------- fixed layouts
@@ -354,19 +396,54 @@ class _LidarColumns:
         return _concat_topics(self.parts)
 
 
-def decode_recording(path: Path, payload_ref: str) -> Decoded:
+PARALLEL_MIN_MESSAGES = 150_000  # below this, starting worker processes costs more than it saves
+
+
+def decode_workers() -> int:
+    """Processes for one large recording: ROBOLAKE_DECODE_WORKERS, else the CPUs (max 4)."""
+    value = os.environ.get("ROBOLAKE_DECODE_WORKERS")
+    return max(1, int(value)) if value else min(os.cpu_count() or 1, 4)
+
+
+def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -> Decoded:
     """Decode every sensor topic of a recording into columns.
 
     `payload_ref` (the raw copy's key) is written into LiDAR and camera rows with
-    the topic and log time, enough to fetch the payload later.
+    the topic and log time, enough to fetch the payload later. A large recording
+    is split into log-time slices decoded in parallel processes (the per-frame
+    JPEG and point-cloud work is CPU-bound), then concatenated in time order.
     """
+    workers = decode_workers() if workers is None else workers
+    span = _time_span(path) if workers > 1 else None
+    if span is None or span[2] < PARALLEL_MIN_MESSAGES:
+        return _decode_slice(path, payload_ref)
+    start, end, _ = span
+    edges = [start + (end + 1 - start) * i // workers for i in range(workers + 1)]
+    context = multiprocessing.get_context("spawn")  # no fork: callers may hold threads
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        parts = list(pool.map(_decode_slice, [path] * workers, [payload_ref] * workers,
+                              edges[:-1], edges[1:]))
+    merged = {kind: _concat_parts([getattr(p, kind) for p in parts])
+              for kind in ("imu", "gps", "lidar", "camera")}
+    return Decoded(format=parts[0].format, **merged)
+
+
+def _concat_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
+                  end_ns: int | None = None) -> Decoded:
     deserialize = _Deserializer()
     fixed: dict[str, RawMessages] = {}
     encoding = "cdr"
     lidar = _LidarColumns()
     camera_rows: list[tuple] = []
     kinds: dict[str, str | None] = {}
-    for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path):
+    for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path, start_ns, end_ns):
         kind = kinds.get(msgtype) or kinds.setdefault(msgtype, sensor_kind(msgtype))
         if kind in ("imu", "gps"):
             raw = fixed.get(topic)
