@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Sequence
 
 import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from robolake.storage import Store
 
@@ -37,6 +39,27 @@ def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
     return frame.collect().to_arrow()
 
 
+def _write(lake: Store, key: str, data: pa.Table, attempts: int = 5, **kwargs) -> int:
+    """write_deltalake, retried when a concurrent writer won the commit.
+
+    delta-rs commits optimistically; two runs creating the same table at once
+    (or changing its metadata) make one of them fail with nothing written, so
+    trying again is safe. Returns the new table version.
+    """
+    for attempt in range(attempts):
+        try:
+            write_deltalake(lake.table_uri(key), data, storage_options=lake.delta_options or None,
+                            **kwargs)
+            break
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2**attempt * (1 + random.random()))
+    table = open_table(lake, key)
+    assert table is not None
+    return table.version()
+
+
 def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
                 partition_by: Sequence[str] | None = None) -> int:
     """Append rows in one commit; returns the new table version.
@@ -44,13 +67,8 @@ def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
     Appends never conflict with each other in delta-rs, so runs on different
     partitions can write at the same time.
     """
-    data = pa.Table.from_pylist(rows, schema=schema)
-    write_deltalake(lake.table_uri(key), data, mode="append",
-                    partition_by=list(partition_by) if partition_by else None,
-                    storage_options=lake.delta_options or None)
-    table = open_table(lake, key)
-    assert table is not None
-    return table.version()
+    return _write(lake, key, pa.Table.from_pylist(rows, schema=schema), mode="append",
+                  partition_by=list(partition_by) if partition_by else None)
 
 
 def _sql_list(values: Sequence[str]) -> str:
@@ -68,9 +86,5 @@ def replace_rows(lake: Store, key: str, data: pa.Table, column: str, values: Seq
     """
     terms = [f"{k} = '{v}'" for k, v in (scope or {}).items()]
     terms.append(f"{column} IN ({_sql_list(values)})" if values else "false")
-    write_deltalake(lake.table_uri(key), data, mode="overwrite", predicate=" AND ".join(terms),
-                    partition_by=list(partition_by) if partition_by else None,
-                    storage_options=lake.delta_options or None)
-    table = open_table(lake, key)
-    assert table is not None
-    return table.version()
+    return _write(lake, key, data, mode="overwrite", predicate=" AND ".join(terms),
+                  partition_by=list(partition_by) if partition_by else None)

@@ -289,3 +289,23 @@ def test_parallel_decoding_equals_serial(tmp_path: Path, monkeypatch, fmt: str):
                 assert np.array_equal(a[col], b[col], equal_nan=True), (kind, col)
             else:
                 assert np.array_equal(a[col], b[col]), (kind, col)
+
+
+def test_concurrent_runs_on_different_partitions(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    simulate_fleet(tmp_path / "landing", robots=4, date="2026-11-20", minutes=0.15, seed=1)
+    simulate_fleet(tmp_path / "landing" / "next-day", robots=2, date="2026-11-21",
+                   minutes=0.15, seed=2)
+    landing, lake = open_store(tmp_path / "landing"), open_store(tmp_path / "lake")
+    parts = sorted({a.partition for a in
+                    raw.assign_partitions(landing, lake, raw.list_landing(landing))})
+    assert len(parts) == 4
+    with ThreadPoolExecutor(4) as pool:  # all four commit to the same Delta tables at once
+        ingested = list(pool.map(lambda p: raw.ingest_partition(landing, lake, *p), parts))
+        results = list(pool.map(lambda p: cleaned.clean_partition(lake, *p), parts))
+    assert [r.counts["accepted"] for r in ingested] == [2, 2, 1, 1]
+    assert [r.frames["aligned"].height for r in results] == [180, 180, 90, 90]
+    assert read_table(lake, raw.RAW_UPLOADS).num_rows == 6
+    assert read_table(lake, cleaned.TABLES["aligned"]).num_rows == 540
+    assert read_table(lake, cleaned.TABLES["report"]).num_rows == 6
