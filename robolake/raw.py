@@ -419,10 +419,6 @@ class IngestResult:
         c = Counter(r["status"] for r in self.new_rows)
         return {s: c.get(s, 0) for s in STATUSES}
 
-    @property
-    def bytes(self) -> int:
-        return sum(r["size_bytes"] for r in self.new_rows)
-
 
 def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
                      now_ns: int | None = None,
