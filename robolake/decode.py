@@ -9,6 +9,7 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import struct
@@ -273,6 +274,24 @@ def cloud_layout(data: bytes, encoding: str) -> CloudLayout:
                        tuple(fields[k] for k in "xyz"), bigendian)
 
 
+class CloudLayouts:
+    """cloud_layout with a cache: a topic's clouds usually share their field list and size,
+    so the serialized bytes between frame_id and the point data repeat exactly."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int], tuple[bytes, CloudLayout]] = {}
+
+    def __call__(self, data: bytes, encoding: str) -> CloudLayout:
+        sec, nsec, frame_len = struct.unpack_from("<iII" if encoding == "cdr" else "<III",
+                                                  data, 4)
+        hit = self._known.get((encoding, frame_len))
+        if hit is not None and data[16 + frame_len: hit[1].data_at] == hit[0]:
+            return dataclasses.replace(hit[1], stamp_ns=sec * 1_000_000_000 + nsec)
+        layout = cloud_layout(data, encoding)
+        self._known[(encoding, frame_len)] = (data[16 + frame_len: layout.data_at], layout)
+        return layout
+
+
 def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     """Per row of ranges: points, kept (<= 200 m), far, min/mean/max of the kept ones."""
     far = valid & (r > LIDAR_MAX_RANGE_M)
@@ -315,7 +334,7 @@ def summarize_scan(msg) -> dict[str, np.ndarray]:
 BLACK_MAX_LEVEL = 16  # no 8x8 block brighter than this (of 255): the frame is black
 
 
-def _block_levels(jpeg: bytes) -> tuple[int, int, np.ndarray]:
+def jpeg_levels(jpeg: bytes) -> tuple[int, int, np.ndarray]:
     """(width, height, 8x8 block mean levels) via libjpeg-turbo's DCT-domain downscale."""
     import simplejpeg
 
@@ -325,20 +344,44 @@ def _block_levels(jpeg: bytes) -> tuple[int, int, np.ndarray]:
     return width, height, gray
 
 
-def summarize_image(msg, msgtype: str) -> tuple[int, int, float, bool]:
-    """(width, height, mean brightness 0-255, black) of a camera frame."""
-    if msgtype.endswith("CompressedImage"):
-        return summarize_jpeg(bytes(msg.data))
+def image_levels(msg) -> tuple[int, int, np.ndarray]:
+    """(width, height, gray levels) of an uncompressed sensor_msgs/Image."""
     width, height = int(msg.width), int(msg.height)
     data = np.frombuffer(memoryview(msg.data), dtype=np.uint8)
     channels = max(1, len(data) // max(1, width * height))
-    gray = data[: width * height * channels].reshape(height, width, channels).mean(axis=2)
-    return width, height, float(gray.mean()), bool(gray.max() <= BLACK_MAX_LEVEL)
+    return width, height, data[: width * height * channels].reshape(height, width, channels)
 
 
-def summarize_jpeg(jpeg: bytes) -> tuple[int, int, float, bool]:
-    width, height, gray = _block_levels(jpeg)
-    return width, height, float(gray.mean()), bool(gray.max() <= BLACK_MAX_LEVEL)
+class _CameraColumns:
+    """Collects camera frames; brightness and the black flag are computed for all at once."""
+
+    NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+        self.levels: list[np.ndarray] = []
+
+    def add(self, topic: str, log_ns: int, stamp_ns: int, size: int,
+            frame: tuple[int, int, np.ndarray]) -> None:
+        width, height, levels = frame
+        self.rows.append((topic, log_ns, stamp_ns, size, width, height))
+        self.levels.append(levels)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        cols = _rows_to_columns(self.rows, list(self.NAMES))
+        if not cols:
+            return cols
+        brightness = np.empty(len(self.rows))
+        black = np.empty(len(self.rows), dtype=bool)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, levels in enumerate(self.levels):
+            by_shape.setdefault(levels.shape, []).append(i)
+        for idx in by_shape.values():
+            stack = np.stack([self.levels[i] for i in idx]).reshape(len(idx), -1)
+            brightness[idx] = stack.mean(axis=1)
+            black[idx] = stack.max(axis=1) <= BLACK_MAX_LEVEL
+        cols["brightness"], cols["is_black"] = brightness, black
+        return cols
 
 
 def compressed_image_payload(data: bytes, encoding: str) -> tuple[int, bytes]:
@@ -441,7 +484,8 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
     fixed: dict[str, RawMessages] = {}
     encoding = "cdr"
     lidar = _LidarColumns()
-    camera_rows: list[tuple] = []
+    camera = _CameraColumns()
+    layouts = CloudLayouts()
     kinds: dict[str, str | None] = {}
     for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path, start_ns, end_ns):
         kind = kinds.get(msgtype) or kinds.setdefault(msgtype, sensor_kind(msgtype))
@@ -452,31 +496,28 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
             raw.log_ns.append(log_ns)
             raw.data.append(data)
         elif kind == "lidar" and msgtype.endswith("PointCloud2"):
-            lidar.add_cloud(topic, log_ns, data, cloud_layout(data, encoding))
+            lidar.add_cloud(topic, log_ns, data, layouts(data, encoding))
         elif kind == "lidar":
             msg = deserialize(data, msgtype, encoding)
             lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
             stamp, jpeg = compressed_image_payload(data, encoding)
-            camera_rows.append((topic, log_ns, stamp, len(jpeg), *summarize_jpeg(jpeg)))
+            camera.add(topic, log_ns, stamp, len(jpeg), jpeg_levels(jpeg))
         elif kind == "camera":
             msg = deserialize(data, msgtype, encoding)
-            camera_rows.append((topic, log_ns, _stamp(msg), len(msg.data),
-                                *summarize_image(msg, msgtype)))
+            camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
     imu_parts, gps_parts = [], []
     for raw in fixed.values():
         if sensor_kind(raw.msgtype) == "imu":
             imu_parts.append((raw.topic, decode_imu(raw, encoding)))
         else:
             gps_parts.append((raw.topic, decode_gps(raw, encoding)))
-    camera_cols = ["topic", "log_ns", "stamp_ns", "bytes", "width", "height", "brightness",
-                   "is_black"]
     return Decoded(
         format=detect_format(read_head(path)) or "",
         imu=_concat_topics(imu_parts),
         gps=_concat_topics(gps_parts),
         lidar=_with_payload_ref(lidar.columns(), payload_ref),
-        camera=_with_payload_ref(_rows_to_columns(camera_rows, camera_cols), payload_ref),
+        camera=_with_payload_ref(camera.columns(), payload_ref),
     )
 
 
