@@ -20,3 +20,10 @@ daily_robot_type_partitions = dg.MultiPartitionsDefinition(
 
 def partition_key(day: str, robot_type: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"date": day, "robot_type": robot_type})
+
+
+def split_key(key: str | dg.MultiPartitionKey) -> tuple[str, str]:
+    """(date, robot_type) of a partition key, also when a run was launched with only the
+    `dagster/partition` tag ("2026-11-27|delivery") and Dagster hands over a plain string."""
+    keys = daily_robot_type_partitions.get_partition_key_from_str(str(key)).keys_by_dimension
+    return keys["date"], keys["robot_type"]

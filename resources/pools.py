@@ -1,10 +1,19 @@
-"""Compute pools as code: where each asset's step runs on Kubernetes.
+"""Compute pools and run queues as code: where each step runs, and which run goes first.
 
-`cpu_spot()`, `gpu()` … return the keyword arguments an `@asset` takes:
-the `dagster-k8s/config` op tag (node selector, tolerations, resources, GPU
-limit) used by `k8s_job_executor`, the Dagster `pool` that the run queue
-limits, and the retry policy for preemptible capacity. Locally the tags are
-inert and the same definitions run with the default executor.
+Pools (where a step runs on Kubernetes): `cpu_spot()`, `cpu_on_demand()`,
+`gpu()` return the keyword arguments an `@asset` takes: the
+`dagster-k8s/config` op tag (node selector, tolerations, resources, GPU
+limit) used by `k8s_job_executor`, the Dagster `pool` whose slots the
+instance limits (`POOL_LIMITS`), the step priority within a run, and the
+retry policy for preemptible capacity. Locally the tags are inert and the same
+definitions run with the default executor.
+
+Run queues (which run the queue launches first): interactive > training >
+ETL > batch, as the run tag `dagster/priority` plus a `robolake/queue` tag
+that the instance's tag concurrency limits cap (`queue_limits()`), so neither
+a backfill of hundreds of partitions nor a burst of uploads can hold every
+run slot. A run launched by a person with no tags is interactive: it has the
+highest priority (0) and no cap; automated work is tagged lower by its job.
 """
 
 from __future__ import annotations
@@ -13,6 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+
+# --------------------------------------------------------------------------- pools
+
+POOL_LABEL = "robolake.io/pool"
+CAPACITY_TYPE = "karpenter.sh/capacity-type"
 
 
 @dataclass(frozen=True)
@@ -24,22 +38,33 @@ class Pool:
     limits: dict[str, str] = field(default_factory=dict)
     gpus: int = 0
     preemptible: bool = False
-    priority: int = 0  # dagster/priority of runs targeting this pool
+    priority: int = 0  # dagster/priority of this pool's steps inside a run (training first)
+    limit: int = 8  # production: steps of this pool running at once across all runs
 
     def k8s_config(self) -> dict[str, Any]:
-        limits = dict(self.limits)
+        requests, limits = dict(self.requests), dict(self.limits)
         if self.gpus:
-            limits["nvidia.com/gpu"] = str(self.gpus)
+            # extended resources: request == limit; the scheduler counts whole devices
+            requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(self.gpus)
+        annotations = {}
+        if not self.preemptible:
+            # consolidation must not evict a training step or an on-demand step mid-run
+            annotations["karpenter.sh/do-not-disrupt"] = "true"
         return {
-            "container_config": {"resources": {"requests": dict(self.requests), "limits": limits}},
+            "container_config": {"resources": {"requests": requests, "limits": limits}},
             "pod_spec_config": {
                 "node_selector": dict(self.node_selector),
                 "tolerations": [dict(t) for t in self.tolerations],
             },
-            "pod_template_spec_metadata": {"labels": {"robolake/pool": self.name}},
+            "pod_template_spec_metadata": {"labels": {POOL_LABEL: self.label},
+                                           "annotations": annotations},
         }
 
-    def retry_policy(self) -> dg.RetryPolicy | None:
+    @property
+    def label(self) -> str:
+        return self.node_selector[POOL_LABEL]
+
+    def retry_policy(self) -> dg.RetryPolicy:
         # Spot nodes disappear with two minutes' notice: ETL steps retry, and
         # their writes replace or skip what a killed attempt left.
         if self.preemptible:
@@ -47,32 +72,40 @@ class Pool:
                                   jitter=dg.Jitter.PLUS_MINUS)
         return dg.RetryPolicy(max_retries=1, delay=60)
 
+    def op_tags(self) -> dict[str, Any]:
+        return {"dagster-k8s/config": self.k8s_config(), "robolake/pool": self.name,
+                "dagster/priority": str(self.priority)}
+
     def asset_kwargs(self) -> dict[str, Any]:
-        return {
-            "op_tags": {"dagster-k8s/config": self.k8s_config(), "robolake/pool": self.name},
-            "pool": self.name,
-            "retry_policy": self.retry_policy(),
-        }
+        return {"op_tags": self.op_tags(), "pool": self.name,
+                "retry_policy": self.retry_policy()}
 
 
-SPOT_TOLERATION = {"key": "karpenter.sh/capacity-type", "operator": "Equal", "value": "spot",
+SPOT_TOLERATION = {"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot",
                    "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+# A100/H100 nodes carry their own taint, so a one-GPU step never lands on an 8-GPU node.
+GPU_HIGH_TOLERATION = {"key": POOL_LABEL, "operator": "Equal", "value": "gpu-high",
+                       "effect": "NoSchedule"}
 
-CPU_ON_DEMAND = Pool("cpu_on_demand", {"robolake.io/pool": "cpu-on-demand",
-                                       "karpenter.sh/capacity-type": "on-demand"},
-                     requests={"cpu": "1", "memory": "4Gi"}, limits={"memory": "8Gi"}, priority=10)
-CPU_SPOT = Pool("cpu_spot", {"robolake.io/pool": "cpu-spot", "karpenter.sh/capacity-type": "spot"},
-                [SPOT_TOLERATION], requests={"cpu": "2", "memory": "8Gi"},
-                limits={"memory": "16Gi"}, preemptible=True, priority=0)
-GPU_STANDARD = Pool("gpu_standard", {"robolake.io/pool": "gpu-standard"}, [GPU_TOLERATION],
-                    requests={"cpu": "4", "memory": "16Gi"}, limits={"memory": "32Gi"}, gpus=1,
-                    priority=5)
-GPU_HIGH = Pool("gpu_high", {"robolake.io/pool": "gpu-high"}, [GPU_TOLERATION],
-                requests={"cpu": "32", "memory": "256Gi"}, limits={"memory": "512Gi"}, gpus=8,
-                priority=5)
+CPU_ON_DEMAND = Pool("cpu_on_demand", {POOL_LABEL: "cpu-on-demand", CAPACITY_TYPE: "on-demand"},
+                     requests={"cpu": "1", "memory": "4Gi"}, limits={"memory": "8Gi"},
+                     priority=5, limit=16)
+CPU_SPOT = Pool("cpu_spot", {POOL_LABEL: "cpu-spot", CAPACITY_TYPE: "spot"}, [SPOT_TOLERATION],
+                requests={"cpu": "2", "memory": "8Gi", "ephemeral-storage": "20Gi"},
+                limits={"memory": "16Gi", "ephemeral-storage": "40Gi"}, preemptible=True,
+                priority=0, limit=64)
+GPU_STANDARD = Pool("gpu_standard", {POOL_LABEL: "gpu-standard", CAPACITY_TYPE: "on-demand"},
+                    [GPU_TOLERATION], requests={"cpu": "4", "memory": "16Gi"},
+                    limits={"memory": "32Gi"}, gpus=1, priority=10, limit=8)
+GPU_HIGH = Pool("gpu_high", {POOL_LABEL: "gpu-high", CAPACITY_TYPE: "on-demand"},
+                [GPU_TOLERATION, GPU_HIGH_TOLERATION], requests={"cpu": "32", "memory": "256Gi"},
+                limits={"memory": "512Gi"}, gpus=8, priority=10, limit=2)
 
 POOLS = {p.name: p for p in (CPU_ON_DEMAND, CPU_SPOT, GPU_STANDARD, GPU_HIGH)}
+# Steps of a pool running at once across the production instance (`dagster instance
+# concurrency` state, applied by `python -m resources.pools`; laptops use the default limit).
+POOL_LIMITS = {p.name: p.limit for p in POOLS.values()}
 
 
 def cpu_spot() -> dict[str, Any]:
@@ -85,3 +118,86 @@ def cpu_on_demand() -> dict[str, Any]:
 
 def gpu(high: bool = False) -> dict[str, Any]:
     return (GPU_HIGH if high else GPU_STANDARD).asset_kwargs()
+
+
+def apply_pool_limits(instance: dg.DagsterInstance,
+                      limits: dict[str, int] | None = None) -> dict[str, int]:
+    """Set each pool's slot count on the instance (idempotent); returns what was set."""
+    limits = dict(POOL_LIMITS if limits is None else limits)
+    for name, slots in limits.items():
+        instance.event_log_storage.set_concurrency_slots(name, slots)
+    return limits
+
+
+# --------------------------------------------------------------------------- run queues
+
+PRIORITY_TAG = "dagster/priority"
+QUEUE_TAG = "robolake/queue"
+BACKFILL_TAG = "dagster/backfill"
+
+
+@dataclass(frozen=True)
+class RunQueue:
+    name: str
+    priority: int  # run tag dagster/priority: higher is dequeued first
+    local_limit: int | None  # runs of this queue in progress at once (None: no cap)
+    production_limit: int | None
+
+    def tags(self) -> dict[str, str]:
+        return {PRIORITY_TAG: str(self.priority), QUEUE_TAG: self.name}
+
+
+INTERACTIVE = RunQueue("interactive", 0, None, None)
+TRAINING = RunQueue("training", -10, 1, 8)
+ETL = RunQueue("etl", -20, 2, 20)
+BATCH = RunQueue("batch", -30, 1, 8)
+QUEUES = {q.name: q for q in (INTERACTIVE, TRAINING, ETL, BATCH)}
+
+# Every run at once; a backfill (any, tagged or not) holds at most BACKFILL_LIMIT of them.
+MAX_CONCURRENT_RUNS = {"local": 5, "production": 60}
+BACKFILL_LIMIT = {"local": 2, "production": 12}
+# Laptop only: the upload sensor's runs (ETL) share the machine with the UI's.
+LOCAL_EXTRA_TAG_LIMITS = [{"key": "robolake/trigger", "value": "new_uploads_sensor", "limit": 2}]
+
+
+def queue_tags(queue: str) -> dict[str, str]:
+    """Run tags for a job or run request of this queue (interactive, training, etl, batch)."""
+    if queue not in QUEUES:
+        raise ValueError(f"unknown run queue {queue!r}; expected one of {', '.join(QUEUES)}")
+    return QUEUES[queue].tags()
+
+
+def queue_limits(deployment: str) -> list[dict[str, Any]]:
+    """The instance's tag_concurrency_limits for `local` (dagster.yaml) or `production` (Helm)."""
+    if deployment not in MAX_CONCURRENT_RUNS:
+        raise ValueError(f"unknown deployment {deployment!r}; expected local or production")
+    limits: list[dict[str, Any]] = []
+    for q in QUEUES.values():
+        cap = q.local_limit if deployment == "local" else q.production_limit
+        if cap is not None:
+            limits.append({"key": QUEUE_TAG, "value": q.name, "limit": cap})
+    limits.append({"key": BACKFILL_TAG, "limit": BACKFILL_LIMIT[deployment]})
+    if deployment == "local":
+        limits += [dict(x) for x in LOCAL_EXTRA_TAG_LIMITS]
+    return limits
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m resources.pools`: set the production pool limits on $DAGSTER_HOME's instance."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m resources.pools", description=main.__doc__)
+    parser.add_argument("--dry-run", action="store_true", help="print the limits, set nothing")
+    args = parser.parse_args(argv)
+    if args.dry_run:
+        for name, slots in POOL_LIMITS.items():
+            print(f"{name}\t{slots}")
+        return 0
+    with dg.DagsterInstance.get() as instance:
+        for name, slots in apply_pool_limits(instance).items():
+            print(f"pool {name}: {slots} slots")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

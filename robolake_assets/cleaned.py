@@ -6,7 +6,7 @@ partition; quality thresholds and Great Expectations suites are its checks.
 
 import dagster as dg
 
-from partitions import daily_robot_type_partitions
+from partitions import daily_robot_type_partitions, split_key
 from resources import pools
 from resources.lake import LakeResource
 from robolake import cleaned, expectations
@@ -55,9 +55,9 @@ _CHECK_SPECS = [
     **pools.cpu_spot(),
 )
 def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
-    keys = context.partition_key.keys_by_dimension
+    day, robot_type = split_key(context.partition_key)
     lake_store = lake.store()
-    result = cleaned.clean_partition(lake_store, keys["date"], keys["robot_type"],
+    result = cleaned.clean_partition(lake_store, day, robot_type,
                                      log=context.log.info)
     metrics = result.metrics
     frames = {}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dagster as dg
+
+from resources import pools
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 # Layers in pipeline order; each is an asset group. Later layers append here.
@@ -20,6 +22,7 @@ def ingest_job(through: str) -> UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         ingest_job_name(through),
         selection=dg.AssetSelection.groups(*groups),
+        tags=pools.queue_tags("etl"),
         description=f"Ingest one (date, robot type) partition through the {through} layer.",
     )
 

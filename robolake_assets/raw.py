@@ -4,7 +4,7 @@
 import dagster as dg
 import pyarrow as pa
 
-from partitions import daily_robot_type_partitions
+from partitions import daily_robot_type_partitions, split_key
 from resources import pools
 from resources.lake import LakeResource, LandingResource
 from robolake import raw
@@ -64,12 +64,12 @@ def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
 )
 def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
                 landing: LandingResource) -> dg.MaterializeResult:
-    keys = context.partition_key.keys_by_dimension
+    day, robot_type = split_key(context.partition_key)
     lake_store = lake.store()
-    result = raw.ingest_partition(landing.store(), lake_store, keys["date"], keys["robot_type"],
+    result = raw.ingest_partition(landing.store(), lake_store, day, robot_type,
                                   log=context.log.info)
     table = read_table(lake_store, raw.RAW_UPLOADS,
-                       filters={"date": keys["date"], "robot_type": keys["robot_type"]})
+                       filters={"date": day, "robot_type": robot_type})
     rows = table.to_pylist() if table is not None else []
     by_status = {s: sum(r["status"] == s for r in rows) for s in raw.STATUSES}
     metadata = {

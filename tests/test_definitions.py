@@ -49,8 +49,9 @@ def test_asset_graph_shape():
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "ingest_through_cleaned", "ingest_through_raw"]
-    assert [s.name for s in repo.sensor_defs] == ["new_uploads_sensor"]
+        "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw"]
+    assert sorted(s.name for s in repo.sensor_defs) == ["failed_runs_sensor", "new_uploads_sensor"]
+    assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):
