@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from resources import pools
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 # Layers in pipeline order; each is an asset group. Later layers append here.
 LAYERS = ("raw", "cleaned")
