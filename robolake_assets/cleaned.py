@@ -47,8 +47,10 @@ _CHECK_SPECS = [
 
 @dg.multi_asset(
     name="cleaned_layer",
+    # eager: a raw partition materialized on its own (UI, backfill) is cleaned right after
     specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned", description=desc,
-                        kinds={"delta", "polars"})
+                        kinds={"delta", "polars"},
+                        automation_condition=dg.AutomationCondition.eager())
            for name, (_, desc) in CLEANED_ASSETS.items()],
     check_specs=_CHECK_SPECS,
     partitions_def=daily_robot_type_partitions,

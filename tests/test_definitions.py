@@ -23,18 +23,20 @@ def _graph() -> dict:
             if isinstance(partitions, dg.MultiPartitionsDefinition) else None,
             "checks": sorted(c.name for c in assets_def.check_keys if c.asset_key == key),
             "pool": assets_def.node_def.pool if hasattr(assets_def.node_def, "pool") else None,
+            "automation": node.automation_condition.get_label()
+            if node.automation_condition else None,
         }
     return shape
 
 
 PARTITIONED = {"partitions": "MultiPartitionsDefinition", "dimensions": ["date", "robot_type"],
                "pool": "cpu_spot"}
-CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"]}
+CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"], "automation": "eager"}
 
 
 def test_asset_graph_shape():
     assert _graph() == {
-        "raw_uploads": {**PARTITIONED, "group": "raw", "deps": [],
+        "raw_uploads": {**PARTITIONED, "group": "raw", "deps": [], "automation": None,
                         "checks": ["quarantine_rate", "raw_files_present", "unique_uploads"]},
         "cleaned_imu": {**CLEANED, "checks": ["great_expectations"]},
         "cleaned_gps": {**CLEANED, "checks": ["great_expectations"]},
@@ -50,7 +52,8 @@ def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw"]
-    assert sorted(s.name for s in repo.sensor_defs) == ["failed_runs_sensor", "new_uploads_sensor"]
+    assert sorted(s.name for s in repo.sensor_defs) == [
+        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
     assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]
 
 
