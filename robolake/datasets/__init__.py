@@ -1,0 +1,1 @@
+"""Datasets: specs, builds, shards and versions (see robolake.datasets.spec)."""

@@ -1,0 +1,234 @@
+"""Dataset specs: the YAML a user writes to describe a training set, validated.
+
+Errors name the file and the field and say what was expected, e.g.
+`specs/ego.yaml: output.splits: train + val + test must sum to 1 (got 0.9)`.
+Unknown fields are errors too, so a misspelt option never silently does nothing.
+The spec's hash (canonical JSON of the validated spec) identifies what a
+dataset version was built from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SOURCE_TABLES = ("cleaned/aligned_frames", "cleaned/imu", "cleaned/gps", "cleaned/lidar",
+                 "cleaned/camera_frames")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
+_SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the file and the fields."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DateRange(_Strict):
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class QualityFilter(_Strict):
+    max_null_rate: float = Field(0.05, ge=0, le=1)
+    include_flagged: bool = True
+
+
+class Filters(_Strict):
+    robot_type: list[str] | None = None
+    region: list[str] | None = None
+    quality: QualityFilter = QualityFilter()
+    min_corner_case_score: float = Field(0.0, ge=0, le=1)
+
+
+class Sources(_Strict):
+    tables: list[str] = Field(default_factory=lambda: ["cleaned/aligned_frames"], min_length=1)
+    dates: DateRange
+    filters: Filters = Filters()
+
+    @field_validator("tables")
+    @classmethod
+    def _known_tables(cls, tables: list[str]) -> list[str]:
+        unknown = [t for t in tables if t not in SOURCE_TABLES]
+        if unknown:
+            raise ValueError(f"unknown table {unknown[0]!r}; expected one of "
+                             f"{', '.join(SOURCE_TABLES)}")
+        return tables
+
+
+class Balancing(_Strict):
+    by: Literal["robot_type", "region", "scenario"] = "robot_type"
+    weights: dict[str, float] = Field(default_factory=dict)
+    corner_case_multiplier: float = Field(1.0, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _positive(cls, weights: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in weights.items() if v <= 0}
+        if bad:
+            group, value = next(iter(bad.items()))
+            raise ValueError(f"weight of group {group!r} must be > 0 (got {value})")
+        return weights
+
+
+class ImuWindow(_Strict):
+    size: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    normalize: Literal["zscore", "none"] = "zscore"  # statistics from the train split only
+
+
+class GpsTrajectory(_Strict):
+    frame: Literal["local_enu"] = "local_enu"
+    interpolate: bool = True
+
+
+class LidarAugment(_Strict):
+    random_rotation_deg: float = Field(0.0, ge=0, le=180)
+
+
+class LidarFeature(_Strict):
+    voxel_size_m: float = Field(gt=0)
+    range_crop_m: float = Field(gt=0, le=200)
+    augment: LidarAugment = LidarAugment()
+
+
+class CameraAugment(_Strict):
+    random_crop: tuple[int, int] | None = None
+    hflip_probability: float = Field(0.0, ge=0, le=1)
+
+
+class CameraFeature(_Strict):
+    resize: tuple[int, int]
+    normalize: bool = True
+    augment: CameraAugment = CameraAugment()
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> CameraFeature:
+        crop = self.augment.random_crop
+        if crop and (crop[0] > self.resize[0] or crop[1] > self.resize[1]):
+            raise ValueError(f"augment.random_crop {list(crop)} is larger than resize "
+                             f"{list(self.resize)}")
+        return self
+
+
+class Features(_Strict):
+    imu_window: ImuWindow | None = None
+    gps_trajectory: GpsTrajectory | None = None
+    lidar: LidarFeature | None = None
+    camera: CameraFeature | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Features:
+        if not any((self.imu_window, self.gps_trajectory, self.lidar, self.camera)):
+            raise ValueError("at least one of imu_window, gps_trajectory, lidar, camera")
+        return self
+
+
+class Labels(_Strict):
+    kind: Literal["ego_motion", "scenario"]
+
+
+class Splits(_Strict):
+    train: float = Field(ge=0, le=1)
+    val: float = Field(ge=0, le=1)
+    test: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        return self
+
+
+class Output(_Strict):
+    format: Literal["webdataset"] = "webdataset"
+    shard_size_mb: float = Field(64.0, gt=0)
+    splits: Splits
+
+
+class QualityGates(_Strict):
+    min_samples: int = Field(1, ge=1)
+    max_missing_rate: float = Field(0.05, ge=0, le=1)
+
+
+class DatasetSpec(_Strict):
+    name: str
+    version: str
+    description: str = ""
+    sources: Sources
+    balancing: Balancing = Balancing()
+    features: Features
+    labels: Labels
+    output: Output
+    quality_gates: QualityGates = QualityGates()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not _NAME_RE.match(name):
+            raise ValueError("expected lowercase letters, digits, '_' or '-' (it names a "
+                             "folder and an asset)")
+        return name
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, version: str) -> str:
+        if not _SEMVER_RE.match(version):
+            raise ValueError("expected a semantic version MAJOR.MINOR.PATCH, e.g. 1.0.0")
+        return version
+
+    @property
+    def spec_hash(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _describe(error: dict) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (check the spelling)"
+    elif error["type"] == "missing":
+        message = "required field is missing"
+    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
+        message += f" (got {error['input']!r})"
+    return f"{path}: {message}"
+
+
+def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
+    """Validate a spec from parsed YAML; SpecError lists every problem, one per line."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: expected a mapping with name, version, sources, features, "
+                        f"labels and output (got {type(data).__name__})")
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
+        raise SpecError("\n".join(lines)) from None
+
+
+def load_spec(path: Path) -> DatasetSpec:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}") from None
+    return parse_spec(data, str(path))
