@@ -46,9 +46,8 @@ def iterate_floor(files: list[Path]) -> int:
 
 def ingest(landing_dir: Path, lake_dir: Path) -> int:
     shutil.rmtree(lake_dir, ignore_errors=True)
-    landing, lake = open_store(landing_dir), open_store(lake_dir)
-    parts = {a.partition for a in raw.assign_partitions(landing, lake, raw.list_landing(landing))}
-    return sum(len(raw.ingest_partition(landing, lake, *p).new_rows) for p in sorted(parts))
+    results = raw.ingest_landing(open_store(landing_dir), open_store(lake_dir))
+    return sum(len(r.new_rows) for r in results.values())
 
 
 def best_of(fn, repeat: int) -> float:

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 
 from robolake.decode import Decoded, decode_recording
+from robolake.raw import RAW_UPLOADS
+from robolake.tables import read_table, replace_rows
 
 IMU_OUTLIER_NORM = 20.0  # m/s², acceleration norm above this is an outlier
 CAMERA_MATCH_NS = 16_000_000  # nearest camera frame counts only if |dt| < 16 ms
@@ -431,9 +433,6 @@ class PartitionResult:
 
 def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str]]:
     """The partition's uploads that later layers use (accepted or flagged), with formats."""
-    from robolake.raw import RAW_UPLOADS
-    from robolake.tables import read_table
-
     table = read_table(lake, RAW_UPLOADS, filters={"date": day, "robot_type": robot_type})
     if table is None:
         return []
@@ -458,8 +457,6 @@ def clean_partition(lake, day: str, robot_type: str,
     its rows in both dates). An upload that fails to decode is reported, not
     fatal to the others.
     """
-    from robolake.tables import read_table, replace_rows
-
     uploads = partition_uploads(lake, day, robot_type)
     ids = [u.upload_id for u, _ in uploads]
     first_cleaned: dict[str, int] = {}

@@ -477,3 +477,13 @@ def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
     version = append_rows(lake, RAW_UPLOADS, rows, UPLOADS_SCHEMA,
                           partition_by=UPLOADS_PARTITION_BY) if rows else None
     return IngestResult(day, robot_type, rows, len(assignments) - len(rows), version)
+
+
+def ingest_landing(landing: Store, lake: Store, now_ns: int | None = None,
+                   log: Callable[[str], None] = lambda _msg: None,
+                   ) -> dict[tuple[str, str], IngestResult]:
+    """Ingest every partition the landing zone has files for, one after the other
+    (the raw layer without Dagster: notebooks, benchmarks, tests)."""
+    parts = sorted({a.partition for a in
+                    assign_partitions(landing, lake, list_landing(landing), now_ns)})
+    return {p: ingest_partition(landing, lake, *p, now_ns=now_ns, log=log) for p in parts}

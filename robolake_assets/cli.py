@@ -34,20 +34,18 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
 
     files = raw.list_landing(landing)
     assignments = raw.assign_partitions(landing, lake, files)
-    indexed = read_table(lake, raw.RAW_UPLOADS,
-                         columns=["landing_key", "size_bytes", "arrived_ns", "date", "robot_type"])
-    done = set()
-    if indexed is not None:
-        done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
-                for r in indexed.to_pylist()}
+    table = read_table(lake, raw.RAW_UPLOADS,
+                       columns=["landing_key", "size_bytes", "arrived_ns", "date", "robot_type",
+                                "upload_id", "status"])
+    indexed = table.to_pylist() if table is not None else []
+    done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
+            for r in indexed}
     pending = {a.partition for a in assignments
                if (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done}
-    if through != "raw" and indexed is not None:
+    if through != "raw" and indexed:
         reported = read_table(lake, cleaned.TABLES["report"], columns=["upload_id"])
         reported_ids = set(reported["upload_id"].to_pylist()) if reported is not None else set()
-        uploads = read_table(lake, raw.RAW_UPLOADS,
-                             columns=["upload_id", "status", "date", "robot_type"])
-        pending |= {(r["date"], r["robot_type"]) for r in uploads.to_pylist()
+        pending |= {(r["date"], r["robot_type"]) for r in indexed
                     if r["status"] in ("accepted", "flagged")
                     and r["upload_id"] not in reported_ids}
     return sorted(pending), len(files)

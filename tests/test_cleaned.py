@@ -171,12 +171,8 @@ def test_constant_clock_offset_is_detected_and_corrected(tmp_path: Path):
 
 
 def _ingest(landing_dir: Path, lake_dir: Path):
-    landing, lake = open_store(landing_dir), open_store(lake_dir)
-    parts = sorted({a.partition for a in
-                    raw.assign_partitions(landing, lake, raw.list_landing(landing))})
-    for p in parts:
-        raw.ingest_partition(landing, lake, *p)
-    return lake, parts
+    lake = open_store(lake_dir)
+    return lake, list(raw.ingest_landing(open_store(landing_dir), lake))
 
 
 def test_midnight_crossing_and_idempotent_partition_runs(tmp_path: Path):

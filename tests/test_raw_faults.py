@@ -29,10 +29,8 @@ EXPECTED = {
 
 
 def _ingest(landing_dir: Path, lake_dir: Path) -> dict[str, dict]:
-    landing, lake = open_store(landing_dir), open_store(lake_dir)
-    parts = {a.partition for a in raw.assign_partitions(landing, lake, raw.list_landing(landing))}
-    for p in sorted(parts):
-        raw.ingest_partition(landing, lake, *p)
+    lake = open_store(lake_dir)
+    raw.ingest_landing(open_store(landing_dir), lake)
     return {r["file_name"]: r for r in read_table(lake, raw.RAW_UPLOADS).to_pylist()}
 
 

@@ -19,8 +19,7 @@ DRONE = {"robot_id": "vtol-01", "robot_type": "drone", "region": "eu-west"}
 
 
 def _ingest_all(landing, lake) -> dict[tuple[str, str], raw.IngestResult]:
-    parts = {a.partition for a in raw.assign_partitions(landing, lake, raw.list_landing(landing))}
-    return {p: raw.ingest_partition(landing, lake, *p) for p in sorted(parts)}
+    return raw.ingest_landing(landing, lake)
 
 
 def _rows(lake) -> dict[str, dict]:
