@@ -325,6 +325,19 @@ def summarize_clouds(datas: list[bytes], layouts: list[CloudLayout]) -> dict[str
     return _range_stats(r, np.isfinite(r) & (r > 0))  # (0, 0, 0) is "no return"
 
 
+def cloud_points(data: bytes, encoding: str) -> np.ndarray:
+    """x, y, z (float32, n x 3) of one serialized PointCloud2, without "no return" points."""
+    layout = cloud_layout(data, encoding)
+    endian = ">" if layout.bigendian else "<"
+    dtype = np.dtype({"names": list("xyz"),
+                      "formats": [endian + _POINT_DTYPES[t] for _, t in layout.xyz],
+                      "offsets": [o for o, _ in layout.xyz], "itemsize": layout.point_step})
+    pts = np.frombuffer(data, dtype=dtype, count=layout.n_points, offset=layout.data_at)
+    xyz = np.stack([pts[k].astype(np.float32) for k in "xyz"], axis=1)
+    keep = np.isfinite(xyz).all(axis=1) & (np.abs(xyz).sum(axis=1) > 0)
+    return xyz[keep]
+
+
 def summarize_scan(msg) -> dict[str, np.ndarray]:
     """Range statistics of one LaserScan (returns outside its own min/max are invalid)."""
     r = np.asarray(msg.ranges, dtype=np.float64)[None, :]

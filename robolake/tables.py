@@ -22,8 +22,10 @@ def open_table(lake: Store, key: str) -> DeltaTable | None:
 
 
 def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
-               filters: dict[str, object] | None = None) -> pa.Table | None:
-    """The table's current version as Arrow (equality filters), or None if it does not exist.
+               filters: dict[str, object] | None = None,
+               version: int | None = None) -> pa.Table | None:
+    """The table (its current version, or `version`) as Arrow with equality filters, or
+    None if it does not exist.
 
     Read through polars: a pyarrow dataset from deltalake left alive at
     interpreter exit aborts the process ("terminate called without an active
@@ -31,7 +33,8 @@ def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
     """
     if open_table(lake, key) is None:
         return None
-    frame = pl.scan_delta(lake.table_uri(key), storage_options=lake.delta_options or None)
+    frame = pl.scan_delta(lake.table_uri(key), version=version,
+                          storage_options=lake.delta_options or None)
     for col, value in (filters or {}).items():
         frame = frame.filter(pl.col(col) == value)
     if columns:
@@ -68,6 +71,13 @@ def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
     partitions can write at the same time.
     """
     return _write(lake, key, pa.Table.from_pylist(rows, schema=schema), mode="append",
+                  partition_by=list(partition_by) if partition_by else None)
+
+
+def overwrite_table(lake: Store, key: str, data: pa.Table,
+                    partition_by: Sequence[str] | None = None) -> int:
+    """Replace the whole table's contents in one commit (earlier versions stay readable)."""
+    return _write(lake, key, data, mode="overwrite", schema_mode="overwrite",
                   partition_by=list(partition_by) if partition_by else None)
 
 

@@ -14,6 +14,8 @@ import polars as pl
 HARD_BRAKING_MPS2 = (2.0, 6.0)  # deceleration, -imu_ax
 SHARP_TURN_RADPS = (0.3, 1.0)  # |imu_gz|
 SCENARIOS = ("hard_braking", "sharp_turn", "gps_loss", "sensor_fault", "rare_robot_type")
+# class indices of scenario labels in datasets
+SCENARIO_CLASSES = ("nominal", *SCENARIOS)
 
 
 def _ramp(expr: pl.Expr, start: float, full: float) -> pl.Expr:
@@ -41,3 +43,38 @@ def score_frames(aligned: pl.DataFrame) -> pl.DataFrame:
     for s in SCENARIOS:
         name = name.when(pl.col(f"score_{s}") == best).then(pl.lit(s))
     return scored.with_columns(best.alias("corner_case_score"), name.alias("scenario"))
+
+
+# --------------------------------------------------------------------------- the feature table
+
+CORNER_CASE_THRESHOLD = 0.5  # a frame at or above this corner-case score is a corner case
+CORNER_CASES = "features/corner_cases"
+SCORE_COLUMNS = [f"score_{s}" for s in SCENARIOS]
+
+
+def refresh_corner_cases(lake) -> tuple[int, int]:
+    """Score every aligned frame into `features/corner_cases` (one commit, whole table).
+
+    Rarity is relative to the whole fleet, so the table is recomputed as a whole;
+    it is cheap column arithmetic. Rows carry the aligned table's Delta version
+    they were computed from (`source_version`), so a reader can tell whether the
+    scores are current. Returns (source version, table version); a no-op when
+    the scores are already current.
+    """
+    from robolake.cleaned import PARTITION_BY, TABLES
+    from robolake.tables import open_table, overwrite_table, read_table
+
+    aligned_table = open_table(lake, TABLES["aligned"])
+    if aligned_table is None:
+        raise FileNotFoundError(f"{TABLES['aligned']} does not exist yet: run the cleaned "
+                                f"layer first (robolake ingest --through cleaned)")
+    source = aligned_table.version()
+    current = open_table(lake, CORNER_CASES)
+    if current is not None:
+        seen = read_table(lake, CORNER_CASES, columns=["source_version"])
+        if seen.num_rows and pl.from_arrow(seen)["source_version"].min() == source:
+            return source, current.version()
+    aligned = pl.from_arrow(read_table(lake, TABLES["aligned"], version=source))
+    scored = score_frames(aligned).with_columns(pl.lit(source, pl.Int64).alias("source_version"))
+    return source, overwrite_table(lake, CORNER_CASES, scored.to_arrow(),
+                                   partition_by=PARTITION_BY)

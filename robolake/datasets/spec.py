@@ -87,13 +87,20 @@ class Balancing(_Strict):
 
 
 class ImuWindow(_Strict):
-    size: int = Field(gt=0)
+    """The last `size` IMU samples up to each sampled frame; one sample every `stride`
+    LiDAR frames of a recording."""
+
+    size: int = Field(gt=0, le=10_000)
     stride: int = Field(gt=0)
     normalize: Literal["zscore", "none"] = "zscore"  # statistics from the train split only
 
 
 class GpsTrajectory(_Strict):
+    """Positions of the last `history` frames in metres (WGS84 -> east/north/up) relative
+    to the sampled frame; `interpolate` fills frames between fixes inside a recording."""
+
     frame: Literal["local_enu"] = "local_enu"
+    history: int = Field(10, gt=0, le=1000)
     interpolate: bool = True
 
 
@@ -102,8 +109,12 @@ class LidarAugment(_Strict):
 
 
 class LidarFeature(_Strict):
+    """Points within `range_crop_m`, one per `voxel_size_m` voxel; the loader turns them into
+    a `bev_cells` x `bev_cells` bird's-eye occupancy grid."""
+
     voxel_size_m: float = Field(gt=0)
     range_crop_m: float = Field(gt=0, le=200)
+    bev_cells: int = Field(32, ge=4, le=512)
     augment: LidarAugment = LidarAugment()
 
 

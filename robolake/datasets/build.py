@@ -1,0 +1,731 @@
+"""Build a dataset version from the cleaned tables: select, split, balance, transform, shard.
+
+One sample per sampled LiDAR frame (every `imu_window.stride`-th frame of a
+recording's main LiDAR topic). The steps, in order:
+
+1. inputs: the Delta versions of every table read are fixed first and every
+   read uses them, so the manifest's lineage is exact;
+2. selection: date range, robot types, regions, upload quality, corner-case score;
+3. splits by recording (see `assign_splits`);
+4. features per recording, through a cache keyed by the hash of the
+   recording's rows and the transform (see `FeatureCache`);
+5. balancing of the train split (see `balance_copies`);
+6. IMU z-scoring with train statistics, shards, manifest, registry row.
+
+A version is immutable: building an existing version again is a no-op when
+spec and inputs match and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import simplejpeg
+from PIL import Image
+
+from robolake.cleaned import TABLES
+from robolake.datasets.scenarios import (
+    CORNER_CASE_THRESHOLD,
+    CORNER_CASES,
+    SCENARIO_CLASSES,
+    refresh_corner_cases,
+)
+from robolake.datasets.shards import dataset_prefix, manifest_key, write_split
+from robolake.datasets.spec import DatasetSpec
+from robolake.decode import cloud_points, compressed_image_payload, iter_sensor_messages
+from robolake.raw import RAW_UPLOADS
+from robolake.storage import Store
+from robolake.tables import append_rows, open_table, read_table
+
+REGISTRY = "datasets/registry"
+CACHE_PREFIX = "features/cache"
+FEATURE_CODE_VERSION = 1  # bump when a transform's code changes: old cache entries stop matching
+SPLITS = ("train", "val", "test")
+IMU_COLUMNS = ("ax", "ay", "az", "gx", "gy", "gz")
+WGS84_A = 6378137.0
+WGS84_E2 = 6.69437999014e-3
+
+
+class DatasetVersionExists(ValueError):
+    """A version that already exists was requested with a different spec or inputs."""
+
+
+class QualityGateFailed(ValueError):
+    """The selected data does not meet the spec's quality gates; nothing was written."""
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def geodetic_to_enu(lat: np.ndarray, lon: np.ndarray, alt: np.ndarray,
+                    origin: tuple[float, float, float]) -> np.ndarray:
+    """WGS84 latitude/longitude/altitude -> east, north, up metres around `origin`."""
+    def ecef(la, lo, h):
+        la, lo = np.radians(la), np.radians(lo)
+        n = WGS84_A / np.sqrt(1 - WGS84_E2 * np.sin(la) ** 2)
+        return np.stack([(n + h) * np.cos(la) * np.cos(lo), (n + h) * np.cos(la) * np.sin(lo),
+                         (n * (1 - WGS84_E2) + h) * np.sin(la)], axis=-1)
+
+    lat0, lon0, alt0 = origin
+    d = ecef(lat, lon, alt) - ecef(np.array(lat0), np.array(lon0), np.array(alt0))
+    sla, cla = np.sin(np.radians(lat0)), np.cos(np.radians(lat0))
+    slo, clo = np.sin(np.radians(lon0)), np.cos(np.radians(lon0))
+    east = -slo * d[..., 0] + clo * d[..., 1]
+    north = -sla * clo * d[..., 0] - sla * slo * d[..., 1] + cla * d[..., 2]
+    up = cla * clo * d[..., 0] + cla * slo * d[..., 1] + sla * d[..., 2]
+    return np.stack([east, north, up], axis=-1)
+
+
+def voxel_downsample(points: np.ndarray, voxel_m: float, range_m: float) -> np.ndarray:
+    """Points within `range_m` (horizontal), one (the mean) per occupied voxel, as float16."""
+    pts = points[np.hypot(points[:, 0], points[:, 1]) <= range_m]
+    if not len(pts):
+        return np.zeros((0, 3), dtype=np.float16)
+    voxel = np.floor(pts / voxel_m).astype(np.int64)
+    _, inverse, counts = np.unique(voxel, axis=0, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(counts), 3))
+    np.add.at(sums, inverse.ravel(), pts)
+    return (sums / counts[:, None]).astype(np.float16)
+
+
+def imu_windows(imu_ts: np.ndarray, imu: np.ndarray, t: np.ndarray, size: int) -> np.ndarray:
+    """The last `size` IMU rows at or before each time (NaN-filled when too few exist)."""
+    end = np.searchsorted(imu_ts, t, side="right")
+    idx = end[:, None] - size + np.arange(size)[None, :]
+    out = imu[np.clip(idx, 0, max(len(imu) - 1, 0))] if len(imu) else \
+        np.full((len(t), size, imu.shape[1]), np.nan)
+    out = out.astype(np.float32)
+    out[end < size] = np.nan
+    return out
+
+
+def _interpolate_nulls(values: np.ndarray) -> np.ndarray:
+    """Linear interpolation over NaNs between valid values; no extrapolation."""
+    out = values.copy()
+    ok = np.isfinite(values)
+    if ok.sum() >= 2:
+        idx = np.arange(len(values))
+        first, last = idx[ok][0], idx[ok][-1]
+        inside = ~ok & (idx > first) & (idx < last)
+        out[inside] = np.interp(idx[inside], idx[ok], values[ok])
+    return out
+
+
+@dataclass
+class RecordingFeatures:
+    """Transformed features of one recording's sampled frames (row i = ts_ns[i])."""
+
+    ts_ns: np.ndarray
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # imu, gps, label (n, ...)
+    lidar: list[np.ndarray] | None = None
+    camera: list[bytes] | None = None
+
+    def valid(self) -> np.ndarray:
+        ok = np.ones(len(self.ts_ns), dtype=bool)
+        for arr in self.arrays.values():
+            ok &= np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+        if self.lidar is not None:
+            ok &= np.array([len(p) > 0 for p in self.lidar], dtype=bool)
+        if self.camera is not None:
+            ok &= np.array([len(c) > 0 for c in self.camera], dtype=bool)
+        return ok
+
+    def to_bytes(self) -> bytes:
+        parts = {"ts_ns": self.ts_ns, **{f"a_{k}": v for k, v in self.arrays.items()}}
+        if self.lidar is not None:
+            parts["lidar_points"] = (np.concatenate(self.lidar) if self.lidar
+                                     else np.zeros((0, 3), np.float16))
+            parts["lidar_offsets"] = np.cumsum([0] + [len(p) for p in self.lidar])
+        if self.camera is not None:
+            parts["camera_bytes"] = np.frombuffer(b"".join(self.camera), dtype=np.uint8)
+            parts["camera_offsets"] = np.cumsum([0] + [len(c) for c in self.camera])
+        buf = io.BytesIO()
+        np.savez(buf, **parts)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RecordingFeatures:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        out = cls(z["ts_ns"], {k[2:]: z[k] for k in z.files if k.startswith("a_")})
+        if "lidar_offsets" in z.files:
+            o, pts = z["lidar_offsets"], z["lidar_points"]
+            out.lidar = [pts[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+        if "camera_offsets" in z.files:
+            o, raw = z["camera_offsets"], z["camera_bytes"].tobytes()
+            out.camera = [raw[o[i]:o[i + 1]] for i in range(len(o) - 1)]
+        return out
+
+
+def _payload_log_times(refs: list[str | None]) -> list[int | None]:
+    """log_ns of each `raw_key#topic@log_ns` payload reference."""
+    return [int(r.rsplit("@", 1)[1]) if r else None for r in refs]
+
+
+def _read_payloads(path: Path, topic_times: dict[str, set[int]]) -> dict[tuple[str, int], bytes]:
+    """Serialized messages (with encoding) at the given (topic, log time)s, in one pass."""
+    found = {}
+    for topic, _msgtype, log_ns, data, encoding in iter_sensor_messages(path):
+        if log_ns in topic_times.get(topic, ()):
+            found[(topic, log_ns)] = (data, encoding)
+    return found
+
+
+def recording_features(spec: DatasetSpec, frames: pl.DataFrame, sampled: np.ndarray,
+                       imu: pl.DataFrame | None, lidar_refs: list[str | None],
+                       camera_refs: list[str | None], raw_path_ctx) -> RecordingFeatures:
+    """Features and labels of one recording's sampled frames.
+
+    `frames` are all frames of the recording's main LiDAR topic sorted by ts_ns
+    (the GPS track and labels use every frame), `sampled` marks the ones that
+    become samples; `lidar_refs`/`camera_refs` are per sampled frame.
+    `raw_path_ctx()` opens the raw recording (only called when LiDAR or camera
+    payloads are needed).
+    """
+    f = spec.features
+    t_all = frames["ts_ns"].to_numpy()
+    t = t_all[sampled]
+    out = RecordingFeatures(t)
+    if f.imu_window:
+        imu_sorted = imu.sort("ts_ns")
+        values = imu_sorted.select(IMU_COLUMNS).to_numpy().astype(np.float64)
+        out.arrays["imu"] = imu_windows(imu_sorted["ts_ns"].to_numpy(), values, t,
+                                        f.imu_window.size)
+    lat = frames["gps_lat"].to_numpy().astype(np.float64)
+    lon = frames["gps_lon"].to_numpy().astype(np.float64)
+    alt = frames["gps_alt"].to_numpy().astype(np.float64)
+    if f.gps_trajectory is None or f.gps_trajectory.interpolate:
+        lat, lon, alt = (_interpolate_nulls(v) for v in (lat, lon, alt))
+    ok = np.isfinite(lat) & np.isfinite(lon) & np.isfinite(alt)
+    enu = np.full((len(t_all), 3), np.nan)
+    if ok.any():
+        origin = (lat[ok][0], lon[ok][0], alt[ok][0])
+        enu[ok] = geodetic_to_enu(lat[ok], lon[ok], alt[ok], origin)
+    if f.gps_trajectory:
+        h = f.gps_trajectory.history
+        idx = np.flatnonzero(sampled)[:, None] - (h - 1) + np.arange(h)[None, :]
+        traj = enu[np.clip(idx, 0, None)] - enu[sampled][:, None, :]
+        traj[idx < 0] = np.nan
+        out.arrays["gps"] = traj.astype(np.float32)
+    if spec.labels.kind == "ego_motion":
+        # speed from the ENU track (central difference), yaw rate from the gyro
+        n = len(t_all)
+        prev, nxt = np.clip(np.arange(n) - 1, 0, None), np.clip(np.arange(n) + 1, None, n - 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            speed = (np.linalg.norm(enu[nxt, :2] - enu[prev, :2], axis=1)
+                     / ((t_all[nxt] - t_all[prev]) / 1e9))
+        speed[nxt == prev] = np.nan
+        out.arrays["label"] = np.stack([speed, frames["imu_gz"].to_numpy()],
+                                       axis=1)[sampled].astype(np.float32)
+    if f.lidar or f.camera:
+        lidar_times = _payload_log_times(lidar_refs) if f.lidar else []
+        camera_times = _payload_log_times(camera_refs) if f.camera else []
+        wanted: dict[str, set[int]] = {}
+        for refs, times in ((lidar_refs, lidar_times), (camera_refs, camera_times)):
+            for ref, ns in zip(refs, times, strict=False):
+                if ref:
+                    wanted.setdefault(ref.split("#", 1)[1].rsplit("@", 1)[0], set()).add(ns)
+        with raw_path_ctx() as path:
+            payloads = _read_payloads(path, wanted)
+        if f.lidar:
+            out.lidar = []
+            for ref, ns in zip(lidar_refs, lidar_times, strict=True):
+                hit = payloads.get((ref.split("#", 1)[1].rsplit("@", 1)[0], ns)) if ref else None
+                pts = cloud_points(*hit) if hit else np.zeros((0, 3), np.float32)
+                out.lidar.append(voxel_downsample(pts, f.lidar.voxel_size_m,
+                                                  f.lidar.range_crop_m))
+        if f.camera:
+            out.camera = []
+            for ref, ns in zip(camera_refs, camera_times, strict=True):
+                hit = payloads.get((ref.split("#", 1)[1].rsplit("@", 1)[0], ns)) if ref else None
+                out.camera.append(_resized_jpeg(hit, f.camera.resize) if hit else b"")
+    return out
+
+
+def _resized_jpeg(message: tuple[bytes, str], size: tuple[int, int]) -> bytes:
+    _stamp, jpeg = compressed_image_payload(*message)
+    try:
+        img = simplejpeg.decode_jpeg(jpeg, colorspace="RGB")
+    except ValueError:  # not a JPEG (e.g. PNG): let PIL read it
+        img = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    resized = np.asarray(Image.fromarray(img).resize(tuple(size), Image.BILINEAR))
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(resized), quality=90, colorspace="RGB")
+
+
+# --------------------------------------------------------------------------- cache
+
+
+class FeatureCache:
+    """Transformed features per recording under `features/cache/<hash>.npz` in the lake.
+
+    The key hashes the recording's input rows, the feature and label sections of
+    the spec and FEATURE_CODE_VERSION, so anything that would change the output
+    misses; `hits` and `misses` count what a build reused and recomputed.
+    """
+
+    def __init__(self, lake: Store):
+        self.lake = lake
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(spec: DatasetSpec, upload_id: str, *inputs: pl.DataFrame) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"upload_id": upload_id, "code": FEATURE_CODE_VERSION,
+                             "features": spec.features.model_dump(mode="json"),
+                             "labels": spec.labels.model_dump(mode="json")},
+                            sort_keys=True).encode())
+        for frame in inputs:
+            h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
+        return h.hexdigest()
+
+    def get_or_compute(self, key: str, compute) -> RecordingFeatures:
+        path = f"{CACHE_PREFIX}/{key[:2]}/{key}.npz"
+        if self.lake.exists(path):
+            self.hits += 1
+            return RecordingFeatures.from_bytes(self.lake.read_bytes(path))
+        self.misses += 1
+        features = compute()
+        self.lake.write_bytes(path, features.to_bytes())
+        return features
+
+
+# --------------------------------------------------------------------------- splits, balance
+
+
+def assign_splits(upload_ids: list[str], fractions: dict[str, float]) -> dict[str, str]:
+    """Recording -> split. Recordings are ordered by the hash of their id and cut by the
+    fractions (largest remainder; every split with a fraction > 0 gets a recording when
+    there are enough), so the assignment depends only on the set of recordings."""
+    ordered = sorted(set(upload_ids), key=lambda u: hashlib.sha256(u.encode()).hexdigest())
+    n = len(ordered)
+    exact = {s: fractions[s] * n for s in SPLITS}
+    counts = {s: int(np.floor(v)) for s, v in exact.items()}
+    for s in sorted(SPLITS, key=lambda s: exact[s] - counts[s], reverse=True):
+        if sum(counts.values()) < n:
+            counts[s] += 1
+    wanted = [s for s in SPLITS if fractions[s] > 0]
+    for s in wanted:  # a non-empty split takes one from the largest when it would be empty
+        if counts[s] == 0 and n >= len(wanted):
+            donor = max(wanted, key=lambda d: counts[d])
+            counts[donor] -= 1
+            counts[s] += 1
+    out, i = {}, 0
+    for s in SPLITS:
+        for u in ordered[i:i + counts[s]]:
+            out[u] = s
+        i += counts[s]
+    return out
+
+
+def balance_weights(groups: np.ndarray, corner: np.ndarray, weights: dict[str, float],
+                    multiplier: float) -> np.ndarray:
+    """Sampling weight per sample: weights[group] / size of the group (groups without a
+    weight count 1), times `multiplier` for corner cases. With no weights the groups
+    keep their natural sizes."""
+    w = np.ones(len(groups))
+    if weights:
+        names, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        w = np.array([weights.get(str(n), 1.0) for n in names])[inverse] / sizes[inverse]
+    return w * np.where(corner, multiplier, 1.0)
+
+
+def balance_copies(weights: np.ndarray, seed: int) -> np.ndarray:
+    """How many times each sample appears so the total stays about the same and each
+    sample's expected share is proportional to its weight (stochastic rounding)."""
+    if not len(weights):
+        return np.zeros(0, dtype=np.int64)
+    expected = weights * len(weights) / weights.sum()
+    base = np.floor(expected)
+    extra = np.random.default_rng(seed).random(len(weights)) < expected - base
+    return (base + extra).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- the build
+
+
+@dataclass
+class BuildResult:
+    name: str
+    version: str
+    manifest: dict
+    created: bool  # False: the version existed with the same spec and inputs
+    cache_hits: int = 0
+    cache_misses: int = 0
+
+    @property
+    def samples(self) -> dict[str, int]:
+        return {s: v["samples"] for s, v in self.manifest["splits"].items()}
+
+
+def _input_tables(spec: DatasetSpec) -> list[str]:
+    tables = [TABLES["aligned"], CORNER_CASES, TABLES["report"], RAW_UPLOADS]
+    if spec.features.imu_window:
+        tables.append(TABLES["imu"])
+    if spec.features.lidar:
+        tables.append(TABLES["lidar"])
+    if spec.features.camera:
+        tables.append(TABLES["camera"])
+    return tables
+
+
+def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int]) -> pl.DataFrame:
+    """Scored frames of the recordings the spec's filters keep (before per-frame filters)."""
+    src = spec.sources
+    scored = pl.scan_delta(lake.table_uri(CORNER_CASES), version=versions[CORNER_CASES],
+                           storage_options=lake.delta_options or None)
+    scored = scored.filter(pl.col("date").is_between(pl.lit(src.dates.start.isoformat()),
+                                                     pl.lit(src.dates.end.isoformat())))
+    if src.filters.robot_type:
+        scored = scored.filter(pl.col("robot_type").is_in(src.filters.robot_type))
+    if src.filters.region:
+        scored = scored.filter(pl.col("region").is_in(src.filters.region))
+    reports = pl.from_arrow(read_table(lake, TABLES["report"], columns=["upload_id", "null_rate"],
+                                       version=versions[TABLES["report"]]))
+    worst = reports.group_by("upload_id").agg(pl.col("null_rate").max())
+    keep = worst.filter(pl.col("null_rate") <= src.filters.quality.max_null_rate)["upload_id"]
+    uploads = pl.from_arrow(read_table(lake, RAW_UPLOADS, columns=["upload_id", "status",
+                                                                   "raw_key"],
+                                       version=versions[RAW_UPLOADS]))
+    allowed = {"accepted", "flagged"} if src.filters.quality.include_flagged else {"accepted"}
+    uploads = uploads.filter(pl.col("status").is_in(list(allowed))
+                             & pl.col("upload_id").is_in(keep.implode())).unique("upload_id")
+    return scored.collect().join(uploads.select("upload_id", "raw_key"), on="upload_id")
+
+
+def _main_topic_frames(frames: pl.DataFrame, stride: int) -> pl.DataFrame:
+    """Frames of each recording's main LiDAR topic in time order; `_sampled` marks every
+    `stride`-th one."""
+    main = (frames.group_by("upload_id", "lidar_topic").len()
+            .sort(["upload_id", "len", "lidar_topic"], descending=[False, True, False])
+            .unique("upload_id", keep="first").select("upload_id", "lidar_topic"))
+    return (frames.join(main, on=["upload_id", "lidar_topic"]).sort("upload_id", "ts_ns")
+            .with_columns((pl.int_range(pl.len()).over("upload_id") % stride == 0)
+                          .alias("_sampled")))
+
+
+def _refs(lake: Store, key: str, version: int, upload_id: str, topic: str | None,
+          ts: pl.Series) -> list[str | None]:
+    """payload_ref of the rows of a sensor table at the given times (None where absent)."""
+    filters = {"upload_id": upload_id, **({"topic": topic} if topic else {})}
+    rows = pl.from_arrow(read_table(lake, key, columns=["ts_ns", "payload_ref"],
+                                    filters=filters, version=version)).unique("ts_ns")
+    mapping = dict(zip(rows["ts_ns"].to_list(), rows["payload_ref"].to_list(), strict=True))
+    return [mapping.get(t) if t is not None else None for t in ts.to_list()]
+
+
+def _describe(values: np.ndarray) -> dict:
+    """Per-channel statistics of an (n, ..., channels) array, float64 accumulation."""
+    flat = values.reshape(-1, values.shape[-1]).astype(np.float64) if values.size else \
+        np.zeros((0, values.shape[-1] if values.ndim else 1))
+    if not len(flat):
+        return {"count": 0}
+    return {"count": int(len(flat)), "mean": flat.mean(axis=0).tolist(),
+            "std": flat.std(axis=0).tolist(), "min": flat.min(axis=0).tolist(),
+            "max": flat.max(axis=0).tolist()}
+
+
+def split_statistics(samples: list[dict], label_kind: str) -> dict:
+    """Counts per group and scenario, label distribution and feature statistics of one
+    split's samples as written (the manifest's figures; tests recompute them from shards)."""
+    meta = [s["meta"] for s in samples]
+    out: dict = {
+        "samples": len(samples),
+        "recordings": len({m["upload_id"] for m in meta}),
+        "groups": _counts(m["group"] for m in meta),
+        "robot_types": _counts(m["robot_type"] for m in meta),
+        "scenarios": _counts(m["scenario"] for m in meta),
+        "corner_cases": sum(m["corner_case_score"] >= CORNER_CASE_THRESHOLD for m in meta),
+        "features": {},
+    }
+    for name in ("imu", "gps"):
+        if samples and name in samples[0]:
+            out["features"][name] = _describe(np.stack([s[name] for s in samples]))
+    if samples and "lidar" in samples[0]:
+        out["features"]["lidar_points"] = _describe(
+            np.array([[len(s["lidar"])] for s in samples], dtype=np.float64))
+    if samples and "camera" in samples[0]:
+        out["features"]["camera_bytes"] = _describe(
+            np.array([[len(s["camera"])] for s in samples], dtype=np.float64))
+    if label_kind == "ego_motion":
+        labels = np.stack([s["label"] for s in samples]) if samples else np.zeros((0, 2))
+        out["labels"] = _describe(labels)
+    else:
+        out["labels"] = out["scenarios"]
+    return out
+
+
+def _counts(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def _existing(lake: Store, spec: DatasetSpec) -> dict | None:
+    key = manifest_key(spec.name, spec.version)
+    return json.loads(lake.read_bytes(key)) if lake.exists(key) else None
+
+
+def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> BuildResult:
+    """Build (or confirm) the spec's version; see the module docstring for the steps."""
+    refresh_corner_cases(lake)
+    versions = {}
+    for key in _input_tables(spec):
+        table = open_table(lake, key)
+        if table is None:
+            raise FileNotFoundError(f"dataset {spec.name}: input table {key} does not exist yet "
+                                    f"(run robolake ingest --through cleaned first)")
+        versions[key] = table.version()
+
+    candidates = _select_recordings(lake, spec, versions)
+    stride = spec.features.imu_window.stride if spec.features.imu_window else 1
+    frames = _main_topic_frames(candidates, stride)
+    upload_ids = sorted(frames["upload_id"].unique().to_list())
+    log(f"{spec.name} {spec.version}: {len(upload_ids)} recordings, "
+        f"{int(frames['_sampled'].sum())} sampled frames before per-frame filters")
+
+    # cache keys first: they also fingerprint the inputs for the immutability check
+    per_upload = {u: frames.filter(pl.col("upload_id") == u) for u in upload_ids}
+    imu_rows: dict[str, pl.DataFrame] = {}
+    keys = {}
+    for u, rows in per_upload.items():
+        inputs = [rows.select(sorted(c for c in rows.columns if c != "source_version"))]
+        if spec.features.imu_window:
+            imu = pl.from_arrow(read_table(
+                lake, TABLES["imu"], columns=["topic", "ts_ns", *IMU_COLUMNS],
+                filters={"upload_id": u}, version=versions[TABLES["imu"]]))
+            if imu.height:  # the recording's main IMU (most samples)
+                main = imu.group_by("topic").len().sort(["len", "topic"],
+                                                        descending=[True, False])["topic"][0]
+                imu = imu.filter(pl.col("topic") == main)
+            imu_rows[u] = imu.drop("topic").sort("ts_ns")
+            inputs.append(imu_rows[u])
+        keys[u] = FeatureCache.key(spec, u, *inputs)
+    fingerprint = hashlib.sha256(json.dumps(sorted(keys.values())).encode()).hexdigest()
+
+    existing = _existing(lake, spec)
+    if existing is not None:
+        if existing["spec_hash"] == spec.spec_hash and existing["input_fingerprint"] == fingerprint:
+            log(f"{spec.name} {spec.version} exists with the same spec and inputs: nothing to do")
+            return BuildResult(spec.name, spec.version, existing, created=False)
+        what = ("a different spec" if existing["spec_hash"] != spec.spec_hash
+                else "different input data")
+        raise DatasetVersionExists(
+            f"dataset {spec.name} version {spec.version} already exists (built "
+            f"{_when(existing['created_ns'])} from spec {existing['spec_hash'][:12]} and inputs "
+            f"{existing['input_fingerprint'][:12]}); this build has {what} (spec "
+            f"{spec.spec_hash[:12]}, inputs {fingerprint[:12]}). Versions are immutable: "
+            f"bump `version` in the spec to build a new one.")
+
+    cache = FeatureCache(lake)
+    splits = assign_splits(upload_ids, spec.output.splits.model_dump())
+    rows_out = []
+    features_by_upload: dict[str, RecordingFeatures] = {}
+    for i, u in enumerate(upload_ids, 1):
+        all_rows = per_upload[u]
+        rows = all_rows.filter(pl.col("_sampled"))
+        raw_key = rows["raw_key"][0]
+
+        def compute(all_rows=all_rows, rows=rows, u=u, raw_key=raw_key):
+            lidar_refs = camera_refs = []
+            if spec.features.lidar:
+                lidar_refs = _refs(lake, TABLES["lidar"], versions[TABLES["lidar"]], u,
+                                   rows["lidar_topic"][0], rows["ts_ns"])
+            if spec.features.camera:
+                camera_refs = _refs(lake, TABLES["camera"], versions[TABLES["camera"]], u, None,
+                                    rows["camera_ts_ns"])
+            return recording_features(spec, all_rows, all_rows["_sampled"].to_numpy(),
+                                      imu_rows.get(u), lidar_refs, camera_refs,
+                                      lambda: lake.local_path(raw_key))
+
+        features_by_upload[u] = cache.get_or_compute(keys[u], compute)
+        rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
+                                          pl.Series("_valid", features_by_upload[u].valid()),
+                                          pl.int_range(rows.height).alias("_row")))
+        log(f"[{i}/{len(upload_ids)}] {u[:12]} ({splits[u]}): {rows.height} frames")
+    selected = (pl.concat(rows_out) if rows_out else
+                frames.with_columns(pl.lit("").alias("split"), pl.lit(True).alias("_valid"),
+                                    pl.lit(0).alias("_row")))
+    # per-frame filters: corner-case score, then missing features
+    selected = selected.filter(pl.col("corner_case_score")
+                               >= spec.sources.filters.min_corner_case_score)
+    missing = int((~selected["_valid"]).sum())
+    missing_rate = missing / selected.height if selected.height else 0.0
+    usable = selected.filter(pl.col("_valid"))
+    gates = spec.quality_gates
+    problems = []
+    if usable.height < gates.min_samples:
+        problems.append(f"{usable.height} samples, fewer than quality_gates.min_samples "
+                        f"{gates.min_samples}")
+    if missing_rate > gates.max_missing_rate:
+        problems.append(f"missing rate {missing_rate:.1%} (frames without every feature and "
+                        f"label) above quality_gates.max_missing_rate "
+                        f"{gates.max_missing_rate:.1%}")
+    if problems:
+        raise QualityGateFailed(f"dataset {spec.name} {spec.version}: " + "; ".join(problems))
+
+    group_col = {"robot_type": "robot_type", "region": "region",
+                 "scenario": "scenario"}[spec.balancing.by]
+    train_mask = usable["split"] == "train"
+    copies = np.ones(usable.height, dtype=np.int64)
+    if spec.balancing.weights or spec.balancing.corner_case_multiplier != 1.0:
+        train = usable.filter(train_mask)
+        w = balance_weights(train[group_col].to_numpy(),
+                            (train["corner_case_score"] >= CORNER_CASE_THRESHOLD).to_numpy(),
+                            spec.balancing.weights, spec.balancing.corner_case_multiplier)
+        copies[train_mask.to_numpy()] = balance_copies(w, int(spec.spec_hash[:8], 16))
+    usable = usable.with_columns(pl.Series("_copies", copies))
+
+    samples = _materialize(spec, usable, features_by_upload, group_col)
+    normalization = _zscore(spec, samples)
+    prefix = dataset_prefix(spec.name, spec.version)
+    shard_bytes = int(spec.output.shard_size_mb * 1024 * 1024)
+    manifest_splits = {}
+    for split in SPLITS:
+        part = samples[split]
+        stats = split_statistics(part, spec.labels.kind)
+        stats["shards"] = write_split(lake, f"{prefix}/{split}",
+                                      ((s["meta"]["key"], s) for s in part), shard_bytes)
+        manifest_splits[split] = stats
+        log(f"{split}: {stats['samples']} samples from {stats['recordings']} recordings in "
+            f"{len(stats['shards'])} shards")
+    manifest = {
+        "name": spec.name, "version": spec.version, "description": spec.description,
+        "spec_hash": spec.spec_hash, "spec": spec.model_dump(mode="json"),
+        "input_fingerprint": fingerprint, "inputs": versions,
+        "created_ns": time.time_ns(), "splits": manifest_splits,
+        "split_of_recording": splits, "normalization": normalization,
+        "quality": {"candidate_frames": selected.height, "missing": missing,
+                    "missing_rate": missing_rate, "samples": usable.height},
+        "cache": {"hits": cache.hits, "misses": cache.misses},
+    }
+    lake.write_bytes(manifest_key(spec.name, spec.version), json.dumps(manifest, indent=1)
+                     .encode())
+    _register(lake, manifest)
+    return BuildResult(spec.name, spec.version, manifest, True, cache.hits, cache.misses)
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ns / 1e9))
+
+
+def _materialize(spec: DatasetSpec, usable: pl.DataFrame,
+                 features: dict[str, RecordingFeatures], group_col: str) -> dict[str, list]:
+    """Sample dicts per split in canonical order (upload_id, ts_ns, copy)."""
+    out: dict[str, list] = {s: [] for s in SPLITS}
+    scenario_ids = None
+    if spec.labels.kind == "scenario":
+        scenario_ids = {name: i for i, name in enumerate(SCENARIO_CLASSES)}
+    for r in usable.sort("upload_id", "ts_ns").iter_rows(named=True):
+        feats, i = features[r["upload_id"]], r["_row"]
+        for copy in range(r["_copies"]):
+            sample = {k: v[i] for k, v in feats.arrays.items()}
+            if feats.lidar is not None:
+                sample["lidar"] = feats.lidar[i]
+            if feats.camera is not None:
+                sample["camera"] = feats.camera[i]
+            if scenario_ids is not None:
+                sample["label"] = np.array(scenario_ids[r["scenario"]], dtype=np.int64)
+            key = f"{r['upload_id'][:16]}_{r['ts_ns']}_{copy}"
+            sample["meta"] = {
+                "key": key, "upload_id": r["upload_id"], "robot_id": r["robot_id"],
+                "robot_type": r["robot_type"], "region": r["region"], "date": r["date"],
+                "ts_ns": r["ts_ns"], "scenario": r["scenario"],
+                "corner_case_score": float(r["corner_case_score"]),
+                "group": str(r[group_col]), "split": r["split"], "copy": copy,
+            }
+            out[r["split"]].append(sample)
+    return out
+
+
+def _zscore(spec: DatasetSpec, samples: dict[str, list]) -> dict:
+    """z-score IMU windows in place with mean/std of the train split's distinct samples."""
+    w = spec.features.imu_window
+    if not w or w.normalize != "zscore":
+        return {}
+    train = [s["imu"] for s in samples["train"] if s["meta"]["copy"] == 0]
+    if not train:
+        raise QualityGateFailed(f"dataset {spec.name} {spec.version}: the train split is empty, "
+                                f"so there are no statistics to z-score the IMU windows with")
+    flat = np.concatenate(train).astype(np.float64)
+    mean, std = flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-6)
+    for part in samples.values():
+        for s in part:
+            s["imu"] = ((s["imu"] - mean) / std).astype(np.float32)
+    return {"imu": {"columns": list(IMU_COLUMNS), "mean": mean.tolist(), "std": std.tolist(),
+                    "from": "train"}}
+
+
+# --------------------------------------------------------------------------- registry
+
+REGISTRY_SCHEMA = pa.schema([
+    ("name", pa.string()), ("version", pa.string()), ("spec_hash", pa.string()),
+    ("input_fingerprint", pa.string()), ("created_ns", pa.int64()),
+    ("inputs", pa.string()), ("manifest_key", pa.string()),
+    ("samples_train", pa.int64()), ("samples_val", pa.int64()), ("samples_test", pa.int64()),
+    ("recordings", pa.int64()), ("missing_rate", pa.float64()), ("statistics", pa.string()),
+])
+
+
+def _register(lake: Store, manifest: dict) -> int:
+    splits = manifest["splits"]
+    row = {
+        "name": manifest["name"], "version": manifest["version"],
+        "spec_hash": manifest["spec_hash"], "input_fingerprint": manifest["input_fingerprint"],
+        "created_ns": manifest["created_ns"], "inputs": json.dumps(manifest["inputs"]),
+        "manifest_key": manifest_key(manifest["name"], manifest["version"]),
+        **{f"samples_{s}": splits[s]["samples"] for s in SPLITS},
+        "recordings": len(manifest["split_of_recording"]),
+        "missing_rate": manifest["quality"]["missing_rate"],
+        "statistics": json.dumps({s: {k: v for k, v in splits[s].items() if k != "shards"}
+                                  for s in SPLITS}),
+    }
+    return append_rows(lake, REGISTRY, [row], REGISTRY_SCHEMA)
+
+
+def list_versions(lake: Store, name: str | None = None) -> pl.DataFrame:
+    table = read_table(lake, REGISTRY)
+    if table is None:
+        return pl.DataFrame(schema=pl.from_arrow(REGISTRY_SCHEMA.empty_table()).schema)
+    frame = pl.from_arrow(table)
+    if name:
+        frame = frame.filter(pl.col("name") == name)
+    return frame.sort("name", "created_ns")
+
+
+def compare_versions(lake: Store, name: str, a: str, b: str) -> pl.DataFrame:
+    """Side-by-side figures of two versions: samples per split, per group and scenario of
+    each split, label statistics (one row per figure, columns a, b and the change)."""
+    registry = list_versions(lake, name)
+    stats = {}
+    for v in (a, b):
+        row = registry.filter(pl.col("version") == v)
+        if not row.height:
+            known = ", ".join(registry["version"].to_list()) or "none"
+            raise KeyError(f"dataset {name} has no version {v} (registered: {known})")
+        stats[v] = json.loads(row["statistics"][0])
+    rows = []
+    for split in SPLITS:
+        sa, sb = stats[a][split], stats[b][split]
+        rows.append((f"{split}.samples", sa["samples"], sb["samples"]))
+        rows.append((f"{split}.recordings", sa["recordings"], sb["recordings"]))
+        for section in ("groups", "scenarios"):
+            for k in sorted(set(sa[section]) | set(sb[section])):
+                rows.append((f"{split}.{section}.{k}", sa[section].get(k, 0),
+                             sb[section].get(k, 0)))
+        la, lb = sa["labels"], sb["labels"]
+        if "mean" in la or "mean" in lb:
+            for j in range(len((la if "mean" in la else lb)["mean"])):
+                rows.append((f"{split}.label[{j}].mean", la.get("mean", [None] * 9)[j],
+                             lb.get("mean", [None] * 9)[j]))
+    frame = pl.DataFrame(rows, schema={"figure": pl.String, a: pl.Float64, b: pl.Float64},
+                         orient="row")
+    return frame.with_columns((pl.col(b) - pl.col(a)).alias("change"))

@@ -1,0 +1,226 @@
+"""Stream a dataset version's shards into PyTorch: `load(name, version, split)`.
+
+Order and resumption. A split's samples have a canonical order (shards in
+order, samples in file order; with `shuffle=True` the shard order is permuted
+per epoch from `seed`). With `world_size` ranks, rank r gets canonical samples
+r, r + R, r + 2R, … (its *stream*). `offset` skips the first `offset` samples of
+the rank's stream. After that the stream is cut into blocks of `batch_size`
+and worker w of W reads blocks w, w + W, …; PyTorch's DataLoader returns
+worker results round-robin, so the loader yields the stream in order whatever
+the number of workers. Having consumed k samples, a job resumes exactly with
+`offset = k` (every sample once per epoch, none twice).
+
+Workers collate their own batches, so decoding and augmentation run in
+parallel; each worker skips whole shards that hold none of its samples.
+Augmentations (LiDAR rotation, camera crop/flip) apply to the train split by
+default and are seeded per (seed, epoch, sample), so a resumed run sees the
+same augmented samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+
+from robolake.datasets.scenarios import SCENARIO_CLASSES
+from robolake.datasets.shards import decode_sample, manifest_key
+from robolake.settings import ensure_env_defaults
+from robolake.storage import LocalStore, Store, open_store
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def default_lake() -> Store:
+    return open_store(ensure_env_defaults()["ROBOLAKE_LAKE"])
+
+
+def read_manifest(name: str, version: str, lake: Store | None = None) -> dict:
+    lake = lake or default_lake()
+    key = manifest_key(name, version)
+    if not lake.exists(key):
+        raise FileNotFoundError(f"dataset {name} {version}: no manifest at {key} "
+                                f"(build it first: robolake ingest --through datasets)")
+    return json.loads(lake.read_bytes(key))
+
+
+def rank_stream_length(total: int, rank: int = 0, world_size: int = 1, offset: int = 0) -> int:
+    """Samples a rank's stream holds after `offset` (ranks differ by at most one)."""
+    return max(0, len(range(rank, total, world_size)) - offset)
+
+
+def _local_shards(lake: Store, shards: list[dict]) -> list[str]:
+    """Shard paths a tar reader can open; an object-store lake is cached locally once."""
+    if isinstance(lake, LocalStore):
+        return [str(lake.root / s["key"]) for s in shards]
+    cache = Path(os.environ.get("ROBOLAKE_CACHE", Path.home() / ".cache" / "robolake"))
+    paths = []
+    for s in shards:
+        path = cache / lake.uri.replace("://", "/") / s["key"]
+        if not path.exists() or path.stat().st_size != s["bytes"]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            tmp.write_bytes(lake.read_bytes(s["key"]))
+            tmp.replace(path)
+        paths.append(str(path))
+    return paths
+
+
+def bev_grid(points: np.ndarray, range_m: float, cells: int) -> np.ndarray:
+    """Bird's-eye occupancy (1, cells, cells): share of the points in each x/y cell."""
+    grid = np.zeros((cells, cells), dtype=np.float32)
+    if len(points):
+        ij = np.floor((points[:, :2] + range_m) / (2 * range_m) * cells).astype(np.int64)
+        ok = ((ij >= 0) & (ij < cells)).all(axis=1)
+        np.add.at(grid, (ij[ok, 0], ij[ok, 1]), 1.0)
+        grid /= len(points)
+    return grid[None]
+
+
+class SampleTransform:
+    """Tensors from a decoded sample, with the spec's augmentations when `augment`."""
+
+    def __init__(self, spec: dict, augment: bool, seed: int):
+        features = spec["features"]
+        self.lidar = features.get("lidar")
+        self.camera = features.get("camera")
+        self.augment = augment
+        self.seed = seed
+
+    def __call__(self, sample: dict, index: int, epoch: int) -> dict:
+        rng = np.random.default_rng([self.seed, epoch, index])
+        meta = sample["meta"]
+        out: dict = {
+            "key": sample["__key__"],
+            "upload_id": meta["upload_id"],
+            "robot_type": meta["robot_type"],
+            "scenario": torch.tensor(SCENARIO_CLASSES.index(meta["scenario"])),
+            "corner_case_score": torch.tensor(meta["corner_case_score"], dtype=torch.float32),
+            "label": torch.from_numpy(sample["label"]),
+        }
+        for field in ("imu", "gps"):
+            if field in sample:
+                out[field] = torch.from_numpy(sample[field].astype(np.float32))
+        if "lidar" in sample and self.lidar:
+            points = sample["lidar"].astype(np.float32)
+            max_deg = self.lidar["augment"]["random_rotation_deg"]
+            if self.augment and max_deg > 0:
+                a = np.deg2rad(rng.uniform(-max_deg, max_deg))
+                c, s = np.cos(a), np.sin(a)
+                points[:, :2] = points[:, :2] @ np.array([[c, s], [-s, c]], dtype=np.float32)
+            out["lidar"] = torch.from_numpy(
+                bev_grid(points, self.lidar["range_crop_m"], self.lidar["bev_cells"]))
+        if "camera" in sample and self.camera:
+            out["camera"] = torch.from_numpy(self._image(sample["camera"], rng))
+        return out
+
+    def _image(self, jpeg: bytes, rng: np.random.Generator) -> np.ndarray:
+        img = simplejpeg.decode_jpeg(jpeg, colorspace="RGB")
+        crop = self.camera["augment"]["random_crop"]
+        if crop:
+            ch, cw = crop[1], crop[0]  # crop is (width, height) like resize
+            h, w = img.shape[:2]
+            if self.augment:
+                y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            else:
+                y, x = (h - ch) // 2, (w - cw) // 2
+            img = img[y:y + ch, x:x + cw]
+        if self.augment and rng.random() < self.camera["augment"]["hflip_probability"]:
+            img = img[:, ::-1]
+        out = img.astype(np.float32) / 255.0
+        if self.camera["normalize"]:
+            out = (out - IMAGENET_MEAN) / IMAGENET_STD
+        return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+class ShardStream(IterableDataset):
+    """One rank's stream of a split (see the module docstring for the order)."""
+
+    def __init__(self, paths: list[str], counts: list[int], transform: SampleTransform, *,
+                 batch_size: int | None, offset: int, rank: int, world_size: int,
+                 epoch: int, shuffle: bool, seed: int):
+        self.paths, self.counts, self.transform = paths, counts, transform
+        self.batch = batch_size or 1
+        self.collate = batch_size is not None
+        self.offset, self.rank, self.world = offset, rank, world_size
+        self.epoch, self.shuffle, self.seed = epoch, shuffle, seed
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _order(self) -> list[int]:
+        order = list(range(len(self.paths)))
+        if self.shuffle:
+            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+        return order
+
+    def __len__(self) -> int:
+        n = rank_stream_length(sum(self.counts), self.rank, self.world, self.offset)
+        return math.ceil(n / self.batch) if self.collate else n
+
+    def _mine(self, start: int, end: int, worker: int, workers: int) -> set[int]:
+        """Canonical indices in [start, end) that belong to this rank and worker."""
+        first = start + (self.rank - start) % self.world
+        mine = set()
+        for i in range(first, end, self.world):
+            j = i // self.world - self.offset  # position in the rank's stream after offset
+            if j >= 0 and (j // self.batch) % workers == worker:
+                mine.add(i)
+        return mine
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        batch: list[dict] = []
+        start = 0
+        for shard in self._order():
+            end = start + self.counts[shard]
+            mine = self._mine(start, end, worker, workers)
+            if mine:
+                reader = wds.WebDataset(self.paths[shard], shardshuffle=False, nodesplitter=None,
+                                        workersplitter=None, empty_check=False)
+                for i, raw in enumerate(reader, start):
+                    if i not in mine:
+                        continue
+                    batch.append(self.transform(decode_sample(raw), i, self.epoch))
+                    if len(batch) == self.batch:
+                        yield default_collate(batch) if self.collate else batch[0]
+                        batch = []
+            start = end
+        if batch:
+            yield default_collate(batch) if self.collate else batch[0]
+
+
+def load(name: str, version: str, split: str, *, lake: Store | None = None,
+         batch_size: int | None = None, num_workers: int = 0, offset: int = 0,
+         rank: int = 0, world_size: int = 1, epoch: int = 0, shuffle: bool = False,
+         augment: bool | None = None, seed: int = 0) -> DataLoader:
+    """A DataLoader over one split of a dataset version (samples, or batches of them).
+
+    Each sample is a dict: `label`, `scenario` (index into SCENARIO_CLASSES),
+    `corner_case_score`, `key`, `upload_id`, `robot_type`, and the spec's features
+    `imu` (window, 6), `gps` (history, 3), `lidar` (1, cells, cells), `camera` (3, H, W).
+    """
+    lake = lake or default_lake()
+    manifest = read_manifest(name, version, lake)
+    if split not in manifest["splits"]:
+        raise ValueError(f"dataset {name} {version} has no split {split!r}; it has "
+                         f"{', '.join(manifest['splits'])}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    shards = manifest["splits"][split]["shards"]
+    transform = SampleTransform(manifest["spec"], split == "train" if augment is None
+                                else augment, seed)
+    stream = ShardStream(_local_shards(lake, shards), [s["samples"] for s in shards], transform,
+                         batch_size=batch_size, offset=offset, rank=rank, world_size=world_size,
+                         epoch=epoch, shuffle=shuffle, seed=seed)
+    return DataLoader(stream, batch_size=None, num_workers=num_workers,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
