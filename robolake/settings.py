@@ -16,6 +16,7 @@ PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
 DEFAULTS = {
     "ROBOLAKE_LANDING": "landing",
     "ROBOLAKE_LAKE": "lake",
+    "ROBOLAKE_SPECS": "specs",  # dataset specs: each YAML file becomes a dataset asset
 }
 
 

@@ -66,20 +66,22 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     from partitions import partition_key, robot_type_partitions
     from robolake.storage import open_store
     from robolake_assets.definitions import defs
-    from robolake_assets.jobs import LAYERS, ingest_job_name
+    from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
 
     if args.through not in LAYERS:
         raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
+    through_partitioned = (args.through if args.through in PARTITIONED_LAYERS
+                           else PARTITIONED_LAYERS[-1])
 
     landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
-    pending, n_files = _pending_partitions(landing, lake, args.through)
+    pending, n_files = _pending_partitions(landing, lake, through_partitioned)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
     instance = dg.DagsterInstance.get()
     known = set(instance.get_dynamic_partitions(robot_type_partitions.name))
     new_types = sorted({rt for _, rt in pending} - known)
     if new_types:
         instance.add_dynamic_partitions(robot_type_partitions.name, new_types)
-    job = defs.resolve_job_def(ingest_job_name(args.through))
+    job = defs.resolve_job_def(ingest_job_name(through_partitioned))
     failed = []
     for i, (day, robot_type) in enumerate(pending, 1):
         started = time.perf_counter()
@@ -92,11 +94,33 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
               f"{time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         if not result.success:
             failed.append(f"{day}|{robot_type}")
+    later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
+    for layer in later:
+        if layer == "datasets":
+            from robolake_assets.datasets import DATASET_ASSETS, specs_dir
+
+            print(f"datasets: {len(DATASET_ASSETS)} spec(s) in {specs_dir()}")
+        started = time.perf_counter()
+        result = defs.resolve_job_def(LAYER_JOBS[layer]).execute_in_process(
+            instance=instance, tags={"robolake/trigger": "cli"}, raise_on_error=False)
+        state = "ok" if result.success else "FAILED"
+        print(f"{layer}: {state} in {time.perf_counter() - started:.1f}s "
+              f"(run {result.run_id[:8]})")
+        if not result.success:
+            failed.append(layer)
+            for event in result.all_events:
+                if event.is_step_failure:
+                    print(f"  {event.step_key}: {event.step_failure_data.error.message.strip()}",
+                          file=sys.stderr)
+            break
     print_summary(lake, home)
     if failed:
         print(f"failed partitions: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
     return 0
+
+
+LAYER_JOBS = {"datasets": "build_datasets"}  # layers after the partitioned ones: one job each
 
 
 def print_summary(lake, dagster_home: Path | None = None) -> None:
@@ -136,10 +160,42 @@ def print_summary(lake, dagster_home: Path | None = None) -> None:
         passed = cleaned.check_report(metrics)
         print("quality (all uploads): " + ", ".join(
             f"{k} {'ok' if ok else 'FAIL'}" for k, ok in passed.items()))
+    from robolake.datasets.build import list_versions
+
+    versions = list_versions(lake)
+    if versions.height:
+        print("datasets (robolake datasets list / compare)")
+        for r in versions.iter_rows(named=True):
+            print(f"  {r['name']} {r['version']}: train {r['samples_train']}, val "
+                  f"{r['samples_val']}, test {r['samples_test']} samples from "
+                  f"{r['recordings']} recordings  ({lake.uri}/{r['manifest_key']})")
     print(f"lake:  {lake.uri}  (Delta tables under raw/ and cleaned/; copies under raw/files/)")
     if dagster_home:
         print(f"runs:  DAGSTER_HOME={dagster_home}")
     print("UI:    make ui   (then open http://127.0.0.1:3000)")
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from robolake.datasets.build import compare_versions, list_versions
+    from robolake.settings import ensure_env_defaults
+    from robolake.storage import open_store
+
+    lake = open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"])
+    with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_width_chars=120,
+                   fmt_str_lengths=40):
+        if args.action == "list":
+            versions = list_versions(lake, args.name)
+            if not versions.height:
+                print("no dataset versions registered yet (robolake ingest --through datasets)")
+                return 0
+            print(versions.select("name", "version", "spec_hash", "samples_train",
+                                  "samples_val", "samples_test", "recordings", "missing_rate")
+                  .with_columns(pl.col("spec_hash").str.slice(0, 12)))
+        else:
+            print(compare_versions(lake, args.name, args.a, args.b))
+    return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -168,10 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="scan the landing zone once and materialize "
                                         "the affected partitions in-process")
     ing.add_argument("--through", default="cleaned",
-                     help="last layer to build: raw or cleaned (default)")
+                     help="last layer to build: raw, cleaned (default) or datasets")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)
+
+    ds = sub.add_parser("datasets", help="list dataset versions or compare two of them")
+    ds_sub = ds.add_subparsers(dest="action", required=True)
+    ds_list = ds_sub.add_parser("list", help="registered versions with samples per split")
+    ds_list.add_argument("name", nargs="?", help="only this dataset")
+    ds_cmp = ds_sub.add_parser("compare", help="two versions side by side")
+    ds_cmp.add_argument("name")
+    ds_cmp.add_argument("a", help="version, e.g. 1.0.0")
+    ds_cmp.add_argument("b", help="version, e.g. 1.1.0")
+    for p in (ds_list, ds_cmp):
+        p.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    ds.set_defaults(func=_cmd_datasets)
 
     summ = sub.add_parser("summary", help="print what the lake holds")
     summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
@@ -183,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, KeyError) as exc:
         print(f"robolake: error: {exc}", file=sys.stderr)
         return 2
 

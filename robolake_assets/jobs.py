@@ -7,8 +7,10 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from resources import pools
 
-# Layers in pipeline order; each is an asset group. Later layers append here.
-LAYERS = ("raw", "cleaned")
+# Layers in pipeline order; each is an asset group. The first ones are partitioned by
+# (date, robot type) and run per partition; later ones span partitions and run once.
+PARTITIONED_LAYERS = ("raw", "cleaned")
+LAYERS = (*PARTITIONED_LAYERS, "datasets")
 
 
 def ingest_job_name(through: str) -> str:
@@ -16,8 +18,9 @@ def ingest_job_name(through: str) -> str:
 
 
 def ingest_job(through: str) -> UnresolvedAssetJobDefinition:
-    if through not in LAYERS:
-        raise ValueError(f"unknown layer {through!r}; expected one of {', '.join(LAYERS)}")
+    if through not in PARTITIONED_LAYERS:
+        raise ValueError(f"unknown layer {through!r}; expected one of "
+                         f"{', '.join(PARTITIONED_LAYERS)}")
     groups = LAYERS[: LAYERS.index(through) + 1]
     return dg.define_asset_job(
         ingest_job_name(through),
@@ -27,4 +30,12 @@ def ingest_job(through: str) -> UnresolvedAssetJobDefinition:
     )
 
 
-INGEST_JOBS = {layer: ingest_job(layer) for layer in LAYERS}
+INGEST_JOBS = {layer: ingest_job(layer) for layer in PARTITIONED_LAYERS}
+
+build_datasets = dg.define_asset_job(
+    "build_datasets",
+    selection=dg.AssetSelection.groups("datasets"),
+    tags=pools.queue_tags("batch"),
+    description="Score corner cases and build every dataset spec's version from the cleaned "
+                "tables (a version that exists with the same spec and inputs is kept).",
+)

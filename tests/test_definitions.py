@@ -31,6 +31,7 @@ def _graph() -> dict:
 
 PARTITIONED = {"partitions": "MultiPartitionsDefinition", "dimensions": ["date", "robot_type"],
                "pool": "cpu_spot"}
+UNPARTITIONED = {"partitions": None, "dimensions": None, "pool": "cpu_spot", "automation": None}
 CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"], "automation": "eager"}
 
 
@@ -45,13 +46,20 @@ def test_asset_graph_shape():
         "cleaned_aligned_frames": {**CLEANED, "checks": ["great_expectations"]},
         "cleaned_quality_reports": {**CLEANED, "checks": [
             "duplicate_rate", "latency", "max_gap", "null_rate", "outlier_rate"]},
+        "corner_case_scores": {**UNPARTITIONED, "group": "datasets",
+                               "deps": ["cleaned_aligned_frames"], "checks": []},
+        # one asset per spec in specs/ (ego_motion_demo.yaml reads IMU windows)
+        "datasets/ego_motion_demo": {
+            **UNPARTITIONED, "group": "datasets", "checks": ["every_split_has_samples"],
+            "deps": ["cleaned_aligned_frames", "cleaned_imu", "cleaned_quality_reports",
+                     "corner_case_scores"]},
     }
 
 
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw"]
+        "build_datasets", "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
     assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]

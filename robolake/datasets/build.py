@@ -36,6 +36,7 @@ from robolake.datasets.scenarios import (
     CORNER_CASE_THRESHOLD,
     CORNER_CASES,
     SCENARIO_CLASSES,
+    SCORE_COLUMNS,
     refresh_corner_cases,
 )
 from robolake.datasets.shards import dataset_prefix, manifest_key, write_split
@@ -52,6 +53,8 @@ SPLITS = ("train", "val", "test")
 IMU_COLUMNS = ("ax", "ay", "az", "gx", "gy", "gz")
 WGS84_A = 6378137.0
 WGS84_E2 = 6.69437999014e-3
+# columns of features/corner_cases that no cached transform reads (see build_dataset)
+_SCORE_FIELDS = frozenset({*SCORE_COLUMNS, "corner_case_score", "scenario"})
 
 
 class DatasetVersionExists(ValueError):
@@ -127,6 +130,13 @@ class RecordingFeatures:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # imu, gps, label (n, ...)
     lidar: list[np.ndarray] | None = None
     camera: list[bytes] | None = None
+    # frames too close to the recording's start for a full IMU window or GPS history:
+    # not samples, and not counted as missing data
+    edge: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.edge is None:
+            self.edge = np.zeros(len(self.ts_ns), dtype=bool)
 
     def valid(self) -> np.ndarray:
         ok = np.ones(len(self.ts_ns), dtype=bool)
@@ -139,7 +149,8 @@ class RecordingFeatures:
         return ok
 
     def to_bytes(self) -> bytes:
-        parts = {"ts_ns": self.ts_ns, **{f"a_{k}": v for k, v in self.arrays.items()}}
+        parts = {"ts_ns": self.ts_ns, "edge": self.edge,
+                 **{f"a_{k}": v for k, v in self.arrays.items()}}
         if self.lidar is not None:
             parts["lidar_points"] = (np.concatenate(self.lidar) if self.lidar
                                      else np.zeros((0, 3), np.float16))
@@ -154,7 +165,8 @@ class RecordingFeatures:
     @classmethod
     def from_bytes(cls, data: bytes) -> RecordingFeatures:
         z = np.load(io.BytesIO(data), allow_pickle=False)
-        out = cls(z["ts_ns"], {k[2:]: z[k] for k in z.files if k.startswith("a_")})
+        out = cls(z["ts_ns"], {k[2:]: z[k] for k in z.files if k.startswith("a_")},
+                  edge=z["edge"])
         if "lidar_offsets" in z.files:
             o, pts = z["lidar_offsets"], z["lidar_points"]
             out.lidar = [pts[o[i]:o[i + 1]] for i in range(len(o) - 1)]
@@ -196,8 +208,9 @@ def recording_features(spec: DatasetSpec, frames: pl.DataFrame, sampled: np.ndar
     if f.imu_window:
         imu_sorted = imu.sort("ts_ns")
         values = imu_sorted.select(IMU_COLUMNS).to_numpy().astype(np.float64)
-        out.arrays["imu"] = imu_windows(imu_sorted["ts_ns"].to_numpy(), values, t,
-                                        f.imu_window.size)
+        imu_ts = imu_sorted["ts_ns"].to_numpy()
+        out.arrays["imu"] = imu_windows(imu_ts, values, t, f.imu_window.size)
+        out.edge |= np.searchsorted(imu_ts, t, side="right") < f.imu_window.size
     lat = frames["gps_lat"].to_numpy().astype(np.float64)
     lon = frames["gps_lon"].to_numpy().astype(np.float64)
     alt = frames["gps_alt"].to_numpy().astype(np.float64)
@@ -214,6 +227,7 @@ def recording_features(spec: DatasetSpec, frames: pl.DataFrame, sampled: np.ndar
         traj = enu[np.clip(idx, 0, None)] - enu[sampled][:, None, :]
         traj[idx < 0] = np.nan
         out.arrays["gps"] = traj.astype(np.float32)
+        out.edge |= (idx < 0).any(axis=1)
     if spec.labels.kind == "ego_motion":
         # speed from the ENU track (central difference), yaw rate from the gyro
         n = len(t_all)
@@ -492,12 +506,19 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
     log(f"{spec.name} {spec.version}: {len(upload_ids)} recordings, "
         f"{int(frames['_sampled'].sum())} sampled frames before per-frame filters")
 
-    # cache keys first: they also fingerprint the inputs for the immutability check
+    # cache keys first; the same hash over every column fingerprints the inputs for the
+    # immutability check
     per_upload = {u: frames.filter(pl.col("upload_id") == u) for u in upload_ids}
     imu_rows: dict[str, pl.DataFrame] = {}
-    keys = {}
+    keys, input_keys = {}, {}
     for u, rows in per_upload.items():
-        inputs = [rows.select(sorted(c for c in rows.columns if c != "source_version"))]
+        columns = sorted(c for c in rows.columns if c != "source_version")
+        inputs = [rows.select(columns)]
+        # The cache key leaves out the corner-case scores: rarity is relative to the whole
+        # fleet, so a new day of other robots changes the scores of old recordings, and no
+        # feature reads them (they steer filters, balancing and scenario labels, which are
+        # not cached). With them in the key, old recordings missed the cache for nothing.
+        cache_inputs = [rows.select([c for c in columns if c not in _SCORE_FIELDS])]
         if spec.features.imu_window:
             imu = pl.from_arrow(read_table(
                 lake, TABLES["imu"], columns=["topic", "ts_ns", *IMU_COLUMNS],
@@ -508,8 +529,10 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
                 imu = imu.filter(pl.col("topic") == main)
             imu_rows[u] = imu.drop("topic").sort("ts_ns")
             inputs.append(imu_rows[u])
-        keys[u] = FeatureCache.key(spec, u, *inputs)
-    fingerprint = hashlib.sha256(json.dumps(sorted(keys.values())).encode()).hexdigest()
+            cache_inputs.append(imu_rows[u])
+        keys[u] = FeatureCache.key(spec, u, *cache_inputs)
+        input_keys[u] = FeatureCache.key(spec, u, *inputs)
+    fingerprint = hashlib.sha256(json.dumps(sorted(input_keys.values())).encode()).hexdigest()
 
     existing = _existing(lake, spec)
     if existing is not None:
@@ -547,13 +570,17 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
                                       lambda: lake.local_path(raw_key))
 
         features_by_upload[u] = cache.get_or_compute(keys[u], compute)
+        feats = features_by_upload[u]
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
-                                          pl.Series("_valid", features_by_upload[u].valid()),
+                                          pl.Series("_valid", feats.valid()),
+                                          pl.Series("_edge", feats.edge),
                                           pl.int_range(rows.height).alias("_row")))
         log(f"[{i}/{len(upload_ids)}] {u[:12]} ({splits[u]}): {rows.height} frames")
     selected = (pl.concat(rows_out) if rows_out else
                 frames.with_columns(pl.lit("").alias("split"), pl.lit(True).alias("_valid"),
-                                    pl.lit(0).alias("_row")))
+                                    pl.lit(False).alias("_edge"), pl.lit(0).alias("_row")))
+    edge_frames = int(selected["_edge"].sum())
+    selected = selected.filter(~pl.col("_edge"))
     # per-frame filters: corner-case score, then missing features
     selected = selected.filter(pl.col("corner_case_score")
                                >= spec.sources.filters.min_corner_case_score)
@@ -603,7 +630,8 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
         "input_fingerprint": fingerprint, "inputs": versions,
         "created_ns": time.time_ns(), "splits": manifest_splits,
         "split_of_recording": splits, "normalization": normalization,
-        "quality": {"candidate_frames": selected.height, "missing": missing,
+        "quality": {"candidate_frames": selected.height, "edge_frames": edge_frames,
+                    "missing": missing,
                     "missing_rate": missing_rate, "samples": usable.height},
         "cache": {"hits": cache.hits, "misses": cache.misses},
     }
@@ -704,6 +732,8 @@ def list_versions(lake: Store, name: str | None = None) -> pl.DataFrame:
 def compare_versions(lake: Store, name: str, a: str, b: str) -> pl.DataFrame:
     """Side-by-side figures of two versions: samples per split, per group and scenario of
     each split, label statistics (one row per figure, columns a, b and the change)."""
+    if a == b:
+        raise ValueError(f"compare two different versions of {name} (got {a} twice)")
     registry = list_versions(lake, name)
     stats = {}
     for v in (a, b):
@@ -721,11 +751,11 @@ def compare_versions(lake: Store, name: str, a: str, b: str) -> pl.DataFrame:
             for k in sorted(set(sa[section]) | set(sb[section])):
                 rows.append((f"{split}.{section}.{k}", sa[section].get(k, 0),
                              sb[section].get(k, 0)))
-        la, lb = sa["labels"], sb["labels"]
-        if "mean" in la or "mean" in lb:
-            for j in range(len((la if "mean" in la else lb)["mean"])):
-                rows.append((f"{split}.label[{j}].mean", la.get("mean", [None] * 9)[j],
-                             lb.get("mean", [None] * 9)[j]))
+        means_a, means_b = sa["labels"].get("mean"), sb["labels"].get("mean")
+        if means_a is not None or means_b is not None:  # regression labels
+            for j in range(len(means_a or means_b)):
+                rows.append((f"{split}.label[{j}].mean", means_a[j] if means_a else None,
+                             means_b[j] if means_b else None))
     frame = pl.DataFrame(rows, schema={"figure": pl.String, a: pl.Float64, b: pl.Float64},
                          orient="row")
     return frame.with_columns((pl.col(b) - pl.col(a)).alias("change"))

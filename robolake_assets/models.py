@@ -1,0 +1,185 @@
+"""Models layer: one training asset and one evaluation asset per training config.
+
+For every `configs/training/*.yaml`:
+
+- `model_<name>` trains on the config's dataset version (it depends on the
+  dataset asset `["datasets", <dataset name>]`), resuming from the lake's
+  checkpoints after a preemption, logs to MLflow, registers the model with its
+  lineage and puts the ONNX export beside it. It runs on the GPU pool
+  (`pools.gpu()`; `pools.gpu(high=True)` when the config asks for several
+  processes, which then run under torchrun).
+- `evaluation_<name>` scores the newly registered version on the test split and
+  the corner-case subset, compares it with the production model and promotes
+  it (MLflow alias `production`) only if it passes the gate; the decision and
+  its reasons are the asset's metadata and tags on the model version.
+
+`MODEL_JOBS` run a config's two assets with the training queue's run tags.
+The business rules live in robolake.models; these assets only call them.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+
+from resources import pools
+from resources.lake import LakeResource
+from robolake.models.config import TrainingConfig, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "training"
+GROUP = "models"
+
+
+def training_configs(directory: Path = CONFIG_DIR) -> dict[Path, TrainingConfig]:
+    """Every training config in `directory`, validated (a bad one fails loudly at load)."""
+    return {path: load_config(path) for path in sorted(directory.glob("*.y*ml"))}
+
+
+def asset_suffix(config: TrainingConfig) -> str:
+    return config.name.replace("-", "_")
+
+
+def dataset_key(config: TrainingConfig) -> dg.AssetKey:
+    return dg.AssetKey(["datasets", config.dataset.name])
+
+
+def _md_list(lines: list[str]) -> dg.MetadataValue:
+    return dg.MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none")
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
+    """The training and evaluation assets of one config."""
+    from robolake.models import pipeline
+
+    suffix = asset_suffix(config)
+    model_name = f"model_{suffix}"
+    # several processes per node need the multi-GPU pool; compute routing sets the k8s tags
+    placement = pools.gpu(high=config.distributed.nproc_per_node > 1)
+
+    @dg.asset(
+        name=model_name,
+        group_name=GROUP,
+        deps=[dataset_key(config)],
+        kinds={"pytorch", "mlflow"},
+        description=f"{config.model.architecture} trained on {config.dataset.name} "
+                    f"{config.dataset.version} ({config_path.name}); checkpoints in the lake, "
+                    f"registered in MLflow as {config.name}",
+        tags={"robolake/model": config.name},
+        **placement,
+    )
+    def model_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+        from robolake.models import tracking
+
+        store = lake.store()
+        summary = pipeline.train_model(store, config_path, log=context.log.info)
+        last = summary["history"][-1] if summary.get("history") else {}
+        metadata = {
+            "model_name": config.name,
+            "model_version": str(summary.get("version", "")),
+            "mlflow_run_id": summary.get("run_id") or "",
+            "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
+            "dataset": f"{config.dataset.name} {config.dataset.version}",
+            "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
+            "code_version": tracking.code_version(),
+            "config_hash": config.config_hash,
+            "task": summary["task"],
+            "global_step": summary["global_step"],
+            "epochs": summary["epochs_completed"],
+            "stopped_early": summary["stopped_early"],
+            "resumed_from": summary.get("resumed_from") or "",
+            "checkpoint": summary.get("checkpoint_key") or "",
+            "onnx": summary.get("onnx_key") or "",
+            "weights_sha256": summary["weights_sha256"],
+            "world_size": summary["world_size"],
+        }
+        metadata |= {k: v for k, v in last.items()
+                     if isinstance(v, float) and k not in ("epoch", "step")}
+        metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
+        if summary.get("onnx_max_abs_diff") is not None:
+            metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
+        return dg.MaterializeResult(metadata=metadata)
+
+    @dg.asset(
+        name=f"evaluation_{suffix}",
+        group_name=GROUP,
+        deps=[model_asset],
+        kinds={"pytorch", "mlflow"},
+        description=f"{config.name} on the test split and its corner cases, against the "
+                    f"production model; promotes it when it wins by "
+                    f"{config.evaluation.margin:.0%} with < "
+                    f"{config.evaluation.max_corner_case_failure_rate:.0%} corner-case failures",
+        tags={"robolake/model": config.name},
+        **pools.gpu(),
+    )
+    def evaluation_asset(context: dg.AssetExecutionContext,
+                         lake: LakeResource) -> dg.MaterializeResult:
+        version = None
+        event = context.instance.get_latest_materialization_event(dg.AssetKey(model_name))
+        if event is not None and event.asset_materialization is not None:
+            entry = event.asset_materialization.metadata.get("model_version")
+            version = str(entry.value) if entry is not None and entry.value else None
+        result = pipeline.evaluate_and_promote(lake.store(), config_path, version,
+                                               log=context.log.info)
+        decision, report = result["decision"], result["report"]
+        metadata = {
+            "decision": decision["verdict"],
+            "promoted": decision["promote"],
+            "reasons": _md_list(decision["reasons"]),
+            "model_version": result["version"],
+            "production_version": str(result.get("production_version") or ""),
+            "baseline_version": str(decision.get("baseline_version") or ""),
+            "main_metric": decision["main_metric"],
+            "main_metric_value": float(decision["candidate"]),
+            "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
+            "test_samples": report["samples"],
+            "mlflow_evaluation_run_id": result["evaluation_run_id"],
+            "mlflow_ui": result["ui"],
+            "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
+        }
+        if decision.get("baseline") is not None:
+            metadata["baseline_value"] = float(decision["baseline"])
+            metadata["improvement"] = float(decision["improvement"])
+        metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
+        metadata |= {k: float(v) for k, v in report["speed"].items()}
+        metadata |= {k: v for k, v in report["onnx"].items()}
+        metadata = {k: v for k, v in metadata.items() if v is not None}
+        return dg.MaterializeResult(metadata=metadata,
+                                    tags={"robolake/promotion": decision["verdict"]})
+
+    return [model_asset, evaluation_asset]
+
+
+def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
+    if not per_scenario:
+        return "no samples"
+    columns = sorted({k for values in per_scenario.values() for k in values})
+    lines = ["| scenario | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for name, values in per_scenario.items():
+        cells = [f"{values[c]:.4g}" if c in values else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_models_layer(directory: Path = CONFIG_DIR
+                       ) -> tuple[list[dg.AssetsDefinition], list]:
+    """Assets and jobs (`train_<name>`: a config's training and evaluation, training queue)."""
+    assets: list[dg.AssetsDefinition] = []
+    jobs = []
+    for path, config in training_configs(directory).items():
+        pair = build_model_assets(path, config)
+        assets += pair
+        jobs.append(dg.define_asset_job(
+            f"train_{asset_suffix(config)}", selection=dg.AssetSelection.assets(*pair),
+            tags=pools.queue_tags("training"),
+            description=f"Train, register, evaluate and maybe promote {config.name}."))
+    return assets, jobs
+
+
+MODEL_ASSETS, MODEL_JOBS = build_models_layer()

@@ -1,0 +1,119 @@
+"""Datasets through Dagster: one asset per spec file, metadata, refusal as a run failure."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from robolake.cleaned import clean_partition
+from robolake.raw import ingest_landing
+from robolake.simulate import simulate_fleet
+from robolake.storage import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+DAY = "2026-11-20"
+
+
+def _spec(name: str, version: str = "1.0.0", **over) -> dict:
+    spec = yaml.safe_load((REPO / "specs" / "ego_motion_demo.yaml").read_text())
+    spec.update(name=name, version=version)
+    spec["sources"]["dates"] = {"start": DAY, "end": DAY}
+    spec["quality_gates"]["min_samples"] = 10
+    spec.update(over)
+    return spec
+
+
+@pytest.fixture
+def lake_with_cleaned(tmp_path: Path, monkeypatch):
+    landing, lake_dir = tmp_path / "landing", tmp_path / "lake"
+    simulate_fleet(landing, robots=4, date=DAY, minutes=0.5, seed=5)
+    landing_store, lake = open_store(landing), open_store(lake_dir)
+    ingest_landing(landing_store, lake)
+    for robot_type in ("delivery", "warehouse_amr"):
+        clean_partition(lake, DAY, robot_type)
+    monkeypatch.setenv("ROBOLAKE_LANDING", str(landing))
+    monkeypatch.setenv("ROBOLAKE_LAKE", str(lake_dir))
+    return tmp_path, lake
+
+
+def _definitions(specs: Path, monkeypatch):
+    """The code location as it loads with ROBOLAKE_SPECS pointing at `specs`."""
+    monkeypatch.setenv("ROBOLAKE_SPECS", str(specs))
+    from robolake_assets import datasets, definitions, jobs
+
+    importlib.reload(datasets)
+    importlib.reload(jobs)
+    return importlib.reload(definitions).defs
+
+
+def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
+    tmp_path, lake = lake_with_cleaned
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "a.yaml").write_text(yaml.safe_dump(_spec("imu_a")))
+    (specs / "b.yml").write_text(yaml.safe_dump(_spec("imu_b", balancing={"by": "region"})))
+    try:
+        defs = _definitions(specs, monkeypatch)
+        keys = {k.to_user_string() for k in defs.get_repository_def().asset_graph
+                .get_all_asset_keys()}
+        assert {"datasets/imu_a", "datasets/imu_b", "corner_case_scores"} <= keys
+
+        job = defs.resolve_job_def("build_datasets")
+        with dg.instance_for_test() as instance:
+            result = job.execute_in_process(instance=instance)
+            assert result.success
+            mats = {m.asset_key.to_user_string(): m.materialization.metadata
+                    for m in result.get_asset_materialization_events()}
+            manifest = json.loads(lake.read_bytes("datasets/imu_a/1.0.0/manifest.json"))
+            meta = mats["datasets/imu_a"]
+            assert meta["built_now"].value is True
+            assert meta["spec_hash"].value == manifest["spec_hash"]
+            assert meta["dagster/row_count"].value == sum(
+                s["samples"] for s in manifest["splits"].values())
+            assert meta["input_delta_versions"].value == manifest["inputs"]
+            assert "| train |" in meta["samples"].value
+            assert mats["corner_case_scores"]["dagster/row_count"].value > 0
+            checks = {(e.asset_key.to_user_string(), e.check_name): e.passed
+                      for e in result.get_asset_check_evaluations()}
+            assert checks[("datasets/imu_a", "every_split_has_samples")] is True
+
+            # a second run keeps the versions; a changed spec under the same version fails
+            again = job.execute_in_process(instance=instance)
+            assert again.success
+            assert {m.asset_key.to_user_string(): m.materialization.metadata["built_now"].value
+                    for m in again.get_asset_materialization_events()
+                    if m.asset_key.path[0] == "datasets"} == {"datasets/imu_a": False,
+                                                              "datasets/imu_b": False}
+            (specs / "a.yaml").write_text(yaml.safe_dump(_spec("imu_a", description="new")))
+            refused = job.execute_in_process(instance=instance, raise_on_error=False)
+            assert not refused.success
+            failures = [e.step_failure_data.error.message for e in refused.all_events
+                        if e.is_step_failure]
+            assert len(failures) == 1
+            assert "imu_a version 1.0.0 already exists" in failures[0]
+            assert "bump `version`" in failures[0]
+    finally:
+        monkeypatch.delenv("ROBOLAKE_SPECS")
+        _definitions(REPO / "specs", monkeypatch)
+
+
+def test_a_bad_spec_stops_the_code_location_with_its_error(tmp_path: Path, monkeypatch):
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    bad = _spec("bad")
+    bad["output"]["splits"] = {"train": 0.8, "val": 0.1, "test": 0.05}
+    (specs / "bad.yaml").write_text(yaml.safe_dump(bad))
+    from robolake.datasets.spec import SpecError
+
+    try:
+        with pytest.raises(SpecError, match=r"bad\.yaml: output\.splits: train \+ val \+ test "
+                                            r"must sum to 1"):
+            _definitions(specs, monkeypatch)
+    finally:
+        monkeypatch.delenv("ROBOLAKE_SPECS")
+        _definitions(REPO / "specs", monkeypatch)
