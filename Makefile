@@ -4,7 +4,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-DEMO_DATE ?= $(shell date -u -d yesterday +%F)
+# a fixed day: re-running the demo is a no-op (dataset versions are immutable)
+DEMO_DATE ?= 2026-11-27
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export ROBOLAKE_LANDING ?= $(CURDIR)/landing
 export ROBOLAKE_LAKE ?= $(CURDIR)/lake
@@ -25,9 +26,9 @@ test: install
 
 demo: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 5 \
+	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 6 \
 	  --date $(DEMO_DATE) --minutes 2 --seed 7 --faults truncated,no_identity,duplicate_messages
-	$(BIN)/robolake ingest --through cleaned
+	$(BIN)/robolake ingest --through datasets
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true

@@ -23,6 +23,7 @@ import io
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -396,7 +397,8 @@ def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int])
     scored = pl.scan_delta(lake.table_uri(CORNER_CASES), version=versions[CORNER_CASES],
                            storage_options=lake.delta_options or None)
     scored = scored.filter(pl.col("date").is_between(pl.lit(src.dates.start.isoformat()),
-                                                     pl.lit(src.dates.end.isoformat())))
+                                                     pl.lit((src.dates.end or date.max)
+                                                            .isoformat())))
     if src.filters.robot_type:
         scored = scored.filter(pl.col("robot_type").is_in(src.filters.robot_type))
     if src.filters.region:

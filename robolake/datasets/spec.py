@@ -35,11 +35,11 @@ class _Strict(BaseModel):
 
 class DateRange(_Strict):
     start: date
-    end: date
+    end: date | None = None  # open-ended: every later day (new data then needs a new version)
 
     @model_validator(mode="after")
     def _ordered(self) -> DateRange:
-        if self.end < self.start:
+        if self.end is not None and self.end < self.start:
             raise ValueError(f"end {self.end} is before start {self.start}")
         return self
 
