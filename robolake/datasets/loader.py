@@ -11,7 +11,9 @@ the number of workers. Having consumed k samples, a job resumes exactly with
 `offset = k` (every sample once per epoch, none twice).
 
 Workers collate their own batches, so decoding and augmentation run in
-parallel; each worker skips whole shards that hold none of its samples.
+parallel. Shards are read with `wids` (WebDataset's indexed reader: an mmap and
+a scan of the tar headers), so a worker reads only its own samples and a
+resumed job seeks straight to its offset instead of parsing what it skips.
 Augmentations (LiDAR rotation, camera crop/flip) apply to the train split by
 default and are seeded per (seed, epoch, sample), so a resumed run sees the
 same augmented samples.
@@ -27,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import simplejpeg
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from wids.wids import IndexedTarSamples
 
 from robolake.datasets.scenarios import SCENARIO_CLASSES
 from robolake.datasets.shards import decode_sample, manifest_key
@@ -96,7 +98,7 @@ class SampleTransform:
         self.seed = seed
 
     def __call__(self, sample: dict, index: int, epoch: int) -> dict:
-        rng = np.random.default_rng([self.seed, epoch, index])
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
         meta = sample["meta"]
         out: dict = {
             "key": sample["__key__"],
@@ -104,11 +106,11 @@ class SampleTransform:
             "robot_type": meta["robot_type"],
             "scenario": torch.tensor(SCENARIO_CLASSES.index(meta["scenario"])),
             "corner_case_score": torch.tensor(meta["corner_case_score"], dtype=torch.float32),
-            "label": torch.from_numpy(sample["label"]),
+            "label": torch.from_numpy(sample["label"].copy()),
         }
         for field in ("imu", "gps"):
             if field in sample:
-                out[field] = torch.from_numpy(sample[field].astype(np.float32))
+                out[field] = torch.from_numpy(sample[field].astype(np.float32))  # a copy
         if "lidar" in sample and self.lidar:
             points = sample["lidar"].astype(np.float32)
             max_deg = self.lidar["augment"]["random_rotation_deg"]
@@ -185,15 +187,19 @@ class ShardStream(IterableDataset):
             end = start + self.counts[shard]
             mine = self._mine(start, end, worker, workers)
             if mine:
-                reader = wds.WebDataset(self.paths[shard], shardshuffle=False, nodesplitter=None,
-                                        workersplitter=None, empty_check=False)
-                for i, raw in enumerate(reader, start):
-                    if i not in mine:
-                        continue
-                    batch.append(self.transform(decode_sample(raw), i, self.epoch))
-                    if len(batch) == self.batch:
-                        yield default_collate(batch) if self.collate else batch[0]
-                        batch = []
+                samples = IndexedTarSamples(path=self.paths[shard],
+                                            expected_size=self.counts[shard])
+                try:
+                    for i in sorted(mine):
+                        raw = samples[i - start]
+                        raw = {k.lstrip("."): v.getvalue() if k != "__key__" else v
+                               for k, v in raw.items()}
+                        batch.append(self.transform(decode_sample(raw), i, self.epoch))
+                        if len(batch) == self.batch:
+                            yield default_collate(batch) if self.collate else batch[0]
+                            batch = []
+                finally:
+                    samples.close()
             start = end
         if batch:
             yield default_collate(batch) if self.collate else batch[0]
