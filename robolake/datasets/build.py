@@ -510,8 +510,16 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
 
     # cache keys first; the same hash over every column fingerprints the inputs for the
     # immutability check
-    per_upload = {u: frames.filter(pl.col("upload_id") == u) for u in upload_ids}
+    per_upload = frames.partition_by("upload_id", as_dict=True, maintain_order=True)
+    per_upload = {key[0]: rows for key, rows in per_upload.items()}
     imu_rows: dict[str, pl.DataFrame] = {}
+    imu_all: dict = {}
+    if spec.features.imu_window and upload_ids:  # one scan for all recordings
+        imu_all = (pl.scan_delta(lake.table_uri(TABLES["imu"]), version=versions[TABLES["imu"]],
+                                 storage_options=lake.delta_options or None)
+                   .filter(pl.col("upload_id").is_in(upload_ids))
+                   .select("upload_id", "topic", "ts_ns", *IMU_COLUMNS).collect()
+                   .partition_by("upload_id", as_dict=True))
     keys, input_keys = {}, {}
     for u, rows in per_upload.items():
         columns = sorted(c for c in rows.columns if c != "source_version")
@@ -522,9 +530,9 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
         # not cached). With them in the key, old recordings missed the cache for nothing.
         cache_inputs = [rows.select([c for c in columns if c not in _SCORE_FIELDS])]
         if spec.features.imu_window:
-            imu = pl.from_arrow(read_table(
-                lake, TABLES["imu"], columns=["topic", "ts_ns", *IMU_COLUMNS],
-                filters={"upload_id": u}, version=versions[TABLES["imu"]]))
+            imu = imu_all.get((u,), pl.DataFrame(schema={
+                "upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
+                **{c: pl.Float64 for c in IMU_COLUMNS}})).drop("upload_id")
             if imu.height:  # the recording's main IMU (most samples)
                 main = imu.group_by("topic").len().sort(["len", "topic"],
                                                         descending=[True, False])["topic"][0]
