@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 export ROBOLAKE_LANDING ?= $(CURDIR)/landing
 export ROBOLAKE_LAKE ?= $(CURDIR)/lake
 
-.PHONY: install test demo ui lint bench clean
+.PHONY: install test demo ui mlflow lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,15 @@ demo: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 6 \
 	  --date $(DEMO_DATE) --minutes 2 --seed 7 --faults truncated,no_identity,duplicate_messages
-	$(BIN)/robolake ingest --through datasets
+	$(BIN)/robolake ingest --through models
 
 ui: install
 	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow: install  # the demo's runs and registered models (embedded SQLite store in the lake)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ROBOLAKE_LAKE)/mlflow/mlflow.db \
+	  -h 127.0.0.1 -p 5000
 
 lint: install
 	$(BIN)/ruff check .
@@ -40,6 +44,8 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/ingest_raw.py
 	$(BIN)/python benchmarks/align.py
+	$(BIN)/python benchmarks/loader.py
+	$(BIN)/python benchmarks/train_step.py
 
 clean:
 	rm -rf $(VENV) lake landing .dagster_home

@@ -17,6 +17,8 @@ DEFAULTS = {
     "ROBOLAKE_LANDING": "landing",
     "ROBOLAKE_LAKE": "lake",
     "ROBOLAKE_SPECS": "specs",  # dataset specs: each YAML file becomes a dataset asset
+    # training configs: each YAML file becomes a training and an evaluation asset
+    "ROBOLAKE_TRAINING_CONFIGS": "configs/training",
 }
 
 

@@ -96,31 +96,43 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             failed.append(f"{day}|{robot_type}")
     later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
     for layer in later:
-        if layer == "datasets":
-            from robolake_assets.datasets import DATASET_ASSETS, specs_dir
-
-            print(f"datasets: {len(DATASET_ASSETS)} spec(s) in {specs_dir()}")
-        started = time.perf_counter()
-        result = defs.resolve_job_def(LAYER_JOBS[layer]).execute_in_process(
-            instance=instance, tags={"robolake/trigger": "cli"}, raise_on_error=False)
-        state = "ok" if result.success else "FAILED"
-        print(f"{layer}: {state} in {time.perf_counter() - started:.1f}s "
-              f"(run {result.run_id[:8]})")
-        if not result.success:
-            failed.append(layer)
-            for event in result.all_events:
-                if event.is_step_failure:
-                    print(f"  {event.step_key}: {event.step_failure_data.error.message.strip()}",
-                          file=sys.stderr)
+        if failed:
             break
+        for job_name in _layer_jobs(layer):
+            started = time.perf_counter()
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                instance=instance, tags={"robolake/trigger": "cli"}, raise_on_error=False)
+            state = "ok" if result.success else "FAILED"
+            print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
+                  f"(run {result.run_id[:8]})")
+            if not result.success:
+                failed.append(job_name)
+                for event in result.all_events:
+                    if event.is_step_failure:
+                        print(f"  {event.step_key}: "
+                              f"{event.step_failure_data.error.message.strip()}", file=sys.stderr)
     print_summary(lake, home)
+    if "models" in later:
+        from robolake.models.tracking import ui_command
+
+        print(f"MLflow: make mlflow  (or {ui_command(lake)}; then open http://127.0.0.1:5000)")
     if failed:
-        print(f"failed partitions: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
+        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
         return 1
     return 0
 
 
-LAYER_JOBS = {"datasets": "build_datasets"}  # layers after the partitioned ones: one job each
+def _layer_jobs(layer: str) -> list[str]:
+    """The jobs that build a layer after the partitioned ones (they span partitions)."""
+    if layer == "datasets":
+        from robolake_assets.datasets import DATASET_ASSETS, specs_dir
+
+        print(f"datasets: {len(DATASET_ASSETS)} spec(s) in {specs_dir()}")
+        return ["build_datasets"]
+    from robolake_assets.models import MODEL_JOBS, config_dir
+
+    print(f"models: {len(MODEL_JOBS)} training config(s) in {config_dir()}")
+    return [job.name for job in MODEL_JOBS]
 
 
 def print_summary(lake, dagster_home: Path | None = None) -> None:
@@ -224,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ing = sub.add_parser("ingest", help="scan the landing zone once and materialize "
                                         "the affected partitions in-process")
     ing.add_argument("--through", default="cleaned",
-                     help="last layer to build: raw, cleaned (default) or datasets")
+                     help="last layer to build: raw, cleaned (default), datasets or models")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)

@@ -10,7 +10,7 @@ ensure_env_defaults()  # laptop defaults for ROBOLAKE_* before EnvVar-based reso
 
 from resources.executors import robolake_executor  # noqa: E402
 from resources.lake import storage_resources  # noqa: E402
-from robolake_assets import cleaned, datasets, raw  # noqa: E402
+from robolake_assets import cleaned, datasets, models, raw  # noqa: E402
 from robolake_assets.jobs import INGEST_JOBS, PARTITIONED_LAYERS, build_datasets  # noqa: E402
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule  # noqa: E402
 from sensors.run_status import failed_runs_sensor  # noqa: E402
@@ -18,8 +18,8 @@ from sensors.uploads import build_new_uploads_sensor  # noqa: E402
 
 defs = dg.Definitions(
     assets=[raw.raw_uploads, cleaned.cleaned_layer, datasets.corner_case_scores,
-            *datasets.DATASET_ASSETS],
-    jobs=[*INGEST_JOBS.values(), build_datasets, delta_maintenance],
+            *datasets.DATASET_ASSETS, *models.MODEL_ASSETS],
+    jobs=[*INGEST_JOBS.values(), build_datasets, *models.MODEL_JOBS, delta_maintenance],
     schedules=[delta_maintenance_schedule],
     sensors=[build_new_uploads_sensor(INGEST_JOBS[PARTITIONED_LAYERS[-1]]), failed_runs_sensor],
     resources=storage_resources(),

@@ -10,7 +10,7 @@ from resources import pools
 # Layers in pipeline order; each is an asset group. The first ones are partitioned by
 # (date, robot type) and run per partition; later ones span partitions and run once.
 PARTITIONED_LAYERS = ("raw", "cleaned")
-LAYERS = (*PARTITIONED_LAYERS, "datasets")
+LAYERS = (*PARTITIONED_LAYERS, "datasets", "models")
 
 
 def ingest_job_name(through: str) -> str:

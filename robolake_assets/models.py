@@ -24,14 +24,19 @@ import dagster as dg
 from resources import pools
 from resources.lake import LakeResource
 from robolake.models.config import TrainingConfig, load_config
+from robolake.settings import ensure_env_defaults
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "training"
 GROUP = "models"
 
 
-def training_configs(directory: Path = CONFIG_DIR) -> dict[Path, TrainingConfig]:
+def config_dir() -> Path:
+    return Path(ensure_env_defaults()["ROBOLAKE_TRAINING_CONFIGS"])
+
+
+def training_configs(directory: Path | None = None) -> dict[Path, TrainingConfig]:
     """Every training config in `directory`, validated (a bad one fails loudly at load)."""
-    return {path: load_config(path) for path in sorted(directory.glob("*.y*ml"))}
+    return {path: load_config(path) for path in sorted((directory or config_dir())
+                                                        .glob("*.y*ml"))}
 
 
 def asset_suffix(config: TrainingConfig) -> str:
@@ -138,6 +143,7 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
             "main_metric_value": float(decision["candidate"]),
             "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
             "test_samples": report["samples"],
+            "device": report["device"],
             "mlflow_evaluation_run_id": result["evaluation_run_id"],
             "mlflow_ui": result["ui"],
             "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
@@ -167,7 +173,7 @@ def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def build_models_layer(directory: Path = CONFIG_DIR
+def build_models_layer(directory: Path | None = None
                        ) -> tuple[list[dg.AssetsDefinition], list]:
     """Assets and jobs (`train_<name>`: a config's training and evaluation, training queue)."""
     assets: list[dg.AssetsDefinition] = []

@@ -32,6 +32,7 @@ def _graph() -> dict:
 PARTITIONED = {"partitions": "MultiPartitionsDefinition", "dimensions": ["date", "robot_type"],
                "pool": "cpu_spot"}
 UNPARTITIONED = {"partitions": None, "dimensions": None, "pool": "cpu_spot", "automation": None}
+GPU = {**UNPARTITIONED, "group": "models", "pool": "gpu_standard", "checks": []}
 CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"], "automation": "eager"}
 
 
@@ -53,13 +54,17 @@ def test_asset_graph_shape():
             **UNPARTITIONED, "group": "datasets", "checks": ["every_split_has_samples"],
             "deps": ["cleaned_aligned_frames", "cleaned_imu", "cleaned_quality_reports",
                      "corner_case_scores"]},
+        # one training and one evaluation asset per config in configs/training/
+        "model_imu_gps_demo": {**GPU, "deps": ["datasets/ego_motion_demo"]},
+        "evaluation_imu_gps_demo": {**GPU, "deps": ["model_imu_gps_demo"]},
     }
 
 
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "build_datasets", "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw"]
+        "build_datasets", "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw",
+        "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
     assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]

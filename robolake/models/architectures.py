@@ -103,7 +103,7 @@ class ImuGpsConvNet(nn.Module):
     over the GPS trajectory when the dataset has one, and a small head."""
 
     def __init__(self, io: ModelIO, hidden: int = 32, kernel: int = 5, dropout: float = 0.1,
-                 gps_scale_m: float = 10.0):
+                 gps_scale_m: float = 1.0):
         super().__init__()
         self.io = io
         self.imu = nn.Sequential(
@@ -174,7 +174,7 @@ class ImuGpsParams(_Params):
     hidden: int = Field(32, ge=4, le=2048)
     kernel: int = Field(5, ge=1, le=63)
     dropout: float = Field(0.1, ge=0, lt=1)
-    gps_scale_m: float = Field(10.0, gt=0)
+    gps_scale_m: float = Field(1.0, gt=0)  # metres per unit of GPS input
 
 
 class CnnParams(_Params):

@@ -5,7 +5,7 @@ scenario classifiers, MAE and RMSE for ego-motion regressors), a per-scenario
 breakdown, robustness on the corner-case subset (frames whose
 corner_case_score >= `evaluation.corner_case_threshold`), and speed (batched
 samples/s, single-sample latency and FPS; with ONNX Runtime too when an export
-is given).
+is given). Predictions and PyTorch speed are taken on the GPU when there is one.
 
 Failure (for failure rates): a classifier fails on a frame it misclassifies; a
 regressor fails when |speed error| > `regression_tolerance.speed_mps` or
@@ -58,6 +58,7 @@ class EvalReport:
     per_scenario: dict[str, dict[str, float]]
     speed: dict[str, float]
     onnx: dict[str, float | bool] = field(default_factory=dict)
+    device: str = "cpu"  # where the PyTorch predictions and speed figures were taken
 
     @property
     def main_value(self) -> float:
@@ -91,15 +92,17 @@ class Predictions:
 
 
 def predict(model: nn.Module, lake: Store, dataset: str, version: str, split: str,
-            batch_size: int = 256, model_io: ModelIO | None = None) -> Predictions:
+            batch_size: int = 256, model_io: ModelIO | None = None,
+            device: torch.device | None = None) -> Predictions:
     model_io = model_io or model.io
-    model = model.eval().cpu()
+    device = device or torch.device("cpu")
+    model = model.eval().to(device)
     outs, labels, scenarios, scores, kept = [], [], [], [], []
     loader = load(dataset, version, split, lake=lake, batch_size=batch_size, augment=False)
     with torch.no_grad():
         for batch in loader:
             inputs = [batch[name] for name in model_io.inputs]
-            outs.append(model(*inputs).float())
+            outs.append(model(*[t.to(device) for t in inputs]).float().cpu())
             labels.append(batch["label"])
             scenarios.append(batch["scenario"])
             scores.append(batch["corner_case_score"])
@@ -162,7 +165,8 @@ def score(pred: Predictions, model_io: ModelIO, policy: Evaluation) -> EvalRepor
         mask = pred.scenario == index
         if not mask.any():
             continue
-        values = {"samples": float(mask.sum()), "failure_rate": float(failures[mask].float().mean())}
+        values = {"samples": float(mask.sum()),
+                  "failure_rate": float(failures[mask].float().mean())}
         sub = _task_metrics(task, pred.outputs[mask], pred.labels[mask])
         values |= {"accuracy": sub["accuracy"]} if task == "scenario" else {"mae": sub["mae"]}
         per_scenario[name] = values
@@ -172,14 +176,19 @@ def score(pred: Predictions, model_io: ModelIO, policy: Evaluation) -> EvalRepor
 def measure_speed(model: nn.Module, batches: list[list[torch.Tensor]], *,
                   min_seconds: float = 0.5, latency_runs: int = 50,
                   run: Callable[[list[torch.Tensor]], object] | None = None,
-                  prefix: str = "") -> dict[str, float]:
+                  prefix: str = "", device: torch.device | None = None) -> dict[str, float]:
     """Batched throughput (samples/s) and single-sample latency (ms, p50/p95) and FPS."""
     if run is None:
-        model = model.eval().cpu()
+        device = device or torch.device("cpu")
+        model = model.eval().to(device)
+        batches = [[t.to(device) for t in inputs] for inputs in batches]
 
         def run(inputs):
             with torch.no_grad():
-                return model(*inputs)
+                out = model(*inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out
 
     for inputs in batches[:2]:  # warm-up
         run(inputs)
@@ -213,11 +222,14 @@ def evaluate_model(model: nn.Module, lake: Store, config: TrainingConfig, *,
 
     model_io: ModelIO = model.io
     policy = config.evaluation
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     pred = predict(model, lake, config.dataset.name, config.dataset.version,
-                   split or config.dataset.splits.test, policy.batch_size, model_io)
+                   split or config.dataset.splits.test, policy.batch_size, model_io, device)
     report = score(pred, model_io, policy)
+    report.device = device.type
     if measure:
-        report.speed = measure_speed(model, pred.kept_inputs)
+        report.speed = measure_speed(model, pred.kept_inputs, device=device)
+    model.cpu()  # ONNX Runtime runs on the CPU here: compare with PyTorch on the CPU
     if onnx_path is not None:
         check = export.check_onnx(model, onnx_path, pred.kept_inputs, policy.onnx_atol,
                                   policy.onnx_rtol, model_io)
@@ -242,10 +254,11 @@ class PromotionDecision:
     baseline_version: str | None = None
     improvement: float | None = None  # relative, positive is better
     corner_case_failure_rate: float | None = None
+    kept: bool = False  # the candidate already is the production model
 
     @property
     def verdict(self) -> str:
-        return "promoted" if self.promote else "refused"
+        return "promoted" if self.promote else "kept" if self.kept else "refused"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
@@ -327,16 +340,18 @@ def evaluate_and_promote(lake: Store, config: TrainingConfig, version: str | Non
             onnx_path.write_bytes(lake.read_bytes(onnx_key(name, version)))
         report = evaluate_model(candidate_model, lake, config, onnx_path=onnx_path,
                                 measure=measure)
+    rate = report.corner_case_failure_rate
     log(f"{name} v{version}: {report.main_metric} {report.main_value:.4g} on "
         f"{report.samples} test samples, corner-case failure rate "
-        f"{report.corner_case_failure_rate:.1%}")
+        f"{'n/a (no corner cases)' if math.isnan(rate) else f'{rate:.1%}'}")
 
     current = tracking.production_version(client, name)
     baseline = baseline_version = None
     reasons_extra: list[str] = []
     if current is not None and str(current.version) == str(version):
         decision = PromotionDecision(False, [f"v{version} is already the production model"],
-                                     report.main_metric, report.main_value)
+                                     report.main_metric, report.main_value, kept=True,
+                                     corner_case_failure_rate=rate)
     else:
         if current is not None:
             baseline_version = str(current.version)
@@ -364,9 +379,10 @@ def evaluate_and_promote(lake: Store, config: TrainingConfig, version: str | Non
                     "robolake.promotion_reasons": "; ".join(decision.reasons),
                     "robolake.evaluation_run_id": run_id,
                     f"robolake.{report.main_metric}": f"{report.main_value:.6g}",
-                    "robolake.corner_case_failure_rate": f"{report.corner_case_failure_rate:.6g}"}
+                    "robolake.corner_case_failure_rate": f"{rate:.6g}"}
     for key, value in verdict_tags.items():
-        client.set_model_version_tag(name, version, key, value)
+        if not decision.kept:  # the version keeps the tags of the evaluation that promoted it
+            client.set_model_version_tag(name, version, key, value)
     log(f"{name} v{version} {decision.verdict}: " + "; ".join(decision.reasons))
     return {"model": name, "version": version, "decision": decision.to_dict(),
             "report": report.to_dict(), "evaluation_run_id": run_id,

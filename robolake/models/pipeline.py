@@ -6,6 +6,12 @@
   lake). With `distributed.nproc_per_node` > 1 it runs itself under `torchrun`.
 - `evaluate_and_promote` (robolake.models.evaluate): the promotion gate.
 - `train_and_evaluate`: both, for `robolake ingest --through models` and the demo.
+
+Re-running an unchanged config is a no-op: when the run key's checkpoints say
+training finished and the registry holds the version registered from that
+final checkpoint by the same (clean, committed) code, `train_model` returns
+that version instead of training and registering an identical one again
+(`retrain=True` forces a new run). Uncommitted code always retrains.
 """
 
 from __future__ import annotations
@@ -43,8 +49,6 @@ def train_in_process(lake: Store | str | Path | None, config: TrainingConfig | s
                      track: bool = True, stop_after_steps: int | None = None,
                      log: Log = print) -> dict:
     """Train in this process (one rank when under torchrun); rank 0 registers the model."""
-    from robolake.models import export, tracking
-    from robolake.models.evaluate import onnx_key
     from robolake.models.train import train
 
     lake = resolve_lake(lake)
@@ -57,6 +61,9 @@ def train_in_process(lake: Store | str | Path | None, config: TrainingConfig | s
     tracker = result.tracker
     if not (result.finished and result.rank == 0 and track):
         return summary
+    from robolake.models import export, tracking  # mlflow, onnx: only where they are used
+    from robolake.models.evaluate import onnx_key
+
     summary |= {"tracking_uri": tracking.tracking_uri(lake), "ui": tracking.ui_command(lake)}
     if not register:
         tracker.end("FINISHED")
@@ -64,7 +71,8 @@ def train_in_process(lake: Store | str | Path | None, config: TrainingConfig | s
     version = tracking.register_model(
         tracker, result.model, config, result.manifest, result.run_key,
         extra_tags={"robolake.weights_sha256": result.weights_sha256,
-                    "robolake.global_step": str(result.global_step)})
+                    "robolake.global_step": str(result.global_step),
+                    "robolake.checkpoint": result.checkpoint_key or ""})
     with tempfile.TemporaryDirectory(prefix="robolake-onnx-") as tmp:
         path = export.export_onnx(result.model, Path(tmp) / "model.onnx", result.io)
         check = export.check_onnx(result.model, path, atol=config.evaluation.onnx_atol,
@@ -96,7 +104,7 @@ def launch_torchrun(lake: Store | str | Path | None, config_path: str | Path, np
         if run_key:
             cmd += ["--run-key", run_key]
         env = {**os.environ, "ROBOLAKE_LAKE": lake.uri}
-        if not (env.get("OMP_NUM_THREADS")):
+        if not env.get("OMP_NUM_THREADS"):
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, env=env)
@@ -112,15 +120,58 @@ def launch_torchrun(lake: Store | str | Path | None, config_path: str | Path, np
         return [json.loads(Path(tmp, f"rank-{r}.json").read_text()) for r in range(nproc)]
 
 
-def train_model(lake: Store | str | Path | None, config: TrainingConfig | str | Path, *,
-                run_key: str | None = None, log: Log = print) -> dict:
-    """Train, register and export a model; DDP under torchrun when the config asks for
-    more than one process (and this process was not started by torchrun itself)."""
-    from robolake.models.train import launched_by_torchrun
+def registered_run(lake: Store, config: TrainingConfig, run_key: str) -> dict | None:
+    """The summary of a finished run of this run key whose final checkpoint is registered
+    by the current clean code, or None (see the module docstring)."""
+    from robolake.models import tracking
+    from robolake.models.evaluate import onnx_key
+    from robolake.models.train import CheckpointStore, checkpoint_prefix
 
+    ckpts = CheckpointStore(lake, checkpoint_prefix(config.name, run_key))
+    pointer = ckpts.latest_pointer()
+    code = tracking.code_version()
+    if not (pointer and pointer.get("finished")) or code.endswith("-dirty") or code == "unknown":
+        return None
+    client = tracking.configure(lake)
+    versions = client.search_model_versions(f"name = '{config.name}'")
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        tags = v.tags
+        if (tags.get("robolake.run_key"), tags.get("robolake.config_hash"),
+                tags.get("code.version"), tags.get("robolake.checkpoint")) != \
+                (run_key, config.config_hash, code, pointer["key"]):
+            continue
+        state = ckpts.load(pointer)
+        if "summary" not in state:
+            return None
+        version = str(v.version)
+        return {"model": config.name, **state["summary"], "checkpoint_key": pointer["key"],
+                "version": version, "reused": True, "onnx_key": onnx_key(config.name, version),
+                "dataset": {"name": config.dataset.name, "version": config.dataset.version,
+                            "spec_hash": tags.get("dataset.spec_hash")},
+                "tracking_uri": tracking.tracking_uri(lake), "ui": tracking.ui_command(lake)}
+    return None
+
+
+def train_model(lake: Store | str | Path | None, config: TrainingConfig | str | Path, *,
+                run_key: str | None = None, retrain: bool = False, log: Log = print) -> dict:
+    """Train, register and export a model; DDP under torchrun when the config asks for
+    more than one process (and this process was not started by torchrun itself). An
+    unchanged config already trained and registered by this code is not trained again
+    unless `retrain`."""
+    from robolake.models.train import default_run_key, dist_env, launched_by_torchrun
+
+    lake = resolve_lake(lake)
     cfg = _config(config)
     nproc = cfg.distributed.nproc_per_node
-    if nproc > 1 and not launched_by_torchrun():
+    spawn = nproc > 1 and not launched_by_torchrun()
+    if not retrain:
+        key = run_key or default_run_key(cfg, nproc if spawn else dist_env().world_size)
+        reused = registered_run(lake, cfg, key)
+        if reused is not None:
+            log(f"{cfg.name}: unchanged config, dataset and code; v{reused['version']} was "
+                f"trained from {reused['checkpoint_key']} (retrain to train again)")
+            return reused
+    if spawn:
         with tempfile.TemporaryDirectory(prefix="robolake-config-") as tmp:
             path = config if isinstance(config, (str, Path)) else Path(tmp) / "config.json"
             if not isinstance(config, (str, Path)):
@@ -141,14 +192,14 @@ def evaluate_and_promote(lake: Store | str | Path | None, config: TrainingConfig
 
 
 def train_and_evaluate(lake: Store | str | Path | None, config_path: TrainingConfig | str | Path,
-                       log: Log = print) -> dict:
+                       log: Log = print, retrain: bool = False) -> dict:
     """Train, register, export, evaluate and (maybe) promote one config; for the CLI.
 
     Returns {"training": ..., "evaluation": ..., "ui": "<command to see it>"}.
     """
     lake = resolve_lake(lake)
     config = _config(config_path)
-    training = train_model(lake, config_path, log=log)
+    training = train_model(lake, config_path, retrain=retrain, log=log)
     evaluation = evaluate_and_promote(lake, config, training.get("version"), log=log)
     ui = evaluation["ui"]
     log(f"see the runs and models: {ui}")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import logging
 import os
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from robolake.storage import LocalStore, Store
@@ -124,6 +126,27 @@ def lineage_tags(config, manifest: dict, run_key: str = "") -> dict[str, str]:
     return tags
 
 
+def log_dataset_input(client: MlflowClient, run_id: str, lake: Store, manifest: dict,
+                      context: str = "training") -> None:
+    """Show the dataset version among the run's inputs (MLflow UI "Datasets used")."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+
+    uri = lake.table_uri(f"datasets/{manifest['name']}/{manifest['version']}")
+    try:
+        with warnings.catch_warnings():  # local paths match two source types; either will do
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(uri)
+        dataset = MetaDataset(source,
+                              name=f"{manifest['name']}@{manifest['version']}",
+                              digest=manifest.get("spec_hash", "")[:16] or None)
+        client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                [InputTag("mlflow.data.context", context)])])
+    except mlflow.exceptions.MlflowException:
+        pass  # no source type for this URI: the lineage tags still name the version
+
+
 class NullTracker:
     """Ranks other than 0, and runs with tracking off, log nothing."""
 
@@ -172,6 +195,7 @@ class RunTracker(NullTracker):
                   "dataset.train_samples": str(
                       manifest["splits"][config.dataset.splits.train]["samples"])}
         tracker.log_params(params)
+        log_dataset_input(client, tracker.run_id, lake, manifest)
         return tracker
 
     def log_params(self, params: dict[str, str]) -> None:
@@ -207,12 +231,20 @@ def register_model(tracker: RunTracker, model, config, manifest: dict, run_key: 
 
     tags = {**lineage_tags(config, manifest, run_key), "robolake.training_run_id": tracker.run_id,
             **(extra_tags or {})}
-    with mlflow.start_run(run_id=tracker.run_id):
-        info = mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=config.name,
-            serialization_format="pickle",  # the module (robolake.models.architectures) + io
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "robolake"],
-            await_registration_for=60)
+    # pickle: the registry is ours and the module class lives in robolake; mlflow warns
+    # about unpickling untrusted models on every save, which says nothing here
+    pytorch_logger = logging.getLogger("mlflow.pytorch")
+    level = pytorch_logger.level
+    pytorch_logger.setLevel(logging.ERROR)
+    try:
+        with mlflow.start_run(run_id=tracker.run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", registered_model_name=config.name,
+                serialization_format="pickle",  # the module (architectures) and its io
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "robolake"],
+                await_registration_for=60)
+    finally:
+        pytorch_logger.setLevel(level)
     version = str(info.registered_model_version)
     client = tracker.client
     for key, value in tags.items():

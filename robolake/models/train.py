@@ -24,8 +24,11 @@ rank runs the same number of steps per epoch (the smallest rank's share), so
 collectives stay matched. All ranks are seeded alike, so the RNG state rank 0
 checkpoints is every rank's.
 
-Metrics per logged step: loss, learning rate, samples/s (all ranks), the share
-of step time spent waiting for data, and on CUDA GPU utilisation and memory.
+Metrics per logged step: loss (rank 0's batches), learning rate, samples/s
+(all ranks), the share of step time spent waiting for data, and on CUDA GPU
+utilisation and memory. Per epoch: the training loss over every rank's samples
+(after a mid-epoch resume under DDP, rank 0's share before the checkpoint
+stands for every rank's) and the validation metrics.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from robolake.models.config import TrainingConfig
 from robolake.storage import LocalStore, Store
 
 Log = Callable[[str], None]
+EPOCH_PREFETCH = 4  # batches before an epoch's end at which the next epoch's loader starts
 
 
 # --------------------------------------------------------------------------- distributed
@@ -410,6 +414,10 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     run_id = None
     if pointer:
         state = ckpts.load(pointer)
+        if state["config_hash"] != config.config_hash:
+            raise ValueError(f"checkpoint {pointer['key']} was written for another config "
+                             f"(hash {state['config_hash'][:12]}, this one "
+                             f"{config.config_hash[:12]}); use another run key or do not resume")
         if state["world_size"] != env.world_size:
             raise ValueError(f"checkpoint {pointer['key']} was written by {state['world_size']} "
                              f"process(es); resume with the same number (got {env.world_size})")
@@ -437,7 +445,7 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     result = TrainResult(config, manifest, io, model, env.rank, env.world_size, run_key,
                          resumed_from=pointer["key"] if pointer else None, run_id=tracker.run_id)
 
-    def checkpoint(finished: bool = False) -> None:
+    def checkpoint(finished: bool = False, **extra) -> None:
         if not env.is_main:
             return
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -447,7 +455,7 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
                               "epoch_loss_sum": epoch_loss, "epoch_samples": epoch_samples},
                  "global_step": global_step, "early_stopping": early, "history": history,
                  "world_size": env.world_size, "io": io.to_dict(),
-                 "config_hash": config.config_hash, "mlflow_run_id": tracker.run_id}
+                 "config_hash": config.config_hash, "mlflow_run_id": tracker.run_id, **extra}
         result.checkpoint_key = ckpts.save(state, global_step, finished, config.checkpoint.keep)
         tracker.flush()
 
@@ -457,14 +465,22 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     every_steps, every_min = config.checkpoint.every_steps, config.checkpoint.every_minutes
     window = {"loss": 0.0, "samples": 0, "wait": 0.0, "time": 0.0}
     stop = global_step >= total_steps
+
+    def epoch_batches(for_epoch: int, offset: int):
+        loader = load(config.dataset.name, config.dataset.version, train_split, lake=lake,
+                      batch_size=hp.batch_size, num_workers=hp.num_workers, offset=offset,
+                      rank=env.rank, world_size=env.world_size, epoch=for_epoch, shuffle=True,
+                      seed=hp.seed)
+        with _rng_fence():
+            return iter(loader)  # with workers, they start decoding now
+
+    upcoming = None  # the next epoch's batches, started before this epoch ends
     model.train()
     while not stop and epoch < hp.epochs:
-        loader = load(config.dataset.name, config.dataset.version, train_split, lake=lake,
-                      batch_size=hp.batch_size, num_workers=hp.num_workers,
-                      offset=samples_in_epoch, rank=env.rank, world_size=env.world_size,
-                      epoch=epoch, shuffle=True, seed=hp.seed)
-        with _rng_fence():
-            batches = iter(loader)
+        if upcoming is not None and samples_in_epoch == 0:
+            batches, upcoming = upcoming, None
+        else:
+            batches = epoch_batches(epoch, samples_in_epoch)
         while samples_in_epoch // hp.batch_size < steps_per_epoch:
             t0 = time.perf_counter()
             batch = next(batches)
@@ -508,6 +524,12 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
             if global_step >= total_steps:
                 stop = True
                 break
+            # start the next epoch's loader workers a few batches early, so the first
+            # batches of an epoch are not decoded while the model waits
+            if (hp.num_workers and upcoming is None and epoch + 1 < hp.epochs
+                    and steps_per_epoch - samples_in_epoch // hp.batch_size == EPOCH_PREFETCH
+                    and global_step + EPOCH_PREFETCH < total_steps):
+                upcoming = epoch_batches(epoch + 1, 0)
             if (every_steps and global_step % every_steps == 0) or \
                     (every_min and time.monotonic() - last_checkpoint >= every_min * 60):
                 checkpoint()
@@ -517,6 +539,10 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
 
         # end of the epoch (or of training): validate, early stopping, checkpoint
         val = _evaluate_split(model, config, lake, config.dataset.splits.val, io, env, device)
+        if env.distributed:  # the epoch's loss over every rank's samples
+            sums = torch.tensor([epoch_loss, float(epoch_samples)], dtype=torch.float64)
+            dist.all_reduce(sums)
+            epoch_loss, epoch_samples = float(sums[0]), int(sums[1])
         entry = {"epoch": epoch, "step": global_step,
                  "train_loss": epoch_loss / epoch_samples if epoch_samples else math.nan}
         if val:
@@ -555,6 +581,7 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
             checkpoint()
             last_checkpoint = time.monotonic()
 
+    upcoming = None  # early stopping: the next epoch's workers are not needed
     if config.early_stopping.restore_best and early["best_state"] is not None:
         model.load_state_dict(early["best_state"])
     result.global_step, result.epochs_completed, result.history = global_step, epoch, history
@@ -564,7 +591,8 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
         "samples_per_s": run_samples / run_busy if run_busy else 0.0,
         "data_wait_share": run_wait / run_busy if run_busy else 0.0,
         "train_seconds": elapsed}
-    checkpoint(finished=True)
+    result.weights_sha256 = weights_sha256(model)
+    checkpoint(finished=True, summary=result.summary())  # the summary: reusing a finished run
     tracker.log_metrics({"run_samples_per_s": result.throughput["samples_per_s"],
                          "run_data_wait_share": result.throughput["data_wait_share"]},
                         global_step)
@@ -573,8 +601,6 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     tracker.flush()
     model.eval()
     model.cpu()
-    result.weights_sha256 = weights_sha256(model)
-    result.run_id = tracker.run_id
     result.tracker = tracker
     return result
 
@@ -589,11 +615,29 @@ def _interrupted(result: TrainResult, tracker, step: int, epoch: int,
     return result
 
 
-def _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, model):
-    from robolake.models import tracking
+class _NullTracker:
+    """What rank > 0 and untracked runs log to: nothing (tracking.NullTracker, without
+    importing mlflow)."""
 
+    run_id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass
+
+
+def _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, model):
     if not (track and env.is_main):
-        return tracking.NullTracker()
+        return _NullTracker()
+    from robolake.models import tracking  # imports mlflow (seconds): only when tracking
     n_params = sum(p.numel() for p in model.parameters())
     return tracking.RunTracker.start_training(config, manifest, io, lake, run_key=run_key,
                                               run_id=run_id, world_size=env.world_size,

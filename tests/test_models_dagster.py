@@ -1,0 +1,73 @@
+"""The models layer as Dagster assets: graph shape, pools, and a materialization."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import yaml
+
+from resources.lake import LakeResource
+from robolake.models.synthetic import small_config, write_synthetic_dataset
+from robolake.storage import open_store
+
+
+def test_shipped_configs_make_training_and_evaluation_assets():
+    from robolake_assets.models import MODEL_ASSETS, MODEL_JOBS
+
+    keys = {key.to_user_string() for a in MODEL_ASSETS for key in a.keys}
+    assert {"model_imu_gps_demo", "evaluation_imu_gps_demo"} <= keys
+    by_key = {a.key.to_user_string(): a for a in MODEL_ASSETS}
+    model = by_key["model_imu_gps_demo"]
+    assert model.asset_deps[model.key] == {dg.AssetKey(["datasets", "ego_motion_demo"])}
+    evaluation = by_key["evaluation_imu_gps_demo"]
+    assert evaluation.asset_deps[evaluation.key] == {model.key}
+    for asset in (model, evaluation):
+        assert asset.group_names_by_key[asset.key] == "models"
+        tags = asset.op.tags
+        assert tags["robolake/pool"] == "gpu_standard"
+        k8s = json.loads(tags["dagster-k8s/config"])  # op tags hold it as JSON text
+        assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    job = next(j for j in MODEL_JOBS if j.name == "train_imu_gps_demo")
+    assert job.tags["robolake/queue"] == "training"
+
+
+def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
+    from robolake_assets.models import build_models_layer
+
+    lake = open_store(tmp_path / "lake")
+    write_synthetic_dataset(lake, "scenes", kind="scenario", seed=5)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    config = small_config("dag-model", "scenes", training={"epochs": 6},
+                          evaluation={"max_corner_case_failure_rate": 0.3})
+    (configs / "dag.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    assets, jobs = build_models_layer(configs)
+    assert [a.key.to_user_string() for a in assets] == ["model_dag_model",
+                                                        "evaluation_dag_model"]
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(assets, instance=instance,
+                                resources={"lake": LakeResource(root=str(lake.root))})
+        assert result.success
+        trained = result.asset_materializations_for_node("model_dag_model")[0].metadata
+        assert trained["model_version"].value == "1"
+        assert trained["dataset"].value == "scenes 1.0.0"
+        assert trained["global_step"].value == 6 * 15
+        assert trained["onnx"].value == "models/dag-model/versions/1/model.onnx"
+        assert trained["mlflow_ui"].value.startswith("mlflow ui --backend-store-uri sqlite:")
+        assert trained["val_accuracy"].value > 0.7
+        assert 0 <= trained["data_wait_share"].value <= 1
+
+        evaluated = result.asset_materializations_for_node("evaluation_dag_model")[0]
+        meta = evaluated.metadata
+        assert meta["decision"].value == "promoted" and meta["promoted"].value is True
+        assert meta["model_version"].value == "1" and meta["production_version"].value == "1"
+        assert "no production model yet" in meta["reasons"].value
+        assert meta["main_metric"].value == "macro_f1"
+        assert meta["test_macro_f1"].value == meta["main_metric_value"].value > 0.7
+        assert meta["corner_case_failure_rate"].value < 0.3
+        assert "| hard_braking |" in meta["per_scenario"].value
+        assert meta["onnx_matches"].value is True
+        assert evaluated.tags["robolake/promotion"] == "promoted"
