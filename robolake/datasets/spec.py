@@ -16,8 +16,9 @@ from datetime import date
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from robolake.yaml_config import error_lines, read_yaml
 
 SOURCE_TABLES = ("cleaned/aligned_frames", "cleaned/imu", "cleaned/gps", "cleaned/lidar",
                  "cleaned/camera_frames")
@@ -211,18 +212,6 @@ class DatasetSpec(_Strict):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _describe(error: dict) -> str:
-    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling)"
-    elif error["type"] == "missing":
-        message = "required field is missing"
-    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
-        message += f" (got {error['input']!r})"
-    return f"{path}: {message}"
-
-
 def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
     """Validate a spec from parsed YAML; SpecError lists every problem, one per line."""
     if not isinstance(data, dict):
@@ -231,15 +220,8 @@ def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
-        raise SpecError("\n".join(lines)) from None
+        raise SpecError(error_lines(source, exc)) from None
 
 
 def load_spec(path: Path) -> DatasetSpec:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}") from None
-    return parse_spec(data, str(path))
+    return parse_spec(read_yaml(path, SpecError, "dataset spec"), str(path))

@@ -23,8 +23,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-SCENARIO_CLASSES = ("nominal", "hard_braking", "sharp_turn", "gps_loss", "sensor_fault",
-                    "rare_robot_type")  # robolake.datasets.loader's order
+from robolake.datasets.scenarios import SCENARIO_CLASSES
+
 TASKS = {
     "scenario": {"outputs": len(SCENARIO_CLASSES), "labels": list(SCENARIO_CLASSES)},
     "ego_motion": {"outputs": 2, "labels": ["speed_mps", "yaw_rate_radps"]},

@@ -20,10 +20,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from robolake.models.architectures import ARCHITECTURES
+from robolake.yaml_config import error_lines, read_yaml
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
 _SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -193,18 +193,6 @@ class TrainingConfig(_Strict):
         return out
 
 
-def _describe(error: dict, prefix: tuple = ()) -> str:
-    path = ".".join(str(p) for p in (*prefix, *error["loc"])) or "(top level)"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        message = "unknown field (check the spelling)"
-    elif error["type"] == "missing":
-        message = "required field is missing"
-    elif "input" in error and error["type"] not in ("value_error", "assertion_error"):
-        message += f" (got {error['input']!r})"
-    return f"{path}: {message}"
-
-
 def parse_config(data: object, source: str = "<config>") -> TrainingConfig:
     """Validate a config from parsed YAML; ConfigError lists every problem, one per line."""
     if not isinstance(data, dict):
@@ -213,25 +201,14 @@ def parse_config(data: object, source: str = "<config>") -> TrainingConfig:
     try:
         config = TrainingConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{source}: {_describe(e)}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(error_lines(source, exc)) from None
     arch = ARCHITECTURES[config.model.architecture]
     try:
         arch.params.model_validate(config.model.params)
     except ValidationError as exc:
-        lines = [f"{source}: {_describe(e, ('model', 'params'))}" for e in exc.errors()]
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(error_lines(source, exc, ("model", "params"))) from None
     return config
 
 
 def load_config(path: str | Path) -> TrainingConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such training config") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_yaml(Path(path), ConfigError, "training config"), str(path))

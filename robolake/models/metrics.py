@@ -82,3 +82,21 @@ def regression_metrics(abs_sum: torch.Tensor, sq_sum: torch.Tensor, n: float) ->
         out[f"mae_{name}"] = float(mae[i])
         out[f"rmse_{name}"] = float(mse[i].sqrt())
     return out
+
+
+class NullTracker:
+    """Ranks other than 0, and runs with tracking off, log nothing."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def end(self, status: str = "FINISHED") -> None:
+        pass

@@ -26,6 +26,7 @@ import time
 import warnings
 from pathlib import Path
 
+from robolake.models.metrics import NullTracker
 from robolake.storage import LocalStore, Store
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from a lake
@@ -145,24 +146,6 @@ def log_dataset_input(client: MlflowClient, run_id: str, lake: Store, manifest: 
                                                 [InputTag("mlflow.data.context", context)])])
     except mlflow.exceptions.MlflowException:
         pass  # no source type for this URI: the lineage tags still name the version
-
-
-class NullTracker:
-    """Ranks other than 0, and runs with tracking off, log nothing."""
-
-    run_id: str | None = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED") -> None:
-        pass
 
 
 class RunTracker(NullTracker):

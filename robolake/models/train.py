@@ -615,28 +615,9 @@ def _interrupted(result: TrainResult, tracker, step: int, epoch: int,
     return result
 
 
-class _NullTracker:
-    """What rank > 0 and untracked runs log to: nothing (tracking.NullTracker, without
-    importing mlflow)."""
-
-    run_id = None
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def end(self, status: str = "FINISHED") -> None:
-        pass
-
-
 def _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, model):
     if not (track and env.is_main):
-        return _NullTracker()
+        return M.NullTracker()
     from robolake.models import tracking  # imports mlflow (seconds): only when tracking
     n_params = sum(p.numel() for p in model.parameters())
     return tracking.RunTracker.start_training(config, manifest, io, lake, run_key=run_key,
