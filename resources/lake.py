@@ -31,7 +31,10 @@ class LandingResource(dg.ConfigurableResource):
 
 
 def storage_resources() -> dict[str, dg.ConfigurableResource]:
+    from resources.mlflow import mlflow_resource
+
     return {
         "lake": LakeResource(root=dg.EnvVar("ROBOLAKE_LAKE")),
         "landing": LandingResource(uri=dg.EnvVar("ROBOLAKE_LANDING")),
+        "mlflow": mlflow_resource(),
     }

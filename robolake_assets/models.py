@@ -23,6 +23,7 @@ import dagster as dg
 
 from resources import pools
 from resources.lake import LakeResource
+from resources.mlflow import MlflowResource
 from robolake.models.config import TrainingConfig, load_config
 from robolake.settings import ensure_env_defaults
 
@@ -78,9 +79,11 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
         tags={"robolake/model": config.name},
         **placement,
     )
-    def model_asset(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
+    def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
+                    mlflow: MlflowResource) -> dg.MaterializeResult:
         from robolake.models import tracking
 
+        mlflow.activate()
         store = lake.store()
         summary = pipeline.train_model(store, config_path, log=context.log.info)
         last = summary["history"][-1] if summary.get("history") else {}
@@ -122,8 +125,9 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
         tags={"robolake/model": config.name},
         **pools.gpu(),
     )
-    def evaluation_asset(context: dg.AssetExecutionContext,
-                         lake: LakeResource) -> dg.MaterializeResult:
+    def evaluation_asset(context: dg.AssetExecutionContext, lake: LakeResource,
+                         mlflow: MlflowResource) -> dg.MaterializeResult:
+        mlflow.activate()
         version = None
         event = context.instance.get_latest_materialization_event(dg.AssetKey(model_name))
         if event is not None and event.asset_materialization is not None:

@@ -8,6 +8,7 @@ import dagster as dg
 import yaml
 
 from resources.lake import LakeResource
+from resources.mlflow import MlflowResource
 from robolake.models.synthetic import small_config, write_synthetic_dataset
 from robolake.storage import open_store
 
@@ -37,7 +38,8 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
 
     lake = open_store(tmp_path / "lake")
     write_synthetic_dataset(lake, "scenes", kind="scenario", seed=5)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # restored after the test
     configs = tmp_path / "configs"
     configs.mkdir()
     config = small_config("dag-model", "scenes", training={"epochs": 6},
@@ -49,7 +51,8 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
 
     with dg.instance_for_test() as instance:
         result = dg.materialize(assets, instance=instance,
-                                resources={"lake": LakeResource(root=str(lake.root))})
+                                resources={"lake": LakeResource(root=str(lake.root)),
+                                           "mlflow": MlflowResource(tracking_uri=uri)})
         assert result.success
         trained = result.asset_materializations_for_node("model_dag_model")[0].metadata
         assert trained["model_version"].value == "1"
