@@ -151,3 +151,24 @@ def test_dataset_on_an_s3_lake(tmp_path: Path, s3_endpoint, monkeypatch):
         assert keys == [s["__key__"] for p in cached for s in iter_shard(p)]
     # the second build is served from the S3 cache and changes nothing
     assert not build_dataset(lake, parse_spec(_spec("s3_demo"))).created
+
+
+def test_cli_lists_and_compares_versions(lake_with_cleaned, capsys):
+    from robolake.datasets.build import build_dataset
+    from robolake.datasets.spec import parse_spec
+    from robolake_assets.cli import main
+
+    tmp_path, lake = lake_with_cleaned
+    a = build_dataset(lake, parse_spec(_spec("cli_ds", "1.0.0")))
+    b = build_dataset(lake, parse_spec(_spec("cli_ds", "1.1.0", balancing={"by": "region"})))
+    lake_dir = str(tmp_path / "lake")
+    assert main(["datasets", "list", "cli_ds", "--lake", lake_dir]) == 0
+    listing = capsys.readouterr().out
+    assert "1.0.0" in listing and "1.1.0" in listing
+    assert str(a.samples["train"]) in listing and str(b.samples["train"]) in listing
+    assert main(["datasets", "compare", "cli_ds", "1.0.0", "1.1.0", "--lake", lake_dir]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if "train.samples" in line)
+    assert f"{a.samples['train']}.0" in row and f"{b.samples['train']}.0" in row
+    assert main(["datasets", "compare", "cli_ds", "1.0.0", "9.9.9", "--lake", lake_dir]) == 2
+    assert "has no version 9.9.9" in capsys.readouterr().err
