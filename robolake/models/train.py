@@ -266,7 +266,7 @@ def _gpu_metrics(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     out = {"gpu_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9}
-    with contextlib.suppress(Exception):  # needs NVML (nvidia-ml-py)
+    with contextlib.suppress(Exception):  # NVML (nvidia-ml-py) missing or no driver access
         out["gpu_utilization"] = float(torch.cuda.utilization(device))
     return out
 
