@@ -1,7 +1,8 @@
 """The Dagster UI in a real browser: dagster-webserver on loopback, headless Debian Chromium.
 
-Every layer's assets appear in the global asset graph with their partitions, and
-a screenshot of it is saved under the test's tmp dir.
+The global asset graph names every layer (a screenshot of it is saved under the
+test's tmp dir); each layer's page shows all its assets, the partitioned ones with
+their partitions.
 """
 
 from __future__ import annotations
@@ -54,50 +55,44 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path):
 
     total = len(daily_partitions.get_partition_keys()) * len(ROBOT_TYPES)
     groups = _groups()
-    assert {"raw", "cleaned"} <= set(groups)
+    assert {"raw", "cleaned", "datasets", "models"} <= set(groups)
 
     screenshot = tmp_path / "asset-graph.png"
+    seen: dict[str, str] = {}
     with webserver(env) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 2400})
             page.goto(f"{url}/asset-groups", wait_until="domcontentloaded")
-            nodes = page.locator("foreignObject")
-            for group in groups:
+            for group in groups:  # the global graph names every layer
                 page.locator("foreignObject").filter(has_text=group).first.wait_for(
                     timeout=60_000)
-
-            seen: dict[str, str] = {}
-
-            def shown() -> dict[str, str]:
-                # the graph renders only nodes in view: remember every asset node seen
-                texts = [nodes.nth(i).text_content() or "" for i in range(nodes.count())]
-                seen.update({a: t for a in (x for g in groups.values() for x in g)
-                             for t in texts if t.startswith(a + "Latest")})
-                return seen
-
-            for group, assets in groups.items():
-                # a collapsed group node shows its name and asset count: click to expand
-                for _ in range(3):
-                    if all(a in shown() for a in assets):
-                        break
-                    label = page.locator("foreignObject").get_by_text(group, exact=True)
-                    if label.count():
-                        label.last.click()
-                    for _ in range(20):  # the graph re-lays out; wait before clicking again
-                        page.wait_for_timeout(500)
-                        if all(a in shown() for a in assets):
-                            break
-            page.wait_for_timeout(1000)
             page.screenshot(path=str(screenshot), full_page=True)
-            found = shown()
+            for group, assets in groups.items():
+                # each group's own page lays its assets out expanded
+                page.goto(f"{url}/locations/robolake/asset-groups/{group}",
+                          wait_until="domcontentloaded")
+                nodes = page.locator("foreignObject")
+                for _ in range(60):
+                    # a node shows the last part of its key (datasets/x shows "x")
+                    texts = [nodes.nth(i).text_content() or "" for i in range(nodes.count())]
+                    seen.update({a: t for a in assets for t in texts
+                                 if t.startswith(a.split("/")[-1] + "Latest")})
+                    if all(a in seen and "Loading" not in seen[a] for a in assets):
+                        break
+                    page.wait_for_timeout(500)
         finally:
             browser.close()
+    found = seen
 
     missing = sorted({a for g in groups.values() for a in g} - set(found))
     assert not missing, f"assets not in the graph: {missing}"
-    for asset, text in found.items():
+    for asset in (a for g in ("raw", "cleaned") for a in groups[g]):
         # each partitioned asset shows its partitions: fill rate and total count
+        text = found[asset]
         assert "Partitions" in text and "0% filled" in text, (asset, text)
         assert f"{total:,}" in text, (asset, total, text)
+    for asset in (a for g in ("datasets", "models") for a in groups[g]):
+        # not partitioned: no fill rate, and nothing materialized yet
+        assert "filled" not in found[asset] and "Never materialized" in found[asset], asset
     assert screenshot.stat().st_size > 20_000  # saved under the test's tmp dir
