@@ -105,6 +105,12 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             state = "ok" if result.success else "FAILED"
             print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
                   f"(run {result.run_id[:8]})")
+            for event in result.get_asset_materialization_events():
+                meta = event.materialization.metadata
+                if "decision" in meta:  # an evaluation: say what the gate decided and why
+                    print(f"  {event.asset_key.to_user_string()}: model version "
+                          f"{meta['model_version'].value} {meta['decision'].value}\n    "
+                          + meta["reasons"].value.replace("\n", "\n    "))
             if not result.success:
                 failed.append(job_name)
                 for event in result.all_events:
