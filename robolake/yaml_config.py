@@ -6,10 +6,21 @@ expected, e.g. `specs/ego.yaml: output.splits: train + val + test must sum to 1`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")  # names folders, assets, models
+SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
+SEMVER_EXPECTED = "expected a semantic version MAJOR.MINOR.PATCH, e.g. 1.0.0"
+
+
+class Strict(BaseModel):
+    """Unknown fields are errors (a misspelt option never silently does nothing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def describe_error(error: dict, prefix: tuple = ()) -> str:

@@ -11,30 +11,30 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from robolake.yaml_config import error_lines, read_yaml
+from robolake.yaml_config import (
+    NAME_RE,
+    SEMVER_EXPECTED,
+    SEMVER_RE,
+    Strict,
+    error_lines,
+    read_yaml,
+)
 
 SOURCE_TABLES = ("cleaned/aligned_frames", "cleaned/imu", "cleaned/gps", "cleaned/lidar",
                  "cleaned/camera_frames")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
-_SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 class SpecError(ValueError):
     """A spec that cannot be used; the message names the file and the fields."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DateRange(_Strict):
+class DateRange(Strict):
     start: date
     end: date | None = None  # open-ended: every later day (new data then needs a new version)
 
@@ -45,19 +45,19 @@ class DateRange(_Strict):
         return self
 
 
-class QualityFilter(_Strict):
+class QualityFilter(Strict):
     max_null_rate: float = Field(0.05, ge=0, le=1)
     include_flagged: bool = True
 
 
-class Filters(_Strict):
+class Filters(Strict):
     robot_type: list[str] | None = None
     region: list[str] | None = None
     quality: QualityFilter = QualityFilter()
     min_corner_case_score: float = Field(0.0, ge=0, le=1)
 
 
-class Sources(_Strict):
+class Sources(Strict):
     tables: list[str] = Field(default_factory=lambda: ["cleaned/aligned_frames"], min_length=1)
     dates: DateRange
     filters: Filters = Filters()
@@ -72,7 +72,7 @@ class Sources(_Strict):
         return tables
 
 
-class Balancing(_Strict):
+class Balancing(Strict):
     by: Literal["robot_type", "region", "scenario"] = "robot_type"
     weights: dict[str, float] = Field(default_factory=dict)
     corner_case_multiplier: float = Field(1.0, ge=1)
@@ -87,7 +87,7 @@ class Balancing(_Strict):
         return weights
 
 
-class ImuWindow(_Strict):
+class ImuWindow(Strict):
     """The last `size` IMU samples up to each sampled frame; one sample every `stride`
     LiDAR frames of a recording."""
 
@@ -96,7 +96,7 @@ class ImuWindow(_Strict):
     normalize: Literal["zscore", "none"] = "zscore"  # statistics from the train split only
 
 
-class GpsTrajectory(_Strict):
+class GpsTrajectory(Strict):
     """Positions of the last `history` frames in metres (WGS84 -> east/north/up) relative
     to the sampled frame; `interpolate` fills frames between fixes inside a recording."""
 
@@ -105,11 +105,11 @@ class GpsTrajectory(_Strict):
     interpolate: bool = True
 
 
-class LidarAugment(_Strict):
+class LidarAugment(Strict):
     random_rotation_deg: float = Field(0.0, ge=0, le=180)
 
 
-class LidarFeature(_Strict):
+class LidarFeature(Strict):
     """Points within `range_crop_m`, one per `voxel_size_m` voxel; the loader turns them into
     a `bev_cells` x `bev_cells` bird's-eye occupancy grid."""
 
@@ -119,12 +119,12 @@ class LidarFeature(_Strict):
     augment: LidarAugment = LidarAugment()
 
 
-class CameraAugment(_Strict):
+class CameraAugment(Strict):
     random_crop: tuple[int, int] | None = None
     hflip_probability: float = Field(0.0, ge=0, le=1)
 
 
-class CameraFeature(_Strict):
+class CameraFeature(Strict):
     resize: tuple[int, int]
     normalize: bool = True
     augment: CameraAugment = CameraAugment()
@@ -138,7 +138,7 @@ class CameraFeature(_Strict):
         return self
 
 
-class Features(_Strict):
+class Features(Strict):
     imu_window: ImuWindow | None = None
     gps_trajectory: GpsTrajectory | None = None
     lidar: LidarFeature | None = None
@@ -151,11 +151,11 @@ class Features(_Strict):
         return self
 
 
-class Labels(_Strict):
+class Labels(Strict):
     kind: Literal["ego_motion", "scenario"]
 
 
-class Splits(_Strict):
+class Splits(Strict):
     train: float = Field(ge=0, le=1)
     val: float = Field(ge=0, le=1)
     test: float = Field(ge=0, le=1)
@@ -168,18 +168,18 @@ class Splits(_Strict):
         return self
 
 
-class Output(_Strict):
+class Output(Strict):
     format: Literal["webdataset"] = "webdataset"
     shard_size_mb: float = Field(64.0, gt=0)
     splits: Splits
 
 
-class QualityGates(_Strict):
+class QualityGates(Strict):
     min_samples: int = Field(1, ge=1)
     max_missing_rate: float = Field(0.05, ge=0, le=1)
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     name: str
     version: str
     description: str = ""
@@ -193,7 +193,7 @@ class DatasetSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             raise ValueError("expected lowercase letters, digits, '_' or '-' (it names a "
                              "folder and an asset)")
         return name
@@ -201,8 +201,8 @@ class DatasetSpec(_Strict):
     @field_validator("version")
     @classmethod
     def _semver(cls, version: str) -> str:
-        if not _SEMVER_RE.match(version):
-            raise ValueError("expected a semantic version MAJOR.MINOR.PATCH, e.g. 1.0.0")
+        if not SEMVER_RE.match(version):
+            raise ValueError(SEMVER_EXPECTED)
         return version
 
     @property

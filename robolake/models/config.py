@@ -16,34 +16,33 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from robolake.models.architectures import ARCHITECTURES
-from robolake.yaml_config import error_lines, read_yaml
-
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
-_SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
+from robolake.yaml_config import (
+    NAME_RE,
+    SEMVER_EXPECTED,
+    SEMVER_RE,
+    Strict,
+    error_lines,
+    read_yaml,
+)
 
 
 class ConfigError(ValueError):
     """A training config that cannot be used; the message names the file and the fields."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SplitNames(_Strict):
+class SplitNames(Strict):
     train: str = "train"
     val: str = "val"
     test: str = "test"
 
 
-class DatasetRef(_Strict):
+class DatasetRef(Strict):
     name: str
     version: str
     splits: SplitNames = SplitNames()
@@ -51,12 +50,12 @@ class DatasetRef(_Strict):
     @field_validator("version")
     @classmethod
     def _semver(cls, version: str) -> str:
-        if not _SEMVER_RE.match(version):
-            raise ValueError("expected a semantic version MAJOR.MINOR.PATCH, e.g. 1.0.0")
+        if not SEMVER_RE.match(version):
+            raise ValueError(SEMVER_EXPECTED)
         return version
 
 
-class ModelSection(_Strict):
+class ModelSection(Strict):
     architecture: str
     # the architecture's own options; checked against its parameter model after parsing
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
@@ -70,14 +69,14 @@ class ModelSection(_Strict):
         return name
 
 
-class Optimizer(_Strict):
+class Optimizer(Strict):
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0, le=10)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
 
 
-class LrSchedule(_Strict):
+class LrSchedule(Strict):
     """Per-step learning-rate factor: linear warmup, then constant, cosine decay to
     `min_factor`, or a `gamma` decay every `step_size` steps."""
 
@@ -88,7 +87,7 @@ class LrSchedule(_Strict):
     gamma: float = Field(0.5, gt=0, le=1)  # step
 
 
-class Hyperparameters(_Strict):
+class Hyperparameters(Strict):
     seed: int = 0
     epochs: int = Field(gt=0, le=10_000)
     max_steps: int | None = Field(None, gt=0)  # stop earlier than `epochs` (smoke runs, demos)
@@ -105,7 +104,7 @@ class Hyperparameters(_Strict):
     log_every_steps: int = Field(10, gt=0)
 
 
-class Checkpointing(_Strict):
+class Checkpointing(Strict):
     """Checkpoints go to the lake (models/<name>/checkpoints/<run key>/) every
     `every_steps` steps or `every_minutes` minutes, whichever comes first, and at
     the end of each epoch; the newest `keep` are kept."""
@@ -115,7 +114,7 @@ class Checkpointing(_Strict):
     keep: int = Field(3, ge=1)
 
 
-class EarlyStopping(_Strict):
+class EarlyStopping(Strict):
     enabled: bool = True
     metric: Literal["val_loss", "val_main"] = "val_loss"  # val_main: the task's main metric
     patience: int = Field(3, ge=1)  # epochs without improvement
@@ -123,7 +122,7 @@ class EarlyStopping(_Strict):
     restore_best: bool = True  # the registered weights are the best epoch's
 
 
-class Distributed(_Strict):
+class Distributed(Strict):
     """`nproc_per_node` > 1 launches `torchrun` with that many processes (DDP). A run
     started by torchrun (RANK/WORLD_SIZE set) uses its world size whatever this says."""
 
@@ -131,14 +130,14 @@ class Distributed(_Strict):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, else gloo
 
 
-class RegressionTolerance(_Strict):
+class RegressionTolerance(Strict):
     """An ego-motion prediction fails when either error is above its tolerance."""
 
     speed_mps: float = Field(0.5, gt=0)
     yaw_rate_radps: float = Field(0.2, gt=0)
 
 
-class Evaluation(_Strict):
+class Evaluation(Strict):
     """How the test split is scored and when a new model replaces production."""
 
     # auto: macro_f1 for scenario classifiers, mae for ego-motion regressors
@@ -153,7 +152,7 @@ class Evaluation(_Strict):
     onnx_rtol: float = Field(1e-3, ge=0)
 
 
-class TrainingConfig(_Strict):
+class TrainingConfig(Strict):
     name: str  # also the registered model's name in MLflow
     description: str = ""
     dataset: DatasetRef
@@ -167,7 +166,7 @@ class TrainingConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, name: str) -> str:
-        if not _NAME_RE.match(name):
+        if not NAME_RE.match(name):
             raise ValueError("expected lowercase letters, digits, '_' or '-' (it names a "
                              "registered model, a folder and an asset)")
         return name
