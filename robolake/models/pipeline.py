@@ -32,9 +32,9 @@ Log = Callable[[str], None]
 
 def resolve_lake(lake: Store | str | Path | None) -> Store:
     if lake is None:
-        from robolake.settings import ensure_env_defaults
+        from robolake.datasets.loader import default_lake
 
-        return open_store(ensure_env_defaults()["ROBOLAKE_LAKE"])
+        return default_lake()
     if isinstance(lake, (str, Path)):
         return open_store(lake)
     return lake
