@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -177,12 +178,16 @@ class RecordingFeatures:
         return out
 
 
-def _payload_log_times(refs: list[str | None]) -> list[int | None]:
-    """log_ns of each `raw_key#topic@log_ns` payload reference."""
-    return [int(r.rsplit("@", 1)[1]) if r else None for r in refs]
+def _payload_message(ref: str | None) -> tuple[str, int] | None:
+    """(topic, log_ns) of a `raw_key#topic@log_ns` payload reference."""
+    if not ref:
+        return None
+    topic, log_ns = ref.split("#", 1)[1].rsplit("@", 1)
+    return topic, int(log_ns)
 
 
-def _read_payloads(path: Path, topic_times: dict[str, set[int]]) -> dict[tuple[str, int], bytes]:
+def _read_payloads(path: Path, topic_times: dict[str, set[int]]
+                   ) -> dict[tuple[str, int], tuple[bytes, str]]:
     """Serialized messages (with encoding) at the given (topic, log time)s, in one pass."""
     found = {}
     for topic, _msgtype, log_ns, data, encoding in iter_sensor_messages(path):
@@ -240,26 +245,24 @@ def recording_features(spec: DatasetSpec, frames: pl.DataFrame, sampled: np.ndar
         out.arrays["label"] = np.stack([speed, frames["imu_gz"].to_numpy()],
                                        axis=1)[sampled].astype(np.float32)
     if f.lidar or f.camera:
-        lidar_times = _payload_log_times(lidar_refs) if f.lidar else []
-        camera_times = _payload_log_times(camera_refs) if f.camera else []
+        lidar_msgs = [_payload_message(r) for r in lidar_refs] if f.lidar else []
+        camera_msgs = [_payload_message(r) for r in camera_refs] if f.camera else []
         wanted: dict[str, set[int]] = {}
-        for refs, times in ((lidar_refs, lidar_times), (camera_refs, camera_times)):
-            for ref, ns in zip(refs, times, strict=False):
-                if ref:
-                    wanted.setdefault(ref.split("#", 1)[1].rsplit("@", 1)[0], set()).add(ns)
+        for topic, log_ns in filter(None, lidar_msgs + camera_msgs):
+            wanted.setdefault(topic, set()).add(log_ns)
         with raw_path_ctx() as path:
             payloads = _read_payloads(path, wanted)
         if f.lidar:
             out.lidar = []
-            for ref, ns in zip(lidar_refs, lidar_times, strict=True):
-                hit = payloads.get((ref.split("#", 1)[1].rsplit("@", 1)[0], ns)) if ref else None
+            for msg in lidar_msgs:
+                hit = payloads.get(msg) if msg else None
                 pts = cloud_points(*hit) if hit else np.zeros((0, 3), np.float32)
                 out.lidar.append(voxel_downsample(pts, f.lidar.voxel_size_m,
                                                   f.lidar.range_crop_m))
         if f.camera:
             out.camera = []
-            for ref, ns in zip(camera_refs, camera_times, strict=True):
-                hit = payloads.get((ref.split("#", 1)[1].rsplit("@", 1)[0], ns)) if ref else None
+            for msg in camera_msgs:
+                hit = payloads.get(msg) if msg else None
                 out.camera.append(_resized_jpeg(hit, f.camera.resize) if hit else b"")
     return out
 
@@ -439,10 +442,9 @@ def _refs(lake: Store, key: str, version: int, upload_id: str, topic: str | None
 
 def _describe(values: np.ndarray) -> dict:
     """Per-channel statistics of an (n, ..., channels) array, float64 accumulation."""
-    flat = values.reshape(-1, values.shape[-1]).astype(np.float64) if values.size else \
-        np.zeros((0, values.shape[-1] if values.ndim else 1))
-    if not len(flat):
+    if not values.size:
         return {"count": 0}
+    flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
     return {"count": int(len(flat)), "mean": flat.mean(axis=0).tolist(),
             "std": flat.std(axis=0).tolist(), "min": flat.min(axis=0).tolist(),
             "max": flat.max(axis=0).tolist()}
@@ -479,10 +481,7 @@ def split_statistics(samples: list[dict], label_kind: str) -> dict:
 
 
 def _counts(values) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for v in values:
-        out[v] = out.get(v, 0) + 1
-    return dict(sorted(out.items()))
+    return dict(sorted(Counter(values).items()))
 
 
 def _existing(lake: Store, spec: DatasetSpec) -> dict | None:
