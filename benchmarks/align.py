@@ -26,11 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from robolake.cleaned import (  # noqa: E402
-    CAMERA_MATCH_NS,
-    IMU_HALF_WINDOW_NS,
-    align_arrays,
-)
+from robolake.cleaned import align_arrays  # noqa: E402
+from robolake.contract import CAMERA_MATCH_NS, IMU_HALF_WINDOW_NS  # noqa: E402
 
 START = 1_795_766_400_000_000_000
 

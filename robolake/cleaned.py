@@ -1,7 +1,7 @@
 """The cleaned layer: cleaning rules, clock correction, alignment to LiDAR, quality.
 
 Everything works on columns (numpy arrays / polars frames) for one upload at
-a time; the Dagster assets and Spark jobs call these functions unchanged.
+a time; the Dagster assets (and any other engine) call these functions unchanged.
 Rules are the data contract's (see DESIGN.md) and each counts what it removed.
 """
 
@@ -14,22 +14,24 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from robolake.contract import (
+    CAMERA_MATCH_NS,
+    IMU_HALF_WINDOW_NS,
+    IMU_OUTLIER_NORM,
+    MAX_DUPLICATE_RATE,
+    MAX_GAP_S,
+    MAX_LATENCY_S,
+    MAX_NULL_RATE,
+    MAX_OUTLIER_RATE,
+    USABLE_STATUSES,
+    primary_topic_rows,
+)
 from robolake.decode import Decoded, decode_recording
 from robolake.raw import RAW_UPLOADS
 from robolake.tables import read_table, replace_rows
 
-IMU_OUTLIER_NORM = 20.0  # m/s², acceleration norm above this is an outlier
-CAMERA_MATCH_NS = 16_000_000  # nearest camera frame counts only if |dt| < 16 ms
-IMU_HALF_WINDOW_NS = 50_000_000  # IMU mean over [t - 50 ms, t + 50 ms)
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
-
-# quality thresholds (asset checks)
-MAX_NULL_RATE = 0.05
-MAX_OUTLIER_RATE = 0.01
-MAX_GAP_S = 1.0
-MAX_DUPLICATE_RATE = 0.001
-MAX_LATENCY_S = 2 * 3600.0
 
 IDENTITY = ("robot_id", "robot_type", "region", "upload_id")
 PARTITION_BY = ["date", "robot_type", "region"]
@@ -185,11 +187,7 @@ def clean_camera(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
 
 
 def _primary(frame: pl.DataFrame) -> pl.DataFrame:
-    """The topic with the most rows (ties: by name) stands for its sensor kind."""
-    if frame.is_empty():
-        return frame
-    counts = frame.group_by("topic").len().sort(["len", "topic"], descending=[True, False])
-    return frame.filter(pl.col("topic") == counts["topic"][0]).sort("ts_ns")
+    return primary_topic_rows(frame).sort("ts_ns")
 
 
 def nearest_within(ref: np.ndarray, t: np.ndarray, max_abs: int) -> np.ndarray:
@@ -436,7 +434,7 @@ def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str
     table = read_table(lake, RAW_UPLOADS, filters={"date": day, "robot_type": robot_type})
     if table is None:
         return []
-    rows = sorted((r for r in table.to_pylist() if r["status"] in ("accepted", "flagged")),
+    rows = sorted((r for r in table.to_pylist() if r["status"] in USABLE_STATUSES),
                   key=lambda r: r["start_ns"])
     return [(Upload(r["upload_id"], r["robot_id"], r["robot_type"], r["region"], r["raw_key"],
                     r["arrived_ns"]), r["format"]) for r in rows]

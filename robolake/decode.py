@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from robolake.contract import LIDAR_MAX_RANGE_M
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
-
-LIDAR_MAX_RANGE_M = 200.0
 
 
 @dataclass
@@ -293,7 +292,7 @@ class CloudLayouts:
 
 
 def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Per row of ranges: points, kept (<= 200 m), far, min/mean/max of the kept ones."""
+    """Per row of ranges: points, kept (<= LIDAR_MAX_RANGE_M), far, min/mean/max of kept."""
     far = valid & (r > LIDAR_MAX_RANGE_M)
     kept = valid & ~far
     n_kept = kept.sum(axis=1)

@@ -23,6 +23,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from robolake import recordings as rec
+from robolake.contract import (
+    ACCEPT_ABOVE,
+    MAX_DUPLICATE_RATE,
+    MAX_GAP_NS,
+    QUARANTINE_BELOW,
+    STATUSES,
+    USABLE_STATUSES,
+)
 from robolake.storage import Store
 from robolake.tables import append_rows, read_table
 
@@ -33,13 +41,7 @@ SIDECAR_SUFFIX = ".meta.json"
 # uploads in progress and notes beside recordings (sidecars are read with their recording)
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".json", ".md", ".txt")
 IDENTITY_FIELDS = ("robot_id", "robot_type", "region")
-STATUSES = ("accepted", "flagged", "quarantined", "duplicate")
-
-ACCEPT_ABOVE = 90.0  # score > 90: accepted
-QUARANTINE_BELOW = 60.0  # score < 60: quarantined; in between: accepted and flagged
 FUTURE_TOLERANCE_NS = 5 * 60 * 10**9  # recorder clocks may run a little ahead
-MAX_SENSOR_GAP_NS = 10**9  # data contract: max time gap < 1 s
-MAX_DUPLICATE_RATE = 0.001  # data contract: duplicate rate < 0.1 %
 EARLIEST_PLAUSIBLE_NS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1e9)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
 
@@ -320,8 +322,8 @@ def score_recording(info: rec.RecordingInfo | None, fatal: list[str], now_ns: in
         reasons.append("log time goes backwards on " + ", ".join(
             f"{t.topic} ({t.backwards_steps}x)" for t in backwards))
     sensors = [t for t in info.topics if rec.sensor_kind(t.msgtype)]
-    gappy = [t for t in sensors if t.count > 1 and t.max_gap_ns > MAX_SENSOR_GAP_NS
-             and (t.count - 1) * MAX_SENSOR_GAP_NS > (t.last_ns - t.first_ns)]
+    gappy = [t for t in sensors if t.count > 1 and t.max_gap_ns > MAX_GAP_NS
+             and (t.count - 1) * MAX_GAP_NS > (t.last_ns - t.first_ns)]
     if gappy:
         score -= min(20.0, 5.0 * len(gappy))
         reasons.append("gaps over 1 s on " + ", ".join(
@@ -444,7 +446,7 @@ def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
             if (r["date"], r["robot_type"]) == (day, robot_type):
                 seen_here.add((r["landing_key"], r["size_bytes"], r["arrived_ns"]))
                 content_here.add((r["upload_id"], r["landing_key"]))
-            if r["status"] in ("accepted", "flagged"):
+            if r["status"] in USABLE_STATUSES:
                 stored.setdefault(r["upload_id"], r["raw_key"])
     todo = [a for a in assignments
             if (a.file.key, a.file.size, a.file.mtime_ns) not in seen_here]
@@ -456,12 +458,12 @@ def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
                 log(f"[{i}/{len(todo)}] {a.file.key}: already indexed")
                 continue
             row = validate_upload(path, upload_id, a, landing, now_ns)
-            if row["status"] in ("accepted", "flagged") and row["upload_id"] in stored:
+            if row["status"] in USABLE_STATUSES and row["upload_id"] in stored:
                 row["status"] = "duplicate"
                 row["reasons"] = row["reasons"] + [
                     f"same bytes as an upload already in the lake ({stored[row['upload_id']]})"]
                 row["raw_key"] = stored[row["upload_id"]]
-            elif row["status"] in ("accepted", "flagged"):
+            elif row["status"] in USABLE_STATUSES:
                 row["raw_key"] = raw_file_key(row)
                 lake.put_file(path, row["raw_key"])
                 stored[row["upload_id"]] = row["raw_key"]

@@ -9,14 +9,16 @@ import dagster as dg
 from partitions import daily_robot_type_partitions, split_key
 from resources import pools
 from resources.lake import LakeResource
-from robolake import cleaned, expectations
+from robolake import cleaned, contract, expectations
 from robolake_assets.raw import column_schema
 
 # asset name -> (table kind in robolake.cleaned, description)
 CLEANED_ASSETS = {
-    "cleaned_imu": ("imu", "IMU samples: duplicates and |a| > 20 m/s² outliers removed"),
+    "cleaned_imu": ("imu", "IMU samples: duplicates and |a| > "
+                           f"{contract.IMU_OUTLIER_NORM:g} m/s² outliers removed"),
     "cleaned_gps": ("gps", "GPS fixes: duplicates and invalid fixes (no fix, NaN) removed"),
-    "cleaned_lidar": ("lidar", "LiDAR frames: kept points (<= 200 m), range stats, payload ref"),
+    "cleaned_lidar": ("lidar", "LiDAR frames: kept points (<= "
+                               f"{contract.LIDAR_MAX_RANGE_M:g} m), range stats, payload ref"),
     "cleaned_camera_frames": ("camera", "Camera frame index: size, brightness, black flag, ref"),
     "cleaned_aligned_frames": ("aligned", "One row per LiDAR frame with camera, IMU and GPS "
                                           "aligned to it (data contract)"),

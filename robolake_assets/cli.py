@@ -29,7 +29,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, str]], int]:
     """Partitions holding landing files not indexed yet, or (through cleaned) uploads
     that the cleaned layer has not reported on yet."""
-    from robolake import cleaned, raw
+    from robolake import cleaned, contract, raw
     from robolake.tables import read_table
 
     files = raw.list_landing(landing)
@@ -46,7 +46,7 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
         reported = read_table(lake, cleaned.TABLES["report"], columns=["upload_id"])
         reported_ids = set(reported["upload_id"].to_pylist()) if reported is not None else set()
         pending |= {(r["date"], r["robot_type"]) for r in indexed
-                    if r["status"] in ("accepted", "flagged")
+                    if r["status"] in contract.USABLE_STATUSES
                     and r["upload_id"] not in reported_ids}
     return sorted(pending), len(files)
 

@@ -12,6 +12,7 @@ import dagster as dg
 
 from resources import pools
 from resources.lake import LakeResource
+from robolake import contract
 from robolake.cleaned import TABLES
 from robolake.datasets.build import (
     DatasetVersionExists,
@@ -75,7 +76,7 @@ def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
         "dagster/uri": store.table_uri(CORNER_CASES),
         "delta_version": version,
         "aligned_frames_version": source,
-        "corner_cases": int((scored["corner_case_score"] >= 0.5).sum()),
+        "corner_cases": int((scored["corner_case_score"] >= contract.CORNER_CASE_THRESHOLD).sum()),
         "scenarios": dg.MetadataValue.md(_table(
             ["scenario", "frames"], [(r["scenario"], r["len"]) for r in counts.to_dicts()])),
         "scored": dg.MetadataValue.text(", ".join(SCENARIOS)),

@@ -7,7 +7,7 @@ import pyarrow as pa
 from partitions import daily_robot_type_partitions, split_key
 from resources import pools
 from resources.lake import LakeResource, LandingResource
-from robolake import raw
+from robolake import contract, raw
 from robolake.tables import read_table
 
 _CHECKS = [
@@ -16,7 +16,8 @@ _CHECKS = [
     dg.AssetCheckSpec("raw_files_present", asset="raw_uploads", blocking=True,
                       description="Every accepted or flagged upload's copy exists with its size"),
     dg.AssetCheckSpec("quarantine_rate", asset="raw_uploads",
-                      description="Less than 20 % of a partition's uploads are quarantined"),
+                      description=f"Less than {contract.MAX_QUARANTINE_RATE:.0%} of a partition's "
+                                  "uploads are quarantined"),
 ]
 
 
@@ -36,7 +37,7 @@ def _uploads_markdown(rows: list[dict]) -> str:
 def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
     keys = [(r["upload_id"], r["landing_key"]) for r in rows]
     dupes = len(keys) - len(set(keys))
-    stored = [r for r in rows if r["status"] in ("accepted", "flagged")]
+    stored = [r for r in rows if r["status"] in contract.USABLE_STATUSES]
     missing = [r["raw_key"] for r in stored if not lake.exists(r["raw_key"])]
     quarantined = sum(r["status"] == "quarantined" for r in rows)
     rate = quarantined / len(rows) if rows else 0.0
@@ -46,7 +47,8 @@ def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
         dg.AssetCheckResult(check_name="raw_files_present", passed=not missing,
                             metadata={"checked": len(stored), "missing": len(missing),
                                       "first_missing": missing[0] if missing else ""}),
-        dg.AssetCheckResult(check_name="quarantine_rate", passed=rate < 0.2,
+        dg.AssetCheckResult(check_name="quarantine_rate",
+                            passed=rate < contract.MAX_QUARANTINE_RATE,
                             severity=dg.AssetCheckSeverity.WARN,
                             metadata={"quarantine_rate": rate, "quarantined": quarantined}),
     ]
@@ -71,7 +73,7 @@ def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
     table = read_table(lake_store, raw.RAW_UPLOADS,
                        filters={"date": day, "robot_type": robot_type})
     rows = table.to_pylist() if table is not None else []
-    by_status = {s: sum(r["status"] == s for r in rows) for s in raw.STATUSES}
+    by_status = {s: sum(r["status"] == s for r in rows) for s in contract.STATUSES}
     metadata = {
         "dagster/row_count": len(rows),
         "dagster/column_schema": column_schema(raw.UPLOADS_SCHEMA),

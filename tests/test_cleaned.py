@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from robolake import cleaned, raw
+from robolake import cleaned, contract, raw
 from robolake.decode import _Deserializer, decode_recording, iter_sensor_messages
 from robolake.simulate import RobotIdentity, simulate_fleet, simulate_recording
 from robolake.storage import open_store
@@ -112,7 +112,7 @@ def test_aligned_rows_equal_the_reference(tmp_path: Path, fmt: str, faults):
         assert all(abs(r["camera_dt_ms"]) < 1e-3 for r in got)
         assert all(r["lidar_points"] == 256 for r in got)
         assert got[-1]["gps_lat"] is None  # after the last fix: no extrapolation
-        assert result.report["null_rate"] < cleaned.MAX_NULL_RATE
+        assert result.report["null_rate"] < contract.MAX_NULL_RATE
 
 
 def test_rule_counts_match_the_ground_truth(tmp_path: Path):

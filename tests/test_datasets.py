@@ -24,6 +24,7 @@ import pytest
 import simplejpeg
 
 from robolake import cleaned, raw
+from robolake.contract import CORNER_CASE_THRESHOLD
 from robolake.datasets.build import (
     DatasetVersionExists,
     QualityGateFailed,
@@ -36,7 +37,6 @@ from robolake.datasets.build import (
     list_versions,
 )
 from robolake.datasets.loader import load, rank_stream_length, read_manifest
-from robolake.datasets.scenarios import CORNER_CASE_THRESHOLD
 from robolake.datasets.shards import iter_shard, manifest_key
 from robolake.datasets.spec import parse_spec
 from robolake.simulate import REGIONS, RobotIdentity, simulate_fleet, simulate_recording

@@ -34,8 +34,13 @@ import simplejpeg
 from PIL import Image
 
 from robolake.cleaned import TABLES
-from robolake.datasets.scenarios import (
+from robolake.contract import (
+    ACCEPTED,
     CORNER_CASE_THRESHOLD,
+    USABLE_STATUSES,
+    primary_topic_rows,
+)
+from robolake.datasets.scenarios import (
     CORNER_CASES,
     SCENARIO_CLASSES,
     SCORE_COLUMNS,
@@ -413,7 +418,7 @@ def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int])
     uploads = pl.from_arrow(read_table(lake, RAW_UPLOADS, columns=["upload_id", "status",
                                                                    "raw_key"],
                                        version=versions[RAW_UPLOADS]))
-    allowed = {"accepted", "flagged"} if src.filters.quality.include_flagged else {"accepted"}
+    allowed = USABLE_STATUSES if src.filters.quality.include_flagged else (ACCEPTED,)
     uploads = uploads.filter(pl.col("status").is_in(list(allowed))
                              & pl.col("upload_id").is_in(keep.implode())).unique("upload_id")
     return scored.collect().join(uploads.select("upload_id", "raw_key"), on="upload_id")
@@ -422,10 +427,8 @@ def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int])
 def _main_topic_frames(frames: pl.DataFrame, stride: int) -> pl.DataFrame:
     """Frames of each recording's main LiDAR topic in time order; `_sampled` marks every
     `stride`-th one."""
-    main = (frames.group_by("upload_id", "lidar_topic").len()
-            .sort(["upload_id", "len", "lidar_topic"], descending=[False, True, False])
-            .unique("upload_id", keep="first").select("upload_id", "lidar_topic"))
-    return (frames.join(main, on=["upload_id", "lidar_topic"]).sort("upload_id", "ts_ns")
+    main = primary_topic_rows(frames, "lidar_topic", per=["upload_id"])
+    return (main.sort("upload_id", "ts_ns")
             .with_columns((pl.int_range(pl.len()).over("upload_id") % stride == 0)
                           .alias("_sampled")))
 
@@ -532,10 +535,7 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
             imu = imu_all.get((u,), pl.DataFrame(schema={
                 "upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
                 **{c: pl.Float64 for c in IMU_COLUMNS}})).drop("upload_id")
-            if imu.height:  # the recording's main IMU (most samples)
-                main = imu.group_by("topic").len().sort(["len", "topic"],
-                                                        descending=[True, False])["topic"][0]
-                imu = imu.filter(pl.col("topic") == main)
+            imu = primary_topic_rows(imu)  # the recording's main IMU
             imu_rows[u] = imu.drop("topic").sort("ts_ns")
             inputs.append(imu_rows[u])
             cache_inputs.append(imu_rows[u])

@@ -47,7 +47,6 @@ def score_frames(aligned: pl.DataFrame) -> pl.DataFrame:
 
 # --------------------------------------------------------------------------- the feature table
 
-CORNER_CASE_THRESHOLD = 0.5  # a frame at or above this corner-case score is a corner case
 CORNER_CASES = "features/corner_cases"
 SCORE_COLUMNS = [f"score_{s}" for s in SCENARIOS]
 
