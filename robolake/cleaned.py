@@ -27,8 +27,9 @@ from robolake.contract import (
     primary_topic_rows,
 )
 from robolake.decode import Decoded, decode_recording
+from robolake.errors import is_transient
 from robolake.raw import RAW_UPLOADS
-from robolake.tables import read_table, replace_rows
+from robolake.tables import Snapshot, read_table, replace_rows
 
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
@@ -328,9 +329,12 @@ def quality_row(upload: Upload, day: str, counts: dict[str, int], clock: ClockCh
     }
 
 
+# rows of a kind that another upload of the robot already holds (same topic and time)
+OVERLAP_COLUMNS = ("imu_overlap", "gps_overlap", "lidar_overlap", "camera_overlap",
+                   "aligned_overlap")
 COUNT_COLUMNS = ("imu_samples", "imu_duplicates", "imu_outliers", "gps_fixes", "gps_duplicates",
                  "gps_invalid", "lidar_frames", "lidar_duplicates", "lidar_points_far",
-                 "camera_frames", "camera_duplicates", "camera_black")
+                 "camera_frames", "camera_duplicates", "camera_black", *OVERLAP_COLUMNS)
 REPORT_SCHEMA = {
     "upload_id": pl.String, "robot_id": pl.String, "robot_type": pl.String,
     "region": pl.String, "date": pl.String, **{k: pl.Int64 for k in COUNT_COLUMNS},
@@ -430,14 +434,17 @@ class PartitionResult:
 
 
 def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str]]:
-    """The partition's uploads that later layers use (accepted or flagged), with formats."""
+    """The partition's uploads that later layers use (accepted or flagged), with formats,
+    in the order they arrived in the lake (the first of two overlapping uploads wins)."""
     table = read_table(lake, RAW_UPLOADS, filters={"date": day, "robot_type": robot_type})
     if table is None:
         return []
     rows = sorted((r for r in table.to_pylist() if r["status"] in USABLE_STATUSES),
-                  key=lambda r: r["start_ns"])
+                  key=lambda r: (r["ingested_ns"], r["start_ns"], r["upload_id"]))
+    unique = {r["upload_id"]: r for r in reversed(rows)}  # one per upload, the first indexed
     return [(Upload(r["upload_id"], r["robot_id"], r["robot_type"], r["region"], r["raw_key"],
-                    r["arrived_ns"]), r["format"]) for r in rows]
+                    r["arrived_ns"]), r["format"])
+            for r in sorted(unique.values(), key=rows.index)]
 
 
 def _empty_report(upload: Upload, day: str, cleaned_ns: int, note: str) -> dict:
@@ -446,17 +453,74 @@ def _empty_report(upload: Upload, day: str, cleaned_ns: int, note: str) -> dict:
                        {"imu": False, "gps": False, "camera": False}, 0.0, cleaned_ns, [])
 
 
+def drop_overlap(frame: pl.DataFrame, existing: pl.DataFrame, topic: str,
+                 order: list[str]) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Rows whose (robot_id, topic, ts_ns) another upload already holds are dropped: rows
+    in `existing` (other uploads in the table) win, then uploads earlier in `order`.
+
+    Within one upload nothing is dropped here (a sensor may split one scan into several
+    messages with one stamp; exact duplicates went in cleaning). Returns the kept rows
+    and how many were dropped per upload_id.
+    """
+    keys = ["robot_id", topic, "ts_ns"]
+    if frame.is_empty() or (existing.is_empty() and frame["upload_id"].n_unique() < 2):
+        return frame, {}
+    rank = {u: i for i, u in enumerate(order)}
+    ranked = frame.with_columns(
+        pl.col("upload_id").replace_strict(rank, return_dtype=pl.Int64).alias("_rank"))
+    owner = ranked.group_by(keys).agg(pl.col("_rank").min().alias("_owner"))
+    kept = (ranked.join(owner, on=keys, maintain_order="left")
+            .filter(pl.col("_rank") == pl.col("_owner")).drop("_rank", "_owner"))
+    if not existing.is_empty():
+        kept = kept.join(existing.select(keys).unique(), on=keys, how="anti",
+                         maintain_order="left")
+    before = frame.group_by("upload_id").len()
+    after = dict(kept.group_by("upload_id").len().iter_rows())
+    dropped = {u: n - after.get(u, 0) for u, n in before.iter_rows() if n - after.get(u, 0)}
+    return kept, dropped
+
+
+OVERLAP_TOPIC = {"imu": "topic", "gps": "topic", "lidar": "topic", "camera": "topic",
+                 "aligned": "lidar_topic"}
+
+
+def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Upload],
+                           robot_type: str) -> tuple[int, pl.DataFrame, dict[str, int]]:
+    """Replace the uploads' rows of one table, leaving out rows another upload of the same
+    robot holds already, in one keyed commit (decided again if another writer commits
+    first, so two partitions cleaned at once cannot both keep an overlapping row).
+    Returns (table version, the rows written, rows dropped per upload_id)."""
+    ids = [u.upload_id for u in uploads]
+    topic = OVERLAP_TOPIC[name]
+    scope = {"robot_type": [robot_type], "robot_id": sorted({u.robot_id for u in uploads})}
+    if not frame.is_empty():
+        scope["date"] = frame["date"].unique().sort().to_list()
+
+    decided: list = [frame, {}]
+
+    def rows(snap: Snapshot):
+        existing = snap.read(["robot_id", topic, "ts_ns", "upload_id"], filters=scope,
+                             schema=SCHEMAS[name])
+        existing = existing.filter(~pl.col("upload_id").is_in(ids))
+        decided[:] = drop_overlap(frame, existing, topic, ids)
+        return decided[0].to_arrow()
+
+    version = replace_rows(lake, TABLES[name], rows, "upload_id", ids,
+                           partition_by=PARTITION_BY, scope={"robot_type": robot_type})
+    return version, decided[0], decided[1]
+
+
 def clean_partition(lake, day: str, robot_type: str,
                     log=lambda _msg: None) -> PartitionResult:
     """Decode, clean and align every usable upload of a (date, robot_type) partition.
 
-    Each cleaned table gets the partition's rows replaced in one Delta commit
+    Each cleaned table gets the partition's rows replaced in one keyed Delta commit
     (rows are selected by upload_id, so a recording that crosses midnight keeps
-    its rows in both dates). An upload that fails to decode is reported, not
-    fatal to the others.
+    its rows in both dates), without rows that another upload of the same robot
+    holds already (same topic and time: kept once, counted as overlap). An upload
+    that fails to decode is reported, not fatal to the others.
     """
     uploads = partition_uploads(lake, day, robot_type)
-    ids = [u.upload_id for u, _ in uploads]
     first_cleaned: dict[str, int] = {}
     previous = read_table(lake, TABLES["report"], columns=["upload_id", "cleaned_ns"],
                           filters={"robot_type": robot_type})
@@ -476,6 +540,8 @@ def clean_partition(lake, day: str, robot_type: str,
             with lake.local_path(upload.raw_key) as path:
                 cleaned = clean_upload(path, upload, day, now)
         except Exception as exc:  # one bad upload must not stop the partition
+            if is_transient(exc):
+                raise
             note = f"decode failed: {type(exc).__name__}: {exc}"
             reports.append(_empty_report(upload, day, now, note))
             log(f"[{i}/{len(uploads)}] {upload.raw_key}: {note}")
@@ -489,9 +555,32 @@ def clean_partition(lake, day: str, robot_type: str,
             f"{cleaned.aligned.height} aligned frames; {cleaned.report['notes'][0]}")
     tables = {name: pl.concat(parts) if parts else pl.DataFrame(schema=SCHEMAS[name])
               for name, parts in frames.items()}
+    only = [u for u, _ in uploads]
+    written = {name: _write_without_overlap(lake, name, frame, only, robot_type)
+               for name, frame in tables.items()}
+    versions = {name: w[0] for name, w in written.items()}
+    tables = {name: w[1] for name, w in written.items()}
+    _count_overlap(reports, {name: w[2] for name, w in written.items()}, counts, log)
     tables["report"] = pl.DataFrame(reports, schema=REPORT_SCHEMA)
-    versions = {name: replace_rows(lake, TABLES[name], frame.to_arrow(), "upload_id", ids,
-                                   partition_by=PARTITION_BY, scope={"robot_type": robot_type})
-                for name, frame in tables.items()}
-    return PartitionResult(day, robot_type, [u for u, _ in uploads], tables, versions, reports,
-                           counts)
+    versions["report"] = replace_rows(lake, TABLES["report"], tables["report"].to_arrow(),
+                                      "upload_id", [u.upload_id for u in only],
+                                      partition_by=PARTITION_BY, scope={"robot_type": robot_type})
+    return PartitionResult(day, robot_type, only, tables, versions, reports, counts)
+
+
+def _count_overlap(reports: list[dict], dropped: dict[str, dict[str, int]],
+                   counts: dict[str, int], log) -> None:
+    """Overlap counts into each upload's report (and the partition's totals)."""
+    for report in reports:
+        u = report["upload_id"]
+        for name in OVERLAP_TOPIC:
+            n = dropped.get(name, {}).get(u, 0)
+            report[f"{name}_overlap"] = n
+            counts[f"{name}_overlap"] = counts.get(f"{name}_overlap", 0) + n
+        report["aligned_frames"] -= report["aligned_overlap"]
+        total = sum(report[f"{name}_overlap"] for name in OVERLAP_TOPIC if name != "aligned")
+        if total:
+            note = (f"{total} sensor rows overlap other uploads of {report['robot_id']} (same "
+                    "topic and time): kept the first, dropped here")
+            report["notes"] = [*report["notes"], note]
+            log(f"{u[:12]}: {note}")

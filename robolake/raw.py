@@ -14,6 +14,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,14 +26,17 @@ import pyarrow as pa
 from robolake import recordings as rec
 from robolake.contract import (
     ACCEPT_ABOVE,
+    DUPLICATE,
     MAX_DUPLICATE_RATE,
     MAX_GAP_NS,
     QUARANTINE_BELOW,
+    QUARANTINED,
     STATUSES,
     USABLE_STATUSES,
 )
+from robolake.errors import is_transient
 from robolake.storage import Store
-from robolake.tables import append_rows, read_table
+from robolake.tables import Snapshot, Write, append_new_rows, commit_keyed, read_table, replace_rows
 
 RAW_UPLOADS = "raw/uploads"
 LANDING_INDEX = "raw/landing_index"
@@ -76,6 +80,9 @@ UPLOADS_SCHEMA = pa.schema([
     ("status", pa.string()),
     ("reasons", pa.list_(pa.string())),
     ("raw_key", pa.string()),
+    # sha256 of the recording's topics, message counts and time ranges: equal for a
+    # re-export or format conversion of the same messages (then compared on values)
+    ("messages_digest", pa.string()),
 ])
 UPLOADS_PARTITION_BY = ["date", "robot_type"]
 
@@ -86,6 +93,7 @@ LANDING_INDEX_SCHEMA = pa.schema([
     ("date", pa.string()),
     ("robot_type", pa.string()),
     ("probed_ns", pa.int64()),
+    ("upload_id", pa.string()),  # set once the file's bytes are indexed in raw/uploads
 ])
 
 
@@ -107,6 +115,7 @@ class LandingFile:
     mtime_ns: int
     sidecar_key: str | None = None
     sidecar_mtime_ns: int = 0
+    is_symlink: bool = False
 
     @property
     def name(self) -> str:
@@ -144,9 +153,12 @@ def list_landing(landing: Store) -> list[LandingFile]:
         if key.endswith(SIDECAR_SUFFIX):
             continue
         sidecar = objects.get(key + SIDECAR_SUFFIX)
+        if sidecar is not None and sidecar.is_symlink:
+            sidecar = None  # an identity must come from the upload, not from a linked file
         files.append(LandingFile(key, obj.size, obj.mtime_ns,
                                  sidecar.key if sidecar else None,
-                                 sidecar.mtime_ns if sidecar else 0))
+                                 sidecar.mtime_ns if sidecar else 0,
+                                 is_symlink=obj.is_symlink))
     return files
 
 
@@ -157,51 +169,106 @@ class Identity:
     problem: str | None  # why there is no usable identity
 
 
+MAX_ROBOT_ID_CHARS = 128
+# control, format (bidi overrides, zero-width), line/paragraph separators, unassigned
+_UNPRINTABLE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def printable(text: str) -> str:
+    """`text` with control and formatting characters escaped (\\n, \\u202e ...), so a file
+    name or an identity value can never forge a log line or reorder what a terminal shows."""
+    return "".join(ch.encode("unicode_escape").decode() if unicodedata.category(ch)
+                   in _UNPRINTABLE_CATEGORIES else ch for ch in text)
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A user-supplied value as it may appear in a reason: printable, quoted when a string,
+    cut to `limit` characters."""
+    text = printable(repr(value))
+    return text if len(text) <= limit else text[:limit] + f"... ({len(str(value))} chars)"
+
+
+def identity_problem(values: dict[str, object], where: str) -> str | None:
+    """Why these identity values cannot be used (None: they can), naming where they come
+    from and the field."""
+    missing = [f for f in IDENTITY_FIELDS if values.get(f) in (None, "")]
+    if missing:
+        return (f"incomplete robot identity in {where}: missing {', '.join(missing)} "
+                "(expected robot_id, robot_type, region)")
+    for f in IDENTITY_FIELDS:
+        if not isinstance(values[f], str):
+            return (f"invalid robot identity in {where}: {f} is a JSON "
+                    f"{type(values[f]).__name__} ({_shown(values[f])}); expected a string")
+    robot_id = values["robot_id"]
+    bad = sorted({unicodedata.category(ch) for ch in robot_id} & _UNPRINTABLE_CATEGORIES)
+    if bad or robot_id != robot_id.strip():
+        return (f"invalid robot identity in {where}: robot_id={_shown(robot_id)} holds control, "
+                "formatting (e.g. right-to-left override) or surrounding blank characters; "
+                "expected printable text")
+    if len(robot_id) > MAX_ROBOT_ID_CHARS:
+        return (f"invalid robot identity in {where}: robot_id is {len(robot_id)} characters "
+                f"long; expected at most {MAX_ROBOT_ID_CHARS}")
+    for f in ("robot_type", "region"):
+        if not _NAME_RE.match(values[f]):
+            return (f"invalid robot identity in {where}: {f}={_shown(values[f])}; expected "
+                    "lowercase letters, digits, '_' or '-', at most 63 (it names a partition)")
+    if values["robot_type"] == UNIDENTIFIED:
+        return (f"invalid robot identity in {where}: robot_type '{UNIDENTIFIED}' is reserved "
+                "for files without an identity")
+    return None
+
+
+def read_sidecar(data: bytes, name: str) -> dict[str, object]:
+    """A `<file>.meta.json` sidecar's JSON object (values as given: types are checked by
+    `identity_problem`); errors name the file and what was expected."""
+    try:
+        parsed = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}: not valid JSON ({exc}); expected an object with "
+                         "robot_id, robot_type, region") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name}: expected a JSON object with robot_id, robot_type, region, "
+                         f"got a JSON {type(parsed).__name__}")
+    return parsed
+
+
 def resolve_identity(file: LandingFile, embedded: dict[str, str] | None,
                      landing: Store) -> Identity:
     """MCAP 'robot' record, else the sidecar, else upload metadata (S3 object metadata)."""
-    candidates: list[tuple[str, dict[str, str]]] = []
+    sidecar_name = file.name + SIDECAR_SUFFIX
+    candidates: list[tuple[str, str, dict[str, object]]] = []
     if embedded:
-        candidates.append(("mcap_metadata", embedded))
+        candidates.append(("mcap_metadata", "MCAP metadata record 'robot'", embedded))
     if file.sidecar_key:
         try:
-            candidates.append(("sidecar", rec.read_sidecar(landing.read_bytes(file.sidecar_key),
-                                                           file.sidecar_key)))
+            values = read_sidecar(landing.read_bytes(file.sidecar_key), sidecar_name)
         except ValueError as exc:
             return Identity(None, "sidecar", str(exc))
+        candidates.append(("sidecar", sidecar_name, values))
     head = getattr(landing, "head_metadata", None)
     if not candidates and head is not None:
         meta = {k.replace("-", "_"): v for k, v in head(file.key).items()}
         if any(f in meta for f in IDENTITY_FIELDS):
-            candidates.append(("upload_metadata", meta))
+            candidates.append(("upload_metadata", "upload metadata", meta))
     if not candidates:
         return Identity(None, None, (
             f"no robot identity: {file.name} has no MCAP metadata record 'robot', no sidecar "
-            f"{file.name}{SIDECAR_SUFFIX} and no upload metadata; expected robot_id, robot_type "
+            f"{sidecar_name} and no upload metadata; expected robot_id, robot_type "
             "and region"))
-    source, values = candidates[0]
-    where = {"mcap_metadata": "MCAP metadata record 'robot'",
-             "sidecar": file.name + SIDECAR_SUFFIX,
-             "upload_metadata": "upload metadata"}[source]
-    missing = [f for f in IDENTITY_FIELDS if not values.get(f)]
-    if missing:
-        return Identity(None, source, (
-            f"incomplete robot identity in {where}: missing {', '.join(missing)} "
-            "(expected robot_id, robot_type, region)"))
-    for f in ("robot_type", "region"):
-        if not _NAME_RE.match(values[f]):
-            return Identity(None, source, (
-                f"invalid robot identity in {where}: {f}={values[f]!r}; expected lowercase "
-                "letters, digits, '_' or '-' (it names a partition)"))
-    return Identity({f: values[f] for f in IDENTITY_FIELDS}, source, None)
+    source, where, values = candidates[0]
+    problem = identity_problem(values, where)
+    if problem:
+        return Identity(None, source, problem)
+    return Identity({f: str(values[f]) for f in IDENTITY_FIELDS}, source, None)
 
 
 def partition_for(identity: Identity, start_ns: int | None, arrived_ns: int,
                   now_ns: int) -> tuple[str, str]:
     """A recording belongs to its start date and robot type.
 
-    Files without a usable start time or identity go to their arrival date and
-    the `unidentified` robot type, where they are quarantined with the reason.
+    Files without a usable identity go to the `unidentified` robot type; files
+    without a usable start time (unreadable, empty, implausible clock) to their
+    arrival date. Either way they are quarantined there with the reason.
     """
     robot_type = identity.values["robot_type"] if identity.values else UNIDENTIFIED
     day = None
@@ -212,39 +279,83 @@ def partition_for(identity: Identity, start_ns: int | None, arrived_ns: int,
     return (day or utc_date(arrived_ns)), robot_type
 
 
+def probe_partition(landing: Store, f: LandingFile, now_ns: int) -> tuple[str | None, str, str]:
+    """(format, date, robot_type) of a landing file from its header and identity.
+
+    Never raises for a bad file: what cannot be probed goes to its arrival date and
+    the `unidentified` robot type, where its full validation gives the reason.
+    """
+    if f.is_symlink:
+        return None, utc_date(f.mtime_ns), UNIDENTIFIED
+    try:
+        with landing.local_path(f.key) as path:
+            fmt, embedded, start = rec.probe_recording(path)
+        identity = resolve_identity(f, embedded, landing)
+    except Exception as exc:  # noqa: BLE001 - the verdict comes with validation
+        if is_transient(exc):
+            raise
+        return None, utc_date(f.mtime_ns), UNIDENTIFIED
+    return (fmt, *partition_for(identity, start, f.mtime_ns, now_ns))
+
+
 def assign_partitions(landing: Store, lake: Store | None, files: Iterable[LandingFile],
                       now_ns: int | None = None) -> list[Assignment]:
     """The partition of each landing file, probing only files not seen before.
 
     Probe results are cached in the Delta table `raw/landing_index`, keyed by
-    the file's key and version, so a sensor tick or a partition run reads only
-    the headers of new or changed files.
+    the file's key and version (each once, whoever probes at the same time), so
+    a sensor tick or a partition run reads only the headers of new or changed
+    files.
     """
     now_ns = now_ns or time.time_ns()
-    cache: dict[tuple[str, str], tuple[str | None, str, str]] = {}
-    if lake is not None:
-        index = read_table(lake, LANDING_INDEX, columns=["landing_key", "version", "format",
-                                                         "date", "robot_type"])
-        if index is not None:
-            for row in index.to_pylist():
-                cache[(row["landing_key"], row["version"])] = (
-                    row["format"], row["date"], row["robot_type"])
+    cache = {(r["landing_key"], r["version"]): (r["format"], r["date"], r["robot_type"])
+             for r in _landing_index(lake)}
     out: list[Assignment] = []
     new_rows = []
     for f in files:
         hit = cache.get((f.key, f.version))
         if hit is None:
-            with landing.local_path(f.key) as path:
-                fmt, embedded, start = rec.probe_recording(path)
-            identity = resolve_identity(f, embedded, landing)
-            day, robot_type = partition_for(identity, start, f.mtime_ns, now_ns)
-            hit = (fmt, day, robot_type)
-            new_rows.append({"landing_key": f.key, "version": f.version, "format": fmt,
-                             "date": day, "robot_type": robot_type, "probed_ns": now_ns})
+            hit = probe_partition(landing, f, now_ns)
+            new_rows.append({"landing_key": f.key, "version": f.version, "format": hit[0],
+                             "date": hit[1], "robot_type": hit[2], "probed_ns": now_ns,
+                             "upload_id": None})
         out.append(Assignment(f, hit[0], hit[1], hit[2]))
     if lake is not None and new_rows:
-        append_rows(lake, LANDING_INDEX, new_rows, LANDING_INDEX_SCHEMA)
+        append_new_rows(lake, LANDING_INDEX, new_rows, LANDING_INDEX_SCHEMA,
+                        keys=("landing_key", "version"))
     return out
+
+
+def _landing_index(lake: Store | None) -> list[dict]:
+    if lake is None:
+        return []
+    table = read_table(lake, LANDING_INDEX, columns=["landing_key", "version", "format", "date",
+                                                      "robot_type", "upload_id"])
+    return table.to_pylist() if table is not None else []
+
+
+def indexed_versions(lake: Store) -> set[tuple[str, str]]:
+    """(landing_key, version) of every landing file whose bytes are in raw/uploads: a
+    touched but unchanged file is recognised once, then counts as done."""
+    return {(r["landing_key"], r["version"]) for r in _landing_index(lake) if r["upload_id"]}
+
+
+def mark_indexed(lake: Store, marks: dict[tuple[str, str], str]) -> None:
+    """Record which upload each (landing_key, version) turned out to be, in one keyed
+    commit that rewrites those keys' rows of raw/landing_index."""
+    if not marks:
+        return
+    keys = sorted({k for k, _ in marks})
+
+    def rows(snap: Snapshot) -> pa.Table:
+        current = snap.read(LANDING_INDEX_SCHEMA.names, filters={"landing_key": keys})
+        out: dict[tuple[str, str], dict] = {}
+        for r in current.iter_rows(named=True):
+            r["upload_id"] = marks.get((r["landing_key"], r["version"]), r["upload_id"])
+            out.setdefault((r["landing_key"], r["version"]), r)  # drops duplicate rows too
+        return pa.Table.from_pylist(list(out.values()), schema=LANDING_INDEX_SCHEMA)
+
+    replace_rows(lake, LANDING_INDEX, rows, "landing_key", keys)
 
 
 # --------------------------------------------------------------------------- validation
@@ -353,9 +464,37 @@ def raw_file_key(row: dict) -> str:
             f"region={row['region']}/{row['upload_id']}{ext}")
 
 
+SAFE_NAME_CHARS = 100  # file names in the lake stay far below every filesystem's limit
+_UNSAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._\-]")
+
+
+def safe_file_name(name: str) -> str:
+    """A name for a copy in the lake: the landing name where it is short and plain,
+    else a cut, cleaned name with a hash of the original (kept in raw/uploads and in the
+    reasons file)."""
+    clean = _UNSAFE_NAME_RE.sub("_", name).lstrip(".") or "file"
+    if clean == name and len(name) <= SAFE_NAME_CHARS:
+        return name
+    stem, dot, ext = clean.rpartition(".")
+    ext = f".{ext}" if dot and stem and len(ext) <= 10 else ""
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"{clean[:SAFE_NAME_CHARS - len(ext) - 18]}~{digest}{ext}"
+
+
 def quarantine_key(row: dict) -> str:
     return (f"raw/quarantine/date={row['date']}/robot_type={row['robot_type']}/"
-            f"{row['upload_id']}/{row['file_name']}")
+            f"{row['upload_id']}/{safe_file_name(row['file_name'])}")
+
+
+def messages_digest(info: rec.RecordingInfo | None) -> str | None:
+    """Topics, message types, counts and time ranges, hashed: a re-export or a format
+    conversion of the same messages has the same digest (a cheap first test for content
+    duplicates; the sensor values decide)."""
+    if info is None or not info.message_count:
+        return None
+    summary = sorted((t.topic, t.msgtype, t.count, t.first_ns, t.last_ns)
+                     for t in info.topics if t.count)
+    return hashlib.sha256(json.dumps(summary).encode()).hexdigest()
 
 
 def validate_upload(path: Path, upload_id: str, assignment: Assignment, landing: Store,
@@ -368,12 +507,14 @@ def validate_upload(path: Path, upload_id: str, assignment: Assignment, landing:
         info = rec.inspect_recording(path)
     except rec.RecordingError as exc:
         fatal.append(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a reader bug on hostile bytes is this file's
+        if is_transient(exc):
+            raise
+        fatal.append(f"unreadable: the reader failed ({type(exc).__name__}: {exc})")
     identity = resolve_identity(f, info.identity if info else None, landing)
     if identity.problem and not fatal:
         fatal.append(identity.problem)
     verdict = score_recording(info, fatal, now_ns)
-    # every reason names the file, so it reads on its own in logs and quarantine notes
-    reasons = [r if r.startswith(f.name) else f"{f.name}: {r}" for r in verdict.reasons]
     ids = identity.values or {}
     topics = [] if info is None else [
         {"topic": t.topic, "msgtype": t.msgtype, "sensor": rec.sensor_kind(t.msgtype),
@@ -381,28 +522,84 @@ def validate_upload(path: Path, upload_id: str, assignment: Assignment, landing:
     start = info.start_ns if info else None
     end = info.end_ns if info else None
     return {
-        "upload_id": upload_id,
-        "landing_key": f.key,
-        "file_name": f.name,
+        **_row_base(assignment, upload_id, now_ns),
         "format": info.format if info else rec.detect_format(rec.read_head(path)),
         "robot_id": ids.get("robot_id"),
-        "robot_type": assignment.robot_type,
         "region": ids.get("region"),
         "identity_source": identity.source,
-        "date": assignment.date,
         "start_ns": start,
         "end_ns": end,
         "duration_s": (end - start) / 1e9 if start is not None else None,
         "message_count": info.message_count if info else 0,
         "topics": topics,
-        "size_bytes": f.size,
-        "arrived_ns": f.mtime_ns,
-        "ingested_ns": now_ns,
         "quality_score": verdict.score,
         "status": verdict.status,
-        "reasons": reasons,
-        "raw_key": None,
+        "reasons": _named(f.name, verdict.reasons),
+        "messages_digest": messages_digest(info) if verdict.status in USABLE_STATUSES else None,
     }
+
+
+def _named(name: str, reasons: list[str]) -> list[str]:
+    # every reason names the file, so it reads on its own in logs and quarantine notes
+    name = printable(name)
+    return [r if r.startswith(name) else f"{name}: {r}" for r in reasons]
+
+
+def _row_base(a: Assignment, upload_id: str, now_ns: int) -> dict:
+    return {"upload_id": upload_id, "landing_key": a.file.key, "file_name": a.file.name,
+            "format": a.format, "robot_id": None, "robot_type": a.robot_type, "region": None,
+            "identity_source": None, "date": a.date, "start_ns": None, "end_ns": None,
+            "duration_s": None, "message_count": 0, "topics": [], "size_bytes": a.file.size,
+            "arrived_ns": a.file.mtime_ns, "ingested_ns": now_ns, "quality_score": 0.0,
+            "status": QUARANTINED, "reasons": [], "raw_key": None, "messages_digest": None}
+
+
+def unread_row(a: Assignment, now_ns: int, reason: str) -> dict:
+    """The verdict for a landing file whose bytes are not read (a link, an unreadable
+    file): quarantined with the reason, nothing copied."""
+    upload_id = hashlib.sha256(f"unread:{a.file.key}@{a.file.version}".encode()).hexdigest()
+    return {**_row_base(a, upload_id, now_ns), "reasons": _named(a.file.name, [reason])}
+
+
+# --------------------------------------------------------------------------- content duplicates
+
+
+def sensor_values_digest(path: Path) -> str:
+    """A digest of every decoded sensor value of a recording (payload references left
+    out), independent of file format and message order in the file."""
+    import polars as pl
+
+    from robolake.decode import decode_recording
+
+    decoded = decode_recording(path, "")
+    h = hashlib.sha256()
+    for kind in ("imu", "gps", "lidar", "camera"):
+        cols = {k: v for k, v in getattr(decoded, kind).items() if k != "payload_ref"}
+        if not cols:
+            continue
+        frame = pl.DataFrame(cols)
+        frame = frame.sort(frame.columns)
+        h.update(kind.encode())
+        h.update(frame.hash_rows(seed=0).to_numpy().tobytes())
+    return h.hexdigest()
+
+
+class _ValueDigests:
+    """Sensor value digests of uploads in the lake, computed once per run when needed."""
+
+    def __init__(self, lake: Store):
+        self.lake, self.cache = lake, {}
+
+    def __call__(self, upload_id: str, raw_key: str) -> str | None:
+        if upload_id not in self.cache:
+            try:
+                with self.lake.local_path(raw_key) as path:
+                    self.cache[upload_id] = sensor_values_digest(path)
+            except Exception as exc:  # noqa: BLE001 - undecodable: not a provable copy
+                if is_transient(exc):
+                    raise
+                self.cache[upload_id] = None
+        return self.cache[upload_id]
 
 
 # --------------------------------------------------------------------------- ingest
@@ -422,62 +619,163 @@ class IngestResult:
         return {s: c.get(s, 0) for s in STATUSES}
 
 
+def _copy_into_lake(lake: Store, path: Path, row: dict, stored: dict[str, str]) -> None:
+    """Copy a judged file: usable ones content-addressed under raw/files/ (unless the same
+    bytes are already there), the rest under raw/quarantine/ beside their reasons."""
+    try:
+        if row["status"] in USABLE_STATUSES:
+            row["raw_key"] = stored.get(row["upload_id"]) or raw_file_key(row)
+            if row["upload_id"] not in stored:
+                lake.put_file(path, row["raw_key"])
+        else:
+            row["raw_key"] = quarantine_key(row)
+            lake.put_file(path, row["raw_key"])
+            lake.write_bytes(row["raw_key"] + ".reasons.json", json.dumps(
+                {"landing_key": row["landing_key"], "file_name": row["file_name"],
+                 "reasons": row["reasons"]}, indent=2).encode())
+    except Exception as exc:  # noqa: BLE001 - a copy that cannot be made is this file's verdict
+        if is_transient(exc):
+            raise
+        row.update(status=QUARANTINED, raw_key=None, reasons=row["reasons"] + _named(
+            row["file_name"], [f"could not be copied into the lake ({type(exc).__name__}: "
+                               f"{printable(str(exc))})"]))
+
+
+def judge_file(landing: Store, lake: Store, a: Assignment, now_ns: int,
+               stored: dict[str, str]) -> dict:
+    """The raw/uploads row of one landing file, its copy made. Never raises for a bad file
+    (only for lost capacity or network, which a retry may cure)."""
+    f = a.file
+    if f.is_symlink:
+        return unread_row(a, now_ns, "a symbolic link: links are not followed (upload the "
+                                     "file itself)")
+    try:
+        with landing.local_path(f.key) as path:
+            row = validate_upload(path, sha256_file(path), a, landing, now_ns)
+            _copy_into_lake(lake, path, row, stored)
+            return row
+    except Exception as exc:  # noqa: BLE001
+        if is_transient(exc):
+            raise
+        return unread_row(a, now_ns, f"could not be read from the landing zone "
+                                     f"({type(exc).__name__}: {printable(str(exc))})")
+
+
+def _classify_duplicates(rows: list[dict], existing: list[dict],
+                         digests: _ValueDigests) -> list[dict]:
+    """Mark usable rows that repeat an upload already in the lake (or earlier in `rows`):
+    the same bytes, or the same messages in another file (a re-export or conversion: same
+    topics, counts and time range, identical sensor values)."""
+    stored: dict[str, str] = {}
+    by_digest: dict[tuple[str, str], list[dict]] = {}
+    for r in existing:
+        if r["status"] in USABLE_STATUSES:
+            stored.setdefault(r["upload_id"], r["raw_key"])
+            if r["messages_digest"]:
+                by_digest.setdefault((r["robot_id"], r["messages_digest"]), []).append(r)
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row["status"] in USABLE_STATUSES and row["upload_id"] in stored:
+            row.update(status=DUPLICATE, raw_key=stored[row["upload_id"]],
+                       reasons=row["reasons"] + _named(row["file_name"], [
+                           f"same bytes as an upload already in the lake "
+                           f"({stored[row['upload_id']]})"]))
+        elif row["status"] in USABLE_STATUSES and row["messages_digest"]:
+            key = (row["robot_id"], row["messages_digest"])
+            mine = digests(row["upload_id"], row["raw_key"])
+            first = next((r for r in by_digest.get(key, [])
+                          if mine is not None and digests(r["upload_id"], r["raw_key"]) == mine),
+                         None)
+            if first is not None:
+                row.update(status=DUPLICATE, reasons=row["reasons"] + _named(row["file_name"], [
+                    f"the same messages as upload {first['upload_id'][:12]} "
+                    f"({printable(first['file_name'])}): same topics, counts and time range "
+                    "and identical sensor values (a re-export or format conversion); indexed, "
+                    "not cleaned again"]))
+        if row["status"] in USABLE_STATUSES:
+            stored.setdefault(row["upload_id"], row["raw_key"])
+            if row["messages_digest"]:
+                by_digest.setdefault((row["robot_id"], row["messages_digest"]), []).append(row)
+        out.append(row)
+    return out
+
+
+_EXISTING_COLUMNS = ["upload_id", "landing_key", "file_name", "status", "raw_key", "robot_id",
+                     "messages_digest", "date", "robot_type", "size_bytes", "arrived_ns"]
+
+
+def _upload_key(row: dict) -> tuple[str, str, str, str]:
+    # one row per file and partition: a file re-routed by a late sidecar gets a second row
+    return row["upload_id"], row["landing_key"], row["date"], row["robot_type"]
+
+
+def commit_uploads(lake: Store, rows: list[dict], digests: _ValueDigests | None = None,
+                   ) -> tuple[int | None, list[dict]]:
+    """Index judged rows in raw/uploads exactly once, whatever else writes at the same time.
+
+    Decided on a snapshot and committed against its version: rows whose
+    (upload_id, landing_key, date, robot_type) the snapshot holds are skipped, duplicates
+    are classified against it; if another writer commits first, all of it is decided again.
+    Returns (table version, the rows this call wrote).
+    """
+    digests = digests or _ValueDigests(lake)
+    written: list[dict] = []
+
+    def plan(snap: Snapshot) -> Write | None:
+        existing = snap.read(_EXISTING_COLUMNS).to_dicts()
+        have = {_upload_key(r) for r in existing}
+        fresh = [r for r in rows if _upload_key(r) not in have]
+        written[:] = _classify_duplicates(fresh, existing, digests)
+        return Write(pa.Table.from_pylist(written, schema=UPLOADS_SCHEMA)) if written else None
+
+    version = commit_keyed(lake, RAW_UPLOADS, plan, UPLOADS_PARTITION_BY) if rows else None
+    return version, written
+
+
 def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
                      now_ns: int | None = None,
                      log: Callable[[str], None] = lambda _msg: None) -> IngestResult:
     """Validate, copy and index every landing file of one (date, robot_type) partition.
 
-    Idempotent: files already indexed in the partition (same key, size and
-    arrival time) are skipped. Files are copied before the table commit, so an
-    interrupted run leaves at worst an unreferenced copy that the re-run
-    overwrites with the same bytes.
+    Exactly once and idempotent: files already indexed (same key and version, or the
+    same bytes under the same key) are skipped, and the commit skips what a concurrent
+    writer indexed meanwhile. Every file gets a verdict; one bad file never fails the
+    others. Files are copied before the commit, so an interrupted run leaves at worst an
+    unreferenced copy that the re-run overwrites with the same bytes.
     """
     now_ns = now_ns or time.time_ns()
     assignments = [a for a in assign_partitions(landing, lake, list_landing(landing), now_ns)
                    if a.partition == (day, robot_type)]
-    existing = read_table(lake, RAW_UPLOADS,
-                          columns=["upload_id", "landing_key", "size_bytes", "arrived_ns",
-                                   "status", "raw_key", "date", "robot_type"])
-    seen_here: set[tuple[str, int, int]] = set()
-    content_here: set[tuple[str, str]] = set()
-    stored: dict[str, str] = {}  # upload_id -> raw_key of an accepted/flagged copy
-    if existing is not None:
-        for r in existing.to_pylist():
-            if (r["date"], r["robot_type"]) == (day, robot_type):
-                seen_here.add((r["landing_key"], r["size_bytes"], r["arrived_ns"]))
-                content_here.add((r["upload_id"], r["landing_key"]))
-            if r["status"] in USABLE_STATUSES:
-                stored.setdefault(r["upload_id"], r["raw_key"])
-    todo = [a for a in assignments
-            if (a.file.key, a.file.size, a.file.mtime_ns) not in seen_here]
-    rows = []
+    existing = read_table(lake, RAW_UPLOADS, columns=_EXISTING_COLUMNS)
+    existing_rows = existing.to_pylist() if existing is not None else []
+    here = [r for r in existing_rows if (r["date"], r["robot_type"]) == (day, robot_type)]
+    seen_here = {(r["landing_key"], r["size_bytes"], r["arrived_ns"]): r["upload_id"]
+                 for r in here}
+    content_here = {(r["upload_id"], r["landing_key"]) for r in here}
+    stored = {r["upload_id"]: r["raw_key"] for r in existing_rows
+              if r["status"] in USABLE_STATUSES}
+    marks: dict[tuple[str, str], str] = {}
+    judged = []
+    todo = []
+    for a in assignments:
+        known = seen_here.get((a.file.key, a.file.size, a.file.mtime_ns))
+        if known:
+            marks[(a.file.key, a.file.version)] = known
+        else:
+            todo.append(a)
     for i, a in enumerate(todo, 1):
-        with landing.local_path(a.file.key) as path:
-            upload_id = sha256_file(path)
-            if (upload_id, a.file.key) in content_here:  # same bytes re-landed: nothing new
-                log(f"[{i}/{len(todo)}] {a.file.key}: already indexed")
-                continue
-            row = validate_upload(path, upload_id, a, landing, now_ns)
-            if row["status"] in USABLE_STATUSES and row["upload_id"] in stored:
-                row["status"] = "duplicate"
-                row["reasons"] = row["reasons"] + [
-                    f"same bytes as an upload already in the lake ({stored[row['upload_id']]})"]
-                row["raw_key"] = stored[row["upload_id"]]
-            elif row["status"] in USABLE_STATUSES:
-                row["raw_key"] = raw_file_key(row)
-                lake.put_file(path, row["raw_key"])
-                stored[row["upload_id"]] = row["raw_key"]
-            else:
-                row["raw_key"] = quarantine_key(row)
-                lake.put_file(path, row["raw_key"])
-                lake.write_bytes(row["raw_key"] + ".reasons.json", json.dumps(
-                    {"landing_key": row["landing_key"], "reasons": row["reasons"]},
-                    indent=2).encode())
-        rows.append(row)
-        log(f"[{i}/{len(todo)}] {a.file.key}: {row['status']} (score {row['quality_score']:.0f})"
-            + (f" - {row['reasons'][0]}" if row["reasons"] else ""))
-    version = append_rows(lake, RAW_UPLOADS, rows, UPLOADS_SCHEMA,
-                          partition_by=UPLOADS_PARTITION_BY) if rows else None
+        row = judge_file(landing, lake, a, now_ns, stored)
+        marks[(a.file.key, a.file.version)] = row["upload_id"]
+        if (row["upload_id"], a.file.key) in content_here:  # touched, same bytes: nothing new
+            log(f"[{i}/{len(todo)}] {printable(a.file.key)}: already indexed")
+            continue
+        judged.append(row)
+    version, rows = commit_uploads(lake, judged)
+    for i, row in enumerate(rows, 1):
+        log(f"[{i}/{len(rows)}] {printable(row['landing_key'])}: {row['status']} (score "
+            f"{row['quality_score']:.0f})" + (f" - {row['reasons'][-1]}" if row["reasons"] else ""))
+    mark_indexed(lake, marks)
     return IngestResult(day, robot_type, rows, len(assignments) - len(rows), version)
 
 

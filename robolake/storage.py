@@ -25,6 +25,7 @@ class ObjectInfo:
     size: int
     mtime_ns: int  # last modification (arrival) time
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
+    is_symlink: bool = False  # local folders only: never followed
 
 
 class Store(Protocol):
@@ -57,8 +58,9 @@ class LocalStore:
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath) / name
-                st = path.stat()
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), st.st_size, st.st_mtime_ns)
+                st = path.lstat()  # a link's own times: its target may lie anywhere
+                yield ObjectInfo(path.relative_to(self.root).as_posix(), st.st_size,
+                                 st.st_mtime_ns, is_symlink=path.is_symlink())
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()

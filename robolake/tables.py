@@ -1,17 +1,34 @@
-"""Delta tables in the lake: thin helpers over deltalake shared by every layer."""
+"""Delta tables in the lake: thin helpers over deltalake shared by every layer.
+
+Writes that several writers may race on are *keyed commits* (`commit_keyed`):
+the writer reads a snapshot, decides what to write from it (only keys the
+snapshot lacks, or a replacement of exactly its own keys), and commits against
+that snapshot's version with no automatic rebase. If another writer committed
+in between, the commit fails; the writer re-reads and decides again, so a
+second writer of the same key skips it instead of duplicating it. This is
+Delta's optimistic concurrency (a conditional put of the next log entry, also
+on S3), with the conflict rule "any commit since my read".
+"""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import polars as pl
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from robolake.storage import Store
+
+COMMIT_ATTEMPTS = 60  # a busy table: each failed attempt means another writer made progress
+
+
+class CommitConflict(RuntimeError):
+    """Other writers kept committing to the table for every one of our attempts."""
 
 
 def open_table(lake: Store, key: str) -> DeltaTable | None:
@@ -21,80 +38,195 @@ def open_table(lake: Store, key: str) -> DeltaTable | None:
         return None
 
 
+def _scan(lake: Store, key: str, version: int | None, columns: Sequence[str] | None,
+          filters: dict[str, object] | None, available: Sequence[str]) -> pl.DataFrame:
+    frame = pl.scan_delta(lake.table_uri(key), version=version,
+                          storage_options=lake.delta_options or None)
+    for col, value in (filters or {}).items():
+        if isinstance(value, list | tuple | set | frozenset):
+            frame = frame.filter(pl.col(col).is_in(list(value)))
+        else:
+            frame = frame.filter(pl.col(col) == value)
+    if columns:
+        # columns added by a later schema (e.g. on an older lake) read as nulls
+        frame = frame.select([pl.col(c) if c in available else pl.lit(None).alias(c)
+                              for c in columns])
+    return frame.collect()
+
+
 def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
                filters: dict[str, object] | None = None,
                version: int | None = None) -> pa.Table | None:
-    """The table (its current version, or `version`) as Arrow with equality filters, or
-    None if it does not exist.
+    """The table (its current version, or `version`) as Arrow with equality (or, for a
+    list, membership) filters, or None if it does not exist.
 
     Read through polars: a pyarrow dataset from deltalake left alive at
     interpreter exit aborts the process ("terminate called without an active
     exception").
     """
-    if open_table(lake, key) is None:
+    table = open_table(lake, key)
+    if table is None:
         return None
-    frame = pl.scan_delta(lake.table_uri(key), version=version,
-                          storage_options=lake.delta_options or None)
-    for col, value in (filters or {}).items():
-        frame = frame.filter(pl.col(col) == value)
-    if columns:
-        frame = frame.select(list(columns))
-    return frame.collect().to_arrow()
+    names = [f.name for f in table.schema().fields]
+    return _scan(lake, key, version, columns, filters, names).to_arrow()
 
 
-def _write(lake: Store, key: str, data: pa.Table, attempts: int = 5, **kwargs) -> int:
-    """write_deltalake, retried when a concurrent writer won the commit.
+@dataclass
+class Snapshot:
+    """One version of a table (or its absence) that a keyed commit is decided on."""
 
-    delta-rs commits optimistically; two runs creating the same table at once
-    (or changing its metadata) make one of them fail with nothing written, so
-    trying again is safe. Returns the new table version.
+    lake: Store
+    key: str
+    table: DeltaTable | None
+
+    @property
+    def version(self) -> int | None:
+        return self.table.version() if self.table is not None else None
+
+    def read(self, columns: Sequence[str], filters: dict[str, object] | None = None,
+             schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+        """Rows of this version (an empty frame with `schema`'s types if no table)."""
+        if self.table is None:
+            schema = schema or {}
+            return pl.DataFrame(schema={c: schema.get(c, pl.String) for c in columns})
+        names = [f.name for f in self.table.schema().fields]
+        return _scan(self.lake, self.key, self.version, columns, filters, names)
+
+
+@dataclass
+class Write:
+    """What a keyed commit writes: rows appended, or (with `predicate`) the rows matching
+    the predicate replaced by `data`."""
+
+    data: pa.Table
+    predicate: str | None = None
+
+
+def _is_conflict(exc: Exception) -> bool:
+    # a concurrent commit of the same version, or a concurrent creation of the table
+    return isinstance(exc, CommitFailedError) or (
+        isinstance(exc, DeltaError) and "already exists" in str(exc))
+
+
+def commit_keyed(lake: Store, key: str, plan: Callable[[Snapshot], Write | None],
+                 partition_by: Sequence[str] | None = None,
+                 attempts: int = COMMIT_ATTEMPTS) -> int | None:
+    """Decide a write on the latest snapshot and commit it against exactly that version.
+
+    `plan` reads what it needs through the snapshot and returns the write (or None:
+    nothing to do). When another writer commits first, the commit fails, and `plan`
+    runs again on the new snapshot. Returns the table version after the write (or the
+    snapshot's version when there was nothing to write; None if there is no table).
     """
     for attempt in range(attempts):
+        snap = Snapshot(lake, key, open_table(lake, key))
+        write = plan(snap)
+        if write is None:
+            return snap.version
         try:
-            write_deltalake(lake.table_uri(key), data, storage_options=lake.delta_options or None,
-                            **kwargs)
-            break
-        except CommitFailedError:
-            if attempt == attempts - 1:
+            if snap.table is None:  # create it; a concurrent creator makes this conflict
+                write_deltalake(lake.table_uri(key), write.data, mode="error",
+                                partition_by=list(partition_by) if partition_by else None,
+                                storage_options=lake.delta_options or None,
+                                commit_properties=CommitProperties(max_commit_retries=0))
+                return 0
+            names = {f.name for f in snap.table.schema().fields}
+            write_deltalake(
+                snap.table, write.data,
+                mode="overwrite" if write.predicate else "append",
+                predicate=write.predicate,
+                # new columns (a later version of the schema) are added to an older table
+                schema_mode="merge" if set(write.data.column_names) - names else None,
+                commit_properties=CommitProperties(max_commit_retries=0))
+            return snap.table.version()
+        except (CommitFailedError, DeltaError) as exc:
+            if not _is_conflict(exc):
                 raise
-            time.sleep(0.05 * 2**attempt * (1 + random.random()))
-    table = open_table(lake, key)
-    assert table is not None
-    return table.version()
+            time.sleep(min(2.0, 0.02 * 1.5**attempt) * (0.5 + random.random()))
+    raise CommitConflict(f"{lake.table_uri(key)}: other writers committed first {attempts} "
+                         "times in a row; try again later")
+
+
+def sql_list(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def sql_equals(terms: dict[str, str]) -> str:
+    return " AND ".join(f"{k} = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in terms.items())
+
+
+def append_new_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
+                    keys: Sequence[str], partition_by: Sequence[str] | None = None,
+                    scope: dict[str, str] | None = None) -> tuple[int | None, list[dict]]:
+    """Append the rows whose `keys` the table does not hold yet, exactly once whatever
+    else writes at the same time. `scope` (equality filters on partition columns) bounds
+    what is read to find existing keys. Returns (version, the rows this call wrote)."""
+    written: list[dict] = []
+
+    def plan(snap: Snapshot) -> Write | None:
+        existing = snap.read(list(keys), filters=scope)
+        seen = set(existing.iter_rows()) if existing.height else set()
+        fresh, batch = [], set()
+        for r in rows:
+            k = tuple(r[c] for c in keys)
+            if k not in seen and k not in batch:
+                batch.add(k)
+                fresh.append(r)
+        written[:] = fresh
+        return Write(pa.Table.from_pylist(fresh, schema=schema)) if fresh else None
+
+    version = commit_keyed(lake, key, plan, partition_by)
+    return version, written
 
 
 def append_rows(lake: Store, key: str, rows: list[dict], schema: pa.Schema,
                 partition_by: Sequence[str] | None = None) -> int:
-    """Append rows in one commit; returns the new table version.
-
-    Appends never conflict with each other in delta-rs, so runs on different
-    partitions can write at the same time.
-    """
-    return _write(lake, key, pa.Table.from_pylist(rows, schema=schema), mode="append",
-                  partition_by=list(partition_by) if partition_by else None)
+    """Append rows in one commit (no keys: for logs where every row is new); returns the
+    new table version."""
+    data = pa.Table.from_pylist(rows, schema=schema)
+    version = commit_keyed(lake, key, lambda _snap: Write(data), partition_by)
+    assert version is not None
+    return version
 
 
 def overwrite_table(lake: Store, key: str, data: pa.Table,
                     partition_by: Sequence[str] | None = None) -> int:
     """Replace the whole table's contents in one commit (earlier versions stay readable)."""
-    return _write(lake, key, data, mode="overwrite", schema_mode="overwrite",
-                  partition_by=list(partition_by) if partition_by else None)
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            write_deltalake(lake.table_uri(key), data, mode="overwrite", schema_mode="overwrite",
+                            partition_by=list(partition_by) if partition_by else None,
+                            storage_options=lake.delta_options or None)
+            break
+        except (CommitFailedError, DeltaError) as exc:
+            if not _is_conflict(exc) or attempt == COMMIT_ATTEMPTS - 1:
+                raise
+            time.sleep(min(2.0, 0.02 * 1.5**attempt) * (0.5 + random.random()))
+    table = open_table(lake, key)
+    assert table is not None
+    return table.version()
 
 
-def _sql_list(values: Sequence[str]) -> str:
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-
-
-def replace_rows(lake: Store, key: str, data: pa.Table, column: str, values: Sequence[str],
+def replace_rows(lake: Store, key: str, data: pa.Table | Callable[[Snapshot], pa.Table],
+                 column: str, values: Sequence[str],
                  partition_by: Sequence[str] | None = None,
                  scope: dict[str, str] | None = None) -> int:
-    """Replace every row whose `column` is in `values` with `data`, in one commit.
+    """Replace every row whose `column` is in `values` with `data`, in one keyed commit.
 
     Re-running a partition therefore replaces exactly its rows (`scope` adds
-    equality terms on partition columns so concurrent runs on other partitions
-    touch other files). Returns the new table version.
+    equality terms on partition columns so the rewrite touches only their files).
+    `data` may be a function of the snapshot (rows that depend on what else the
+    table holds); it is called again if another writer commits first. Returns the
+    new table version.
     """
-    terms = [f"{k} = '{v}'" for k, v in (scope or {}).items()]
-    terms.append(f"{column} IN ({_sql_list(values)})" if values else "false")
-    return _write(lake, key, data, mode="overwrite", predicate=" AND ".join(terms),
-                  partition_by=list(partition_by) if partition_by else None)
+    terms = [sql_equals(scope)] if scope else []
+    terms.append(f"{column} IN ({sql_list(values)})" if values else "false")
+    predicate = " AND ".join(terms)
+
+    def plan(snap: Snapshot) -> Write:
+        rows = data(snap) if callable(data) else data
+        return Write(rows, predicate=predicate)
+
+    version = commit_keyed(lake, key, plan, partition_by)
+    assert version is not None
+    return version

@@ -39,8 +39,17 @@ def test_real_recordings_ingest_with_sidecars(shared_data: Path, dirs):
                             ("2021-04-21", "drone")}
     rows = _rows(lake)
     mcap, bag = rows["husky_ros2_converted.mcap"], rows["robot_localization_test1_husky.bag"]
+    # the MCAP is the bag converted (rosbags-convert): the same messages, so the second one
+    # indexed (by landing key order, the bag) is a duplicate of the first, naming it
+    assert mcap["status"] == "accepted" and mcap["quality_score"] == 100.0
+    assert bag["status"] == "duplicate" and bag["quality_score"] == 100.0
+    assert bag["reasons"] == [
+        f"robot_localization_test1_husky.bag: the same messages as upload "
+        f"{mcap['upload_id'][:12]} (husky_ros2_converted.mcap): same topics, counts and time "
+        "range and identical sensor values (a re-export or format conversion); indexed, not "
+        "cleaned again"]
+    assert bag["raw_key"].endswith(f"{bag['upload_id']}.bag")  # its own bytes are kept
     for row in (mcap, bag):
-        assert row["status"] == "accepted" and row["quality_score"] == 100.0
         assert (row["robot_id"], row["region"], row["identity_source"]) == (
             "husky-01", "us-east", "sidecar")
         assert row["message_count"] == 16806
