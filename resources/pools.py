@@ -18,10 +18,14 @@ highest priority (0) and no cap; automated work is tagged lower by its job.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
+
+from robolake.errors import is_transient
 
 # --------------------------------------------------------------------------- pools
 
@@ -66,7 +70,8 @@ class Pool:
 
     def retry_policy(self) -> dg.RetryPolicy:
         # Spot nodes disappear with two minutes' notice: ETL steps retry, and
-        # their writes replace or skip what a killed attempt left.
+        # their writes replace or skip what a killed attempt left. Only capacity and
+        # network failures reach this policy: `retry_only_transient` fails the rest at once.
         if self.preemptible:
             return dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL,
                                   jitter=dg.Jitter.PLUS_MINUS)
@@ -106,6 +111,24 @@ POOLS = {p.name: p for p in (CPU_ON_DEMAND, CPU_SPOT, GPU_STANDARD, GPU_HIGH)}
 # Steps of a pool running at once across the production instance (`dagster instance
 # concurrency` state, applied by `python -m resources.pools`; laptops use the default limit).
 POOL_LIMITS = {p.name: p.limit for p in POOLS.values()}
+
+
+@contextlib.contextmanager
+def retry_only_transient() -> Iterator[None]:
+    """Around an asset's body: a failure the same input would cause again (bad data, bad
+    config, a bug) fails the step at once instead of waiting through the pool's retries;
+    lost capacity and network errors still retry."""
+    try:
+        yield
+    except dg.Failure:
+        raise
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise dg.Failure(
+            description=f"{type(exc).__name__}: {exc} (not retried: the same input fails the "
+                        "same way; a lost node or network error would have been retried)",
+            allow_retries=False) from exc
 
 
 def cpu_spot() -> dict[str, Any]:

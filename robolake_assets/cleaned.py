@@ -61,8 +61,8 @@ _CHECK_SPECS = [
 def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
     day, robot_type = split_key(context.partition_key)
     lake_store = lake.store()
-    result = cleaned.clean_partition(lake_store, day, robot_type,
-                                     log=context.log.info)
+    with pools.retry_only_transient():
+        result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
     metrics = result.metrics
     frames = {}
     for name, (kind, _) in CLEANED_ASSETS.items():

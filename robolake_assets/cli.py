@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 
@@ -40,8 +42,10 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
     indexed = table.to_pylist() if table is not None else []
     done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
             for r in indexed}
+    seen = raw.indexed_versions(lake)  # includes touched files whose bytes were indexed
     pending = {a.partition for a in assignments
-               if (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done}
+               if (a.file.key, a.file.version) not in seen
+               and (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done}
     if through != "raw" and indexed:
         reported = read_table(lake, cleaned.TABLES["report"], columns=["upload_id"])
         reported_ids = set(reported["upload_id"].to_pylist()) if reported is not None else set()
@@ -49,6 +53,55 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
                     if r["status"] in contract.USABLE_STATUSES
                     and r["upload_id"] not in reported_ids}
     return sorted(pending), len(files)
+
+
+PID_TAG, HOST_TAG = "robolake/pid", "robolake/host"
+
+
+def cli_run_tags() -> dict[str, str]:
+    """Tags of runs executed in this process: who runs them, so a later start-up can tell
+    a run whose process died from one still going."""
+    return {"robolake/trigger": "cli", PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def open_instance(home: Path):
+    """The Dagster instance, its storage created under a file lock: two first-time runs
+    on a new DAGSTER_HOME would otherwise race creating the same SQLite tables."""
+    import fcntl
+
+    import dagster as dg
+
+    with open(home / ".robolake-instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # creates the run, event log and schedule storage now
+        instance.get_dynamic_partitions("robot_type")
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return instance
+
+
+def fail_dead_cli_runs(instance) -> list[str]:
+    """Mark failed the runs this machine's robolake processes left STARTED when they died
+    (killed, out of memory); a run of a live process is left alone."""
+    import dagster as dg
+    import psutil
+
+    dead = []
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                   tags={HOST_TAG: socket.gethostname()}))
+    for run in runs:
+        pid = int(run.tags.get(PID_TAG, "0"))
+        record = instance.get_run_record_by_id(run.run_id)
+        started = record.start_time or 0 if record else 0
+        try:
+            alive = psutil.Process(pid).create_time() <= started + 1
+        except (psutil.NoSuchProcess, ValueError):
+            alive = False
+        if not alive:
+            instance.report_run_failed(run, message=f"the robolake process (pid {pid}) that ran "
+                                                    "it is gone; marked failed at start-up")
+            dead.append(run.run_id)
+    return dead
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -61,7 +114,6 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     env = ensure_env_defaults()
     home = ensure_dagster_home()
 
-    import dagster as dg
 
     from partitions import partition_key, robot_type_partitions
     from robolake.storage import open_store
@@ -76,7 +128,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
     pending, n_files = _pending_partitions(landing, lake, through_partitioned)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
-    instance = dg.DagsterInstance.get()
+    instance = open_instance(home)
+    for run_id in fail_dead_cli_runs(instance):
+        print(f"run {run_id[:8]} was left STARTED by a robolake process that died: marked failed")
     known = set(instance.get_dynamic_partitions(robot_type_partitions.name))
     new_types = sorted({rt for _, rt in pending} - known)
     if new_types:
@@ -87,7 +141,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         result = job.execute_in_process(
             instance=instance, partition_key=partition_key(day, robot_type),
-            tags={"robolake/trigger": "cli"}, raise_on_error=False,
+            tags=cli_run_tags(), raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
         state = "ok" if result.success else "FAILED"
         print(f"[{i}/{len(pending)}] {day}|{robot_type}: {state} in "
@@ -101,7 +155,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         for job_name in _layer_jobs(layer):
             started = time.perf_counter()
             result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, tags={"robolake/trigger": "cli"}, raise_on_error=False)
+                instance=instance, tags=cli_run_tags(), raise_on_error=False)
             state = "ok" if result.success else "FAILED"
             print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
                   f"(run {result.run_id[:8]})")
@@ -226,9 +280,15 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also after the command; SUPPRESS keeps `robolake --debug CMD` working
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
 
-    sim = sub.add_parser("simulate", help="write a simulated fleet day of recordings")
+    sim = sub.add_parser("simulate", parents=[debug],
+                         help="write a simulated fleet day of recordings")
     sim.add_argument("--out", required=True, help="folder to write recordings to")
     sim.add_argument("--robots", type=int, default=3)
     sim.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
@@ -239,19 +299,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated fault kinds, each optionally KIND:ROBOT_INDEX")
     sim.set_defaults(func=_cmd_simulate)
 
-    ing = sub.add_parser("ingest", help="scan the landing zone once and materialize "
-                                        "the affected partitions in-process")
+    ing = sub.add_parser("ingest", parents=[debug],
+                         help="scan the landing zone once and materialize the affected "
+                              "partitions in-process")
     ing.add_argument("--through", default="cleaned",
                      help="last layer to build: raw, cleaned (default), datasets or models")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)
 
-    ds = sub.add_parser("datasets", help="list dataset versions or compare two of them")
+    ds = sub.add_parser("datasets", parents=[debug],
+                        help="list dataset versions or compare two of them")
     ds_sub = ds.add_subparsers(dest="action", required=True)
-    ds_list = ds_sub.add_parser("list", help="registered versions with samples per split")
+    ds_list = ds_sub.add_parser("list", parents=[debug],
+                                help="registered versions with samples per split")
     ds_list.add_argument("name", nargs="?", help="only this dataset")
-    ds_cmp = ds_sub.add_parser("compare", help="two versions side by side")
+    ds_cmp = ds_sub.add_parser("compare", parents=[debug], help="two versions side by side")
     ds_cmp.add_argument("name")
     ds_cmp.add_argument("a", help="version, e.g. 1.0.0")
     ds_cmp.add_argument("b", help="version, e.g. 1.1.0")
@@ -259,19 +322,40 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ds.set_defaults(func=_cmd_datasets)
 
-    summ = sub.add_parser("summary", help="print what the lake holds")
+    summ = sub.add_parser("summary", parents=[debug], help="print what the lake holds")
     summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     summ.set_defaults(func=_cmd_summary)
     return parser
+
+
+def _explain(exc: BaseException) -> str:
+    """One line saying what went wrong and what to do about it."""
+    from robolake.errors import is_transient
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if is_transient(exc):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        return (f"cannot reach storage{f' at {endpoint}' if endpoint else ''} ({text}); check "
+                "the network and AWS_ENDPOINT_URL / credentials, then run the command again "
+                "(nothing half-written is kept)")
+    if isinstance(exc, ValueError | FileNotFoundError | KeyError | PermissionError):
+        return text
+    return f"{type(exc).__name__}: {text} (run again with --debug for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"robolake: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("robolake: interrupted; re-run the command to finish (writes are idempotent)",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"robolake: error: {_explain(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError | FileNotFoundError | KeyError) else 1
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
                 landing: LandingResource) -> dg.MaterializeResult:
     day, robot_type = split_key(context.partition_key)
     lake_store = lake.store()
-    result = raw.ingest_partition(landing.store(), lake_store, day, robot_type,
-                                  log=context.log.info)
+    with pools.retry_only_transient():
+        result = raw.ingest_partition(landing.store(), lake_store, day, robot_type,
+                                      log=context.log.info)
     table = read_table(lake_store, raw.RAW_UPLOADS,
                        filters={"date": day, "robot_type": robot_type})
     rows = table.to_pylist() if table is not None else []
