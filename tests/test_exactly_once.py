@@ -40,7 +40,8 @@ def _landing(root: Path, shared_data: Path) -> Path:
     return landing
 
 
-def _ingest_processes(landing: Path, lake: Path, home: Path, n: int) -> list[subprocess.CompletedProcess]:
+def _ingest_processes(landing: Path, lake: Path, home: Path,
+                      n: int) -> list[subprocess.CompletedProcess]:
     env = {**os.environ, "DAGSTER_HOME": str(home), "ROBOLAKE_DECODE_WORKERS": "1"}
     cmd = [sys.executable, "-m", "robolake_assets.cli", "ingest", "--through", "cleaned",
            "--landing", str(landing), "--lake", str(lake)]
