@@ -476,9 +476,11 @@ def safe_file_name(name: str) -> str:
     if clean == name and len(name) <= SAFE_NAME_CHARS:
         return name
     stem, dot, ext = clean.rpartition(".")
-    ext = f".{ext}" if dot and stem and len(ext) <= 10 else ""
+    if not (dot and stem and len(ext) <= 10):
+        stem, ext = clean, ""
+    ext = f".{ext}" if ext else ""
     digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return f"{clean[:SAFE_NAME_CHARS - len(ext) - 18]}~{digest}{ext}"
+    return f"{stem[:SAFE_NAME_CHARS - len(ext) - 17]}~{digest}{ext}"
 
 
 def quarantine_key(row: dict) -> str:

@@ -60,8 +60,8 @@ _CHECK_SPECS = [
 )
 def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
     day, robot_type = split_key(context.partition_key)
-    lake_store = lake.store()
     with pools.retry_only_transient():
+        lake_store = lake.store()
         result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
     metrics = result.metrics
     frames = {}

@@ -67,8 +67,8 @@ def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
 def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
                 landing: LandingResource) -> dg.MaterializeResult:
     day, robot_type = split_key(context.partition_key)
-    lake_store = lake.store()
     with pools.retry_only_transient():
+        lake_store = lake.store()
         result = raw.ingest_partition(landing.store(), lake_store, day, robot_type,
                                       log=context.log.info)
     table = read_table(lake_store, raw.RAW_UPLOADS,
