@@ -165,8 +165,8 @@ def clean_imu(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
 
 def clean_gps(frame: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     frame, dups = _dedupe(frame)
-    valid = (pl.col("status") >= 0) & pl.col("lat").is_not_nan() & pl.col("lon").is_not_nan() \
-        & pl.col("alt").is_not_nan()
+    valid = ((pl.col("status") >= 0) & pl.col("lat").is_not_nan() & pl.col("lon").is_not_nan()
+             & pl.col("alt").is_not_nan())
     kept = frame.filter(valid)
     return kept, {"gps_fixes": frame.height + dups, "gps_duplicates": dups,
                   "gps_invalid": frame.height - kept.height}

@@ -201,12 +201,12 @@ def test_assign_splits_is_deterministic_and_respects_fractions():
         for split, fraction in fractions.items():
             assert abs(counts[split] - fraction * n) < 1, (n, split, counts)
     # few recordings: each split with a fraction > 0 still gets one
-    assert Counter(assign_splits(ids[:3], {"train": 0.8, "val": 0.1, "test": 0.1}).values()) \
-        == {"train": 1, "val": 1, "test": 1}
-    assert Counter(assign_splits(ids[:2], {"train": 0.9, "val": 0.1, "test": 0.0}).values()) \
-        == {"train": 1, "val": 1}
-    assert set(assign_splits(ids[:5], {"train": 1.0, "val": 0.0, "test": 0.0}).values()) \
-        == {"train"}
+    assert Counter(assign_splits(ids[:3], {"train": 0.8, "val": 0.1, "test": 0.1}).values()) == {
+        "train": 1, "val": 1, "test": 1}
+    assert Counter(assign_splits(ids[:2], {"train": 0.9, "val": 0.1, "test": 0.0}).values()) == {
+        "train": 1, "val": 1}
+    assert set(assign_splits(ids[:5], {"train": 1.0, "val": 0.0, "test": 0.0}).values()) == {
+        "train"}
 
 
 # --------------------------------------------------------------------------- balancing
@@ -390,8 +390,8 @@ def test_same_spec_after_new_data_is_refused(grown):
     assert "different input data" in message and "bump `version`" in message
     # the refused version is untouched: still day 1 only
     assert set(grown.a.manifest["split_of_recording"]) == grown.day1
-    assert read_manifest("ego", "1.0.0", grown.lake)["created_ns"] == \
-        grown.a.manifest["created_ns"]
+    assert read_manifest("ego", "1.0.0", grown.lake)["created_ns"] == (
+        grown.a.manifest["created_ns"])
 
 
 # --------------------------------------------------------------------------- cache, registry

@@ -44,10 +44,10 @@ def test_embedded_default_and_server_override(tmp_path, monkeypatch):
     store = open_store(tmp_path / "lake")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.tracking_uri(store) == f"sqlite:///{store.root}/mlflow/mlflow.db"
-    assert tracking.artifact_location(store, "robolake/m") == \
-        (store.root / "mlflow" / "artifacts" / "robolake-m").as_uri()
-    assert tracking.ui_command(store) == \
-        f"mlflow ui --backend-store-uri sqlite:///{store.root}/mlflow/mlflow.db"
+    assert tracking.artifact_location(store, "robolake/m") == (
+        store.root / "mlflow" / "artifacts" / "robolake-m").as_uri()
+    assert tracking.ui_command(store) == (
+        f"mlflow ui --backend-store-uri sqlite:///{store.root}/mlflow/mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert tracking.tracking_uri(store) == "http://mlflow.internal:5000"
     assert tracking.artifact_location(store, "robolake/m") is None  # the server decides
@@ -85,8 +85,8 @@ def test_training_is_tracked_and_registered_with_lineage(lake, client):
         assert len(history) == steps // 5
     assert all(0 <= m.value <= 1 for m in client.get_metric_history(run.info.run_id,
                                                                      "data_wait_share"))
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == \
-        [15, 30, 45]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [
+        15, 30, 45]
     assert run.data.metrics["run_samples_per_s"] > 0
 
     version = client.get_model_version("tracked", summary["version"])
