@@ -2,15 +2,20 @@
 
 Each problem is one line naming the file and the field and saying what was
 expected, e.g. `specs/ego.yaml: output.splits: train + val + test must sum to 1`.
+Names and versions follow the same rules everywhere (`name_type`, `SemVer`), and
+a validated file is identified by its canonical hash (`Strict.canonical_hash`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")  # names folders, assets, models
 SEMVER_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -21,6 +26,33 @@ class Strict(BaseModel):
     """Unknown fields are errors (a misspelt option never silently does nothing)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def canonical_hash(self) -> str:
+        """sha256 of the canonical JSON (sorted keys, no spaces) of the validated model."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def name_type(names: str) -> Any:
+    """A `str` field type matching NAME_RE; `names` says what the value names (a folder,
+    an asset...), so the error explains why the rule exists."""
+
+    def check(name: str) -> str:
+        if not NAME_RE.match(name):
+            raise ValueError(f"expected lowercase letters, digits, '_' or '-' (it names {names})")
+        return name
+
+    return Annotated[str, AfterValidator(check)]
+
+
+def _check_semver(version: str) -> str:
+    if not SEMVER_RE.match(version):
+        raise ValueError(SEMVER_EXPECTED)
+    return version
+
+
+SemVer = Annotated[str, AfterValidator(_check_semver)]
 
 
 def describe_error(error: dict, prefix: tuple = ()) -> str:

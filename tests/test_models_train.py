@@ -139,7 +139,7 @@ def test_kill_and_resume_gives_the_same_weights(lake, tmp_path):
     # a real kill: SIGKILL the training process once it has checkpointed, start it again
     path = _write_config(tmp_path / "resume.yaml", config)
     victim = CheckpointStore(lake, checkpoint_prefix("resume", "victim"))
-    cmd = [sys.executable, "-m", "robolake.models.train", "--config", str(path),
+    cmd = [sys.executable, "-m", "robolake.models.torchrun_entry", "--config", str(path),
            "--lake", lake.uri, "--run-key", "victim", "--no-mlflow",
            "--result-json", str(tmp_path / "result.json")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

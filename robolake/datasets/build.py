@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,8 +111,8 @@ def imu_windows(imu_ts: np.ndarray, imu: np.ndarray, t: np.ndarray, size: int) -
     """The last `size` IMU rows at or before each time (NaN-filled when too few exist)."""
     end = np.searchsorted(imu_ts, t, side="right")
     idx = end[:, None] - size + np.arange(size)[None, :]
-    out = imu[np.clip(idx, 0, max(len(imu) - 1, 0))] if len(imu) else \
-        np.full((len(t), size, imu.shape[1]), np.nan)
+    out = (imu[np.clip(idx, 0, max(len(imu) - 1, 0))] if len(imu)
+           else np.full((len(t), size, imu.shape[1]), np.nan))
     out = out.astype(np.float32)
     out[end < size] = np.nan
     return out
@@ -213,63 +214,89 @@ def recording_features(spec: DatasetSpec, frames: pl.DataFrame, sampled: np.ndar
     payloads are needed).
     """
     f = spec.features
-    t_all = frames["ts_ns"].to_numpy()
-    t = t_all[sampled]
-    out = RecordingFeatures(t)
+    out = RecordingFeatures(frames["ts_ns"].to_numpy()[sampled])
     if f.imu_window:
-        imu_sorted = imu.sort("ts_ns")
-        values = imu_sorted.select(IMU_COLUMNS).to_numpy().astype(np.float64)
-        imu_ts = imu_sorted["ts_ns"].to_numpy()
-        out.arrays["imu"] = imu_windows(imu_ts, values, t, f.imu_window.size)
-        out.edge |= np.searchsorted(imu_ts, t, side="right") < f.imu_window.size
+        _add_imu_windows(out, imu, f.imu_window.size)
+    enu = _enu_track(frames, interpolate=f.gps_trajectory is None or f.gps_trajectory.interpolate)
+    if f.gps_trajectory:
+        _add_gps_history(out, enu, sampled, f.gps_trajectory.history)
+    if spec.labels.kind == "ego_motion":
+        out.arrays["label"] = _ego_motion_labels(frames, enu)[sampled].astype(np.float32)
+    if f.lidar or f.camera:
+        _add_payloads(out, spec, lidar_refs, camera_refs, raw_path_ctx)
+    return out
+
+
+def _add_imu_windows(out: RecordingFeatures, imu: pl.DataFrame, size: int) -> None:
+    imu_sorted = imu.sort("ts_ns")
+    values = imu_sorted.select(IMU_COLUMNS).to_numpy().astype(np.float64)
+    imu_ts = imu_sorted["ts_ns"].to_numpy()
+    out.arrays["imu"] = imu_windows(imu_ts, values, out.ts_ns, size)
+    out.edge |= np.searchsorted(imu_ts, out.ts_ns, side="right") < size
+
+
+def _enu_track(frames: pl.DataFrame, interpolate: bool) -> np.ndarray:
+    """Every frame's GPS position in metres east/north/up of the recording's first fix
+    (NaN without one)."""
     lat = frames["gps_lat"].to_numpy().astype(np.float64)
     lon = frames["gps_lon"].to_numpy().astype(np.float64)
     alt = frames["gps_alt"].to_numpy().astype(np.float64)
-    if f.gps_trajectory is None or f.gps_trajectory.interpolate:
+    if interpolate:
         lat, lon, alt = (_interpolate_nulls(v) for v in (lat, lon, alt))
     ok = np.isfinite(lat) & np.isfinite(lon) & np.isfinite(alt)
-    enu = np.full((len(t_all), 3), np.nan)
+    enu = np.full((len(lat), 3), np.nan)
     if ok.any():
         origin = (lat[ok][0], lon[ok][0], alt[ok][0])
         enu[ok] = geodetic_to_enu(lat[ok], lon[ok], alt[ok], origin)
-    if f.gps_trajectory:
-        h = f.gps_trajectory.history
-        idx = np.flatnonzero(sampled)[:, None] - (h - 1) + np.arange(h)[None, :]
-        traj = enu[np.clip(idx, 0, None)] - enu[sampled][:, None, :]
-        traj[idx < 0] = np.nan
-        out.arrays["gps"] = traj.astype(np.float32)
-        out.edge |= (idx < 0).any(axis=1)
-    if spec.labels.kind == "ego_motion":
-        # speed from the ENU track (central difference), yaw rate from the gyro
-        n = len(t_all)
-        prev, nxt = np.clip(np.arange(n) - 1, 0, None), np.clip(np.arange(n) + 1, None, n - 1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            speed = (np.linalg.norm(enu[nxt, :2] - enu[prev, :2], axis=1)
-                     / ((t_all[nxt] - t_all[prev]) / 1e9))
-        speed[nxt == prev] = np.nan
-        out.arrays["label"] = np.stack([speed, frames["imu_gz"].to_numpy()],
-                                       axis=1)[sampled].astype(np.float32)
-    if f.lidar or f.camera:
-        lidar_msgs = [_payload_message(r) for r in lidar_refs] if f.lidar else []
-        camera_msgs = [_payload_message(r) for r in camera_refs] if f.camera else []
-        wanted: dict[str, set[int]] = {}
-        for topic, log_ns in filter(None, lidar_msgs + camera_msgs):
-            wanted.setdefault(topic, set()).add(log_ns)
-        with raw_path_ctx() as path:
-            payloads = _read_payloads(path, wanted)
-        if f.lidar:
-            out.lidar = []
-            for msg in lidar_msgs:
-                hit = payloads.get(msg) if msg else None
-                pts = cloud_points(*hit) if hit else np.zeros((0, 3), np.float32)
-                out.lidar.append(voxel_downsample(pts, f.lidar.voxel_size_m,
-                                                  f.lidar.range_crop_m))
-        if f.camera:
-            out.camera = []
-            for msg in camera_msgs:
-                hit = payloads.get(msg) if msg else None
-                out.camera.append(_resized_jpeg(hit, f.camera.resize) if hit else b"")
-    return out
+    return enu
+
+
+def _add_gps_history(out: RecordingFeatures, enu: np.ndarray, sampled: np.ndarray,
+                     history: int) -> None:
+    """The last `history` positions relative to each sampled frame's own."""
+    idx = np.flatnonzero(sampled)[:, None] - (history - 1) + np.arange(history)[None, :]
+    traj = enu[np.clip(idx, 0, None)] - enu[sampled][:, None, :]
+    traj[idx < 0] = np.nan
+    out.arrays["gps"] = traj.astype(np.float32)
+    out.edge |= (idx < 0).any(axis=1)
+
+
+def _ego_motion_labels(frames: pl.DataFrame, enu: np.ndarray) -> np.ndarray:
+    """(speed, yaw rate) per frame: speed from the ENU track (central difference), yaw
+    rate from the gyro."""
+    t_all = frames["ts_ns"].to_numpy()
+    n = len(t_all)
+    prev, nxt = np.clip(np.arange(n) - 1, 0, None), np.clip(np.arange(n) + 1, None, n - 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        speed = (np.linalg.norm(enu[nxt, :2] - enu[prev, :2], axis=1)
+                 / ((t_all[nxt] - t_all[prev]) / 1e9))
+    speed[nxt == prev] = np.nan
+    return np.stack([speed, frames["imu_gz"].to_numpy()], axis=1)
+
+
+def _add_payloads(out: RecordingFeatures, spec: DatasetSpec, lidar_refs: list[str | None],
+                  camera_refs: list[str | None], raw_path_ctx) -> None:
+    """Downsampled point clouds and resized images, read from the raw file in one pass."""
+    f = spec.features
+    lidar_msgs = [_payload_message(r) for r in lidar_refs] if f.lidar else []
+    camera_msgs = [_payload_message(r) for r in camera_refs] if f.camera else []
+    wanted: dict[str, set[int]] = {}
+    for topic, log_ns in filter(None, lidar_msgs + camera_msgs):
+        wanted.setdefault(topic, set()).add(log_ns)
+    with raw_path_ctx() as path:
+        payloads = _read_payloads(path, wanted)
+    if f.lidar:
+        out.lidar = []
+        for msg in lidar_msgs:
+            hit = payloads.get(msg) if msg else None
+            pts = cloud_points(*hit) if hit else np.zeros((0, 3), np.float32)
+            out.lidar.append(voxel_downsample(pts, f.lidar.voxel_size_m,
+                                              f.lidar.range_crop_m))
+    if f.camera:
+        out.camera = []
+        for msg in camera_msgs:
+            hit = payloads.get(msg) if msg else None
+            out.camera.append(_resized_jpeg(hit, f.camera.resize) if hit else b"")
 
 
 def _resized_jpeg(message: tuple[bytes, str], size: tuple[int, int]) -> bytes:
@@ -487,14 +514,39 @@ def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
-def _existing(lake: Store, spec: DatasetSpec) -> dict | None:
-    key = manifest_key(spec.name, spec.version)
-    return json.loads(lake.read_bytes(key)) if lake.exists(key) else None
-
-
 def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> BuildResult:
     """Build (or confirm) the spec's version; see the module docstring for the steps."""
     refresh_corner_cases(lake)
+    versions = _pin_inputs(lake, spec)
+    recordings = _recordings(lake, spec, versions, log)
+    existing = _existing_version(lake, spec, recordings.fingerprint, log)
+    if existing is not None:
+        return existing
+    cache = FeatureCache(lake)
+    splits = assign_splits(recordings.upload_ids, spec.output.splits.model_dump())
+    frames, features = _featurize(lake, spec, versions, recordings, splits, cache, log)
+    usable, quality = _filter_and_gate(spec, frames)
+    usable = _with_copies(spec, usable)
+    samples = _materialize(spec, usable, features)
+    normalization = _zscore(spec, samples)
+    manifest_splits = _write_splits(lake, spec, samples, log)
+    manifest = {
+        "name": spec.name, "version": spec.version, "description": spec.description,
+        "spec_hash": spec.spec_hash, "spec": spec.model_dump(mode="json"),
+        "input_fingerprint": recordings.fingerprint, "inputs": versions,
+        "created_ns": time.time_ns(), "splits": manifest_splits,
+        "split_of_recording": splits, "normalization": normalization,
+        "quality": quality, "cache": {"hits": cache.hits, "misses": cache.misses},
+    }
+    lake.write_bytes(manifest_key(spec.name, spec.version),
+                     json.dumps(manifest, indent=1).encode())
+    _register(lake, manifest)
+    return BuildResult(spec.name, spec.version, manifest, True, cache.hits, cache.misses)
+
+
+def _pin_inputs(lake: Store, spec: DatasetSpec) -> dict[str, int]:
+    """The Delta version of every table the build reads (every read uses it, so the
+    manifest's lineage is exact)."""
     versions = {}
     for key in _input_tables(spec):
         table = open_table(lake, key)
@@ -502,28 +554,36 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
             raise FileNotFoundError(f"dataset {spec.name}: input table {key} does not exist yet "
                                     f"(run robolake ingest --through cleaned first)")
         versions[key] = table.version()
+    return versions
 
-    candidates = _select_recordings(lake, spec, versions)
+
+@dataclass
+class _Recordings:
+    """The selected recordings' input rows and the hashes that identify them."""
+
+    frames: pl.DataFrame  # main-topic LiDAR frames of all recordings; `_sampled` marks samples
+    by_upload: dict[str, pl.DataFrame]  # the same per upload_id
+    imu: dict[str, pl.DataFrame]  # each recording's main IMU rows (when the spec reads IMU)
+    cache_keys: dict[str, str]  # FeatureCache key per upload_id
+    fingerprint: str  # of every input row: what the immutability check compares
+
+    @property
+    def upload_ids(self) -> list[str]:
+        return sorted(self.by_upload)
+
+
+def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log) -> _Recordings:
     stride = spec.features.imu_window.stride if spec.features.imu_window else 1
-    frames = _main_topic_frames(candidates, stride)
-    upload_ids = sorted(frames["upload_id"].unique().to_list())
-    log(f"{spec.name} {spec.version}: {len(upload_ids)} recordings, "
+    frames = _main_topic_frames(_select_recordings(lake, spec, versions), stride)
+    by_upload = {key[0]: rows for key, rows in frames.partition_by(
+        "upload_id", as_dict=True, maintain_order=True).items()}
+    log(f"{spec.name} {spec.version}: {len(by_upload)} recordings, "
         f"{int(frames['_sampled'].sum())} sampled frames before per-frame filters")
-
-    # cache keys first; the same hash over every column fingerprints the inputs for the
-    # immutability check
-    per_upload = frames.partition_by("upload_id", as_dict=True, maintain_order=True)
-    per_upload = {key[0]: rows for key, rows in per_upload.items()}
-    imu_rows: dict[str, pl.DataFrame] = {}
-    imu_all: dict = {}
-    if spec.features.imu_window and upload_ids:  # one scan for all recordings
-        imu_all = (pl.scan_delta(lake.table_uri(TABLES["imu"]), version=versions[TABLES["imu"]],
-                                 storage_options=lake.delta_options or None)
-                   .filter(pl.col("upload_id").is_in(upload_ids))
-                   .select("upload_id", "topic", "ts_ns", *IMU_COLUMNS).collect()
-                   .partition_by("upload_id", as_dict=True))
-    keys, input_keys = {}, {}
-    for u, rows in per_upload.items():
+    imu = (_main_imu_rows(lake, versions[TABLES["imu"]], list(by_upload))
+           if spec.features.imu_window else {})
+    # the same hash over every column fingerprints the inputs for the immutability check
+    cache_keys, input_keys = {}, {}
+    for u, rows in by_upload.items():
         columns = sorted(c for c in rows.columns if c != "source_version")
         inputs = [rows.select(columns)]
         # The cache key leaves out the corner-case scores: rarity is relative to the whole
@@ -531,65 +591,108 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
         # feature reads them (they steer filters, balancing and scenario labels, which are
         # not cached). With them in the key, old recordings missed the cache for nothing.
         cache_inputs = [rows.select([c for c in columns if c not in _SCORE_FIELDS])]
-        if spec.features.imu_window:
-            imu = imu_all.get((u,), pl.DataFrame(schema={
-                "upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
-                **{c: pl.Float64 for c in IMU_COLUMNS}})).drop("upload_id")
-            imu = primary_topic_rows(imu)  # the recording's main IMU
-            imu_rows[u] = imu.drop("topic").sort("ts_ns")
-            inputs.append(imu_rows[u])
-            cache_inputs.append(imu_rows[u])
-        keys[u] = FeatureCache.key(spec, u, *cache_inputs)
+        if u in imu:
+            inputs.append(imu[u])
+            cache_inputs.append(imu[u])
+        cache_keys[u] = FeatureCache.key(spec, u, *cache_inputs)
         input_keys[u] = FeatureCache.key(spec, u, *inputs)
     fingerprint = hashlib.sha256(json.dumps(sorted(input_keys.values())).encode()).hexdigest()
+    return _Recordings(frames, by_upload, imu, cache_keys, fingerprint)
 
-    existing = _existing(lake, spec)
-    if existing is not None:
-        if existing["spec_hash"] == spec.spec_hash and existing["input_fingerprint"] == fingerprint:
-            log(f"{spec.name} {spec.version} exists with the same spec and inputs: nothing to do")
-            return BuildResult(spec.name, spec.version, existing, created=False)
-        what = ("a different spec" if existing["spec_hash"] != spec.spec_hash
-                else "different input data")
-        raise DatasetVersionExists(
-            f"dataset {spec.name} version {spec.version} already exists (built "
-            f"{_when(existing['created_ns'])} from spec {existing['spec_hash'][:12]} and inputs "
-            f"{existing['input_fingerprint'][:12]}); this build has {what} (spec "
-            f"{spec.spec_hash[:12]}, inputs {fingerprint[:12]}). Versions are immutable: "
-            f"bump `version` in the spec to build a new one.")
 
-    cache = FeatureCache(lake)
-    splits = assign_splits(upload_ids, spec.output.splits.model_dump())
+def _main_imu_rows(lake: Store, version: int, upload_ids: list[str]) -> dict[str, pl.DataFrame]:
+    """Each recording's main IMU rows (ts_ns and IMU_COLUMNS, by time), in one scan."""
+    found = {}
+    if upload_ids:
+        found = (pl.scan_delta(lake.table_uri(TABLES["imu"]), version=version,
+                               storage_options=lake.delta_options or None)
+                 .filter(pl.col("upload_id").is_in(upload_ids))
+                 .select("upload_id", "topic", "ts_ns", *IMU_COLUMNS).collect()
+                 .partition_by("upload_id", as_dict=True))
+    none = pl.DataFrame(schema={"upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
+                                **{c: pl.Float64 for c in IMU_COLUMNS}})
+    out = {}
+    for u in upload_ids:
+        imu = primary_topic_rows(found.get((u,), none).drop("upload_id"))  # the main IMU
+        out[u] = imu.drop("topic").sort("ts_ns")
+    return out
+
+
+def _existing_version(lake: Store, spec: DatasetSpec, fingerprint: str,
+                      log) -> BuildResult | None:
+    """The version as built before when spec and inputs are the same; None when it does
+    not exist. Versions are immutable: any other difference is refused."""
+    key = manifest_key(spec.name, spec.version)
+    if not lake.exists(key):
+        return None
+    existing = json.loads(lake.read_bytes(key))
+    if existing["spec_hash"] == spec.spec_hash and existing["input_fingerprint"] == fingerprint:
+        log(f"{spec.name} {spec.version} exists with the same spec and inputs: nothing to do")
+        return BuildResult(spec.name, spec.version, existing, created=False)
+    what = ("a different spec" if existing["spec_hash"] != spec.spec_hash
+            else "different input data")
+    raise DatasetVersionExists(
+        f"dataset {spec.name} version {spec.version} already exists (built "
+        f"{_when(existing['created_ns'])} from spec {existing['spec_hash'][:12]} and inputs "
+        f"{existing['input_fingerprint'][:12]}); this build has {what} (spec "
+        f"{spec.spec_hash[:12]}, inputs {fingerprint[:12]}). Versions are immutable: "
+        f"bump `version` in the spec to build a new one.")
+
+
+def _when(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ns / 1e9))
+
+
+def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordings: _Recordings,
+               splits: dict[str, str], cache: FeatureCache,
+               log) -> tuple[pl.DataFrame, dict[str, RecordingFeatures]]:
+    """Each recording's features (through the cache), and its sampled frames with their
+    split, `_valid` (every feature and label present), `_edge` and `_row` (the row in
+    the features)."""
+    upload_ids = recordings.upload_ids
     rows_out = []
-    features_by_upload: dict[str, RecordingFeatures] = {}
+    features: dict[str, RecordingFeatures] = {}
     for i, u in enumerate(upload_ids, 1):
-        all_rows = per_upload[u]
+        all_rows = recordings.by_upload[u]
         rows = all_rows.filter(pl.col("_sampled"))
-        raw_key = rows["raw_key"][0]
-
-        def compute(all_rows=all_rows, rows=rows, u=u, raw_key=raw_key):
-            lidar_refs = camera_refs = []
-            if spec.features.lidar:
-                lidar_refs = _refs(lake, TABLES["lidar"], versions[TABLES["lidar"]], u,
-                                   rows["lidar_topic"][0], rows["ts_ns"])
-            if spec.features.camera:
-                camera_refs = _refs(lake, TABLES["camera"], versions[TABLES["camera"]], u, None,
-                                    rows["camera_ts_ns"])
-            return recording_features(spec, all_rows, all_rows["_sampled"].to_numpy(),
-                                      imu_rows.get(u), lidar_refs, camera_refs,
-                                      lambda: lake.local_path(raw_key))
-
-        features_by_upload[u] = cache.get_or_compute(keys[u], compute)
-        feats = features_by_upload[u]
+        compute = partial(_compute_features, lake, spec, versions, u, all_rows, rows,
+                          recordings.imu.get(u))
+        features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute)
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
                                           pl.Series("_valid", feats.valid()),
                                           pl.Series("_edge", feats.edge),
                                           pl.int_range(rows.height).alias("_row")))
         log(f"[{i}/{len(upload_ids)}] {u[:12]} ({splits[u]}): {rows.height} frames")
-    selected = (pl.concat(rows_out) if rows_out else
-                frames.with_columns(pl.lit("").alias("split"), pl.lit(True).alias("_valid"),
-                                    pl.lit(False).alias("_edge"), pl.lit(0).alias("_row")))
-    edge_frames = int(selected["_edge"].sum())
-    selected = selected.filter(~pl.col("_edge"))
+    if rows_out:
+        return pl.concat(rows_out), features
+    no_frames = recordings.frames.with_columns(  # the quality gates refuse the build
+        pl.lit("").alias("split"), pl.lit(True).alias("_valid"), pl.lit(False).alias("_edge"),
+        pl.lit(0).alias("_row"))
+    return no_frames, features
+
+
+def _compute_features(lake: Store, spec: DatasetSpec, versions: dict[str, int], upload_id: str,
+                      all_rows: pl.DataFrame, rows: pl.DataFrame,
+                      imu: pl.DataFrame | None) -> RecordingFeatures:
+    """One recording's features (a cache miss): `all_rows` are its frames, `rows` the
+    sampled ones."""
+    lidar_refs = camera_refs = []
+    if spec.features.lidar:
+        lidar_refs = _refs(lake, TABLES["lidar"], versions[TABLES["lidar"]], upload_id,
+                           rows["lidar_topic"][0], rows["ts_ns"])
+    if spec.features.camera:
+        camera_refs = _refs(lake, TABLES["camera"], versions[TABLES["camera"]], upload_id, None,
+                            rows["camera_ts_ns"])
+    raw_key = rows["raw_key"][0]
+    return recording_features(spec, all_rows, all_rows["_sampled"].to_numpy(), imu, lidar_refs,
+                              camera_refs, lambda: lake.local_path(raw_key))
+
+
+def _filter_and_gate(spec: DatasetSpec, frames: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """The frames that become samples and the manifest's quality figures; refuses a build
+    that misses the spec's quality gates."""
+    edge_frames = int(frames["_edge"].sum())
+    selected = frames.filter(~pl.col("_edge"))
     # per-frame filters: corner-case score, then missing features
     selected = selected.filter(pl.col("corner_case_score")
                                >= spec.sources.filters.min_corner_case_score)
@@ -607,55 +710,42 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> Buil
                         f"{gates.max_missing_rate:.1%}")
     if problems:
         raise QualityGateFailed(f"dataset {spec.name} {spec.version}: " + "; ".join(problems))
+    quality = {"candidate_frames": selected.height, "edge_frames": edge_frames,
+               "missing": missing, "missing_rate": missing_rate, "samples": usable.height}
+    return usable, quality
 
-    group_col = {"robot_type": "robot_type", "region": "region",
-                 "scenario": "scenario"}[spec.balancing.by]
-    train_mask = usable["split"] == "train"
+
+def _with_copies(spec: DatasetSpec, usable: pl.DataFrame) -> pl.DataFrame:
+    """`_copies`: how many times each sample is written (train balanced, the rest once)."""
     copies = np.ones(usable.height, dtype=np.int64)
     if spec.balancing.weights or spec.balancing.corner_case_multiplier != 1.0:
+        train_mask = usable["split"] == "train"
         train = usable.filter(train_mask)
-        w = balance_weights(train[group_col].to_numpy(),
+        w = balance_weights(train[spec.balancing.by].to_numpy(),
                             (train["corner_case_score"] >= CORNER_CASE_THRESHOLD).to_numpy(),
                             spec.balancing.weights, spec.balancing.corner_case_multiplier)
         copies[train_mask.to_numpy()] = balance_copies(w, int(spec.spec_hash[:8], 16))
-    usable = usable.with_columns(pl.Series("_copies", copies))
+    return usable.with_columns(pl.Series("_copies", copies))
 
-    samples = _materialize(spec, usable, features_by_upload, group_col)
-    normalization = _zscore(spec, samples)
+
+def _write_splits(lake: Store, spec: DatasetSpec, samples: dict[str, list], log) -> dict:
+    """Each split's shards and statistics (the manifest's `splits`)."""
     prefix = dataset_prefix(spec.name, spec.version)
     shard_bytes = int(spec.output.shard_size_mb * 1024 * 1024)
-    manifest_splits = {}
+    out = {}
     for split in SPLITS:
         part = samples[split]
         stats = split_statistics(part, spec.labels.kind)
         stats["shards"] = write_split(lake, f"{prefix}/{split}",
                                       ((s["meta"]["key"], s) for s in part), shard_bytes)
-        manifest_splits[split] = stats
+        out[split] = stats
         log(f"{split}: {stats['samples']} samples from {stats['recordings']} recordings in "
             f"{len(stats['shards'])} shards")
-    manifest = {
-        "name": spec.name, "version": spec.version, "description": spec.description,
-        "spec_hash": spec.spec_hash, "spec": spec.model_dump(mode="json"),
-        "input_fingerprint": fingerprint, "inputs": versions,
-        "created_ns": time.time_ns(), "splits": manifest_splits,
-        "split_of_recording": splits, "normalization": normalization,
-        "quality": {"candidate_frames": selected.height, "edge_frames": edge_frames,
-                    "missing": missing,
-                    "missing_rate": missing_rate, "samples": usable.height},
-        "cache": {"hits": cache.hits, "misses": cache.misses},
-    }
-    lake.write_bytes(manifest_key(spec.name, spec.version), json.dumps(manifest, indent=1)
-                     .encode())
-    _register(lake, manifest)
-    return BuildResult(spec.name, spec.version, manifest, True, cache.hits, cache.misses)
-
-
-def _when(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ns / 1e9))
+    return out
 
 
 def _materialize(spec: DatasetSpec, usable: pl.DataFrame,
-                 features: dict[str, RecordingFeatures], group_col: str) -> dict[str, list]:
+                 features: dict[str, RecordingFeatures]) -> dict[str, list]:
     """Sample dicts per split in canonical order (upload_id, ts_ns, copy)."""
     out: dict[str, list] = {s: [] for s in SPLITS}
     scenario_ids = None
@@ -677,7 +767,7 @@ def _materialize(spec: DatasetSpec, usable: pl.DataFrame,
                 "robot_type": r["robot_type"], "region": r["region"], "date": r["date"],
                 "ts_ns": r["ts_ns"], "scenario": r["scenario"],
                 "corner_case_score": float(r["corner_case_score"]),
-                "group": str(r[group_col]), "split": r["split"], "copy": copy,
+                "group": str(r[spec.balancing.by]), "split": r["split"], "copy": copy,
             }
             out[r["split"]].append(sample)
     return out

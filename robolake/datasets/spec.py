@@ -9,23 +9,15 @@ dataset version was built from.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import date
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from robolake.yaml_config import (
-    NAME_RE,
-    SEMVER_EXPECTED,
-    SEMVER_RE,
-    Strict,
-    error_lines,
-    read_yaml,
-)
+from robolake.yaml_config import SemVer, Strict, error_lines, name_type, read_yaml
 
+DatasetName = name_type("a folder and an asset")
 SOURCE_TABLES = ("cleaned/aligned_frames", "cleaned/imu", "cleaned/gps", "cleaned/lidar",
                  "cleaned/camera_frames")
 
@@ -180,8 +172,8 @@ class QualityGates(Strict):
 
 
 class DatasetSpec(Strict):
-    name: str
-    version: str
+    name: DatasetName
+    version: SemVer
     description: str = ""
     sources: Sources
     balancing: Balancing = Balancing()
@@ -190,26 +182,9 @@ class DatasetSpec(Strict):
     output: Output
     quality_gates: QualityGates = QualityGates()
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_RE.match(name):
-            raise ValueError("expected lowercase letters, digits, '_' or '-' (it names a "
-                             "folder and an asset)")
-        return name
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, version: str) -> str:
-        if not SEMVER_RE.match(version):
-            raise ValueError(SEMVER_EXPECTED)
-        return version
-
     @property
     def spec_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True,
-                               separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return self.canonical_hash()
 
 
 def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:

@@ -3,7 +3,8 @@
 Entry points (imported lazily; this package never imports dagster):
 - `train_and_evaluate(lake, config_path, log=print) -> dict` (CLI, demo)
 - `train_model(lake, config, ...)`, `evaluate_and_promote(lake, config, version)` (assets)
-- `python -m robolake.models.train --config X` (also under `torchrun`)
+- `python -m robolake.models.torchrun_entry --config X` (one training process, also a
+  rank under `torchrun`)
 """
 
 _PIPELINE = ("train_and_evaluate", "train_model", "evaluate_and_promote", "train_in_process",

@@ -14,7 +14,6 @@ supports it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Literal
@@ -22,14 +21,9 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 
 from robolake.models.architectures import ARCHITECTURES
-from robolake.yaml_config import (
-    NAME_RE,
-    SEMVER_EXPECTED,
-    SEMVER_RE,
-    Strict,
-    error_lines,
-    read_yaml,
-)
+from robolake.yaml_config import SemVer, Strict, error_lines, name_type, read_yaml
+
+ModelName = name_type("a registered model, a folder and an asset")
 
 
 class ConfigError(ValueError):
@@ -44,15 +38,8 @@ class SplitNames(Strict):
 
 class DatasetRef(Strict):
     name: str
-    version: str
+    version: SemVer
     splits: SplitNames = SplitNames()
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, version: str) -> str:
-        if not SEMVER_RE.match(version):
-            raise ValueError(SEMVER_EXPECTED)
-        return version
 
 
 class ModelSection(Strict):
@@ -153,7 +140,7 @@ class Evaluation(Strict):
 
 
 class TrainingConfig(Strict):
-    name: str  # also the registered model's name in MLflow
+    name: ModelName  # also the registered model's name in MLflow
     description: str = ""
     dataset: DatasetRef
     model: ModelSection
@@ -163,19 +150,9 @@ class TrainingConfig(Strict):
     distributed: Distributed = Distributed()
     evaluation: Evaluation = Evaluation()
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not NAME_RE.match(name):
-            raise ValueError("expected lowercase letters, digits, '_' or '-' (it names a "
-                             "registered model, a folder and an asset)")
-        return name
-
     @property
     def config_hash(self) -> str:
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True,
-                               separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return self.canonical_hash()
 
     def flat_params(self) -> dict[str, str]:
         """Every setting as `section.field` -> text (MLflow params)."""

@@ -303,8 +303,8 @@ def decide_promotion(candidate: EvalReport, baseline: EvalReport | None, policy:
     else:
         base = baseline.main_value
         gain = relative_improvement(metric, value, base)
-        decision.baseline, decision.baseline_version, decision.improvement = \
-            base, baseline_version, gain
+        decision.baseline, decision.baseline_version, decision.improvement = (
+            base, baseline_version, gain)
         text = (f"{metric} {value:.4g} vs production v{baseline_version} {base:.4g}: "
                 f"{gain:+.1%} {'>=' if gain >= policy.margin else '<'} "
                 f"+{policy.margin:.1%} margin")
@@ -345,29 +345,8 @@ def evaluate_and_promote(lake: Store, config: TrainingConfig, version: str | Non
         f"{report.samples} test samples, corner-case failure rate "
         f"{'n/a (no corner cases)' if math.isnan(rate) else f'{rate:.1%}'}")
 
-    current = tracking.production_version(client, name)
-    baseline = baseline_version = None
-    reasons_extra: list[str] = []
-    if current is not None and str(current.version) == str(version):
-        decision = PromotionDecision(False, [f"v{version} is already the production model"],
-                                     report.main_metric, report.main_value, kept=True,
-                                     corner_case_failure_rate=rate)
-    else:
-        if current is not None:
-            baseline_version = str(current.version)
-            try:
-                baseline_model = tracking.load_model_version(name, baseline_version)
-                if baseline_model.io.task != candidate_model.io.task:
-                    raise ValueError(f"it predicts {baseline_model.io.task}, the candidate "
-                                     f"{candidate_model.io.task}")
-                baseline = evaluate_model(baseline_model, lake, config, measure=False)
-            except Exception as exc:  # an unusable baseline must not promote blindly
-                reasons_extra.append(f"production v{baseline_version} cannot be evaluated on "
-                                     f"this test split: {exc}")
-        decision = decide_promotion(report, baseline, config.evaluation, baseline_version)
-        if reasons_extra:
-            decision.promote = False
-            decision.reasons += reasons_extra
+    decision, baseline_version = _decide_against_production(client, lake, config, version,
+                                                            candidate_model, report)
     if report.onnx and not report.onnx.get("onnx_matches", True):
         decision.reasons.append(f"note: ONNX export differs from PyTorch by up to "
                                 f"{report.onnx['onnx_max_abs_diff']:.3g}")
@@ -375,19 +354,52 @@ def evaluate_and_promote(lake: Store, config: TrainingConfig, version: str | Non
     run_id = _log_evaluation(client, lake, config, version, report, decision)
     if decision.promote:
         client.set_registered_model_alias(name, tracking.PRODUCTION_ALIAS, version)
-    verdict_tags = {"robolake.promotion": decision.verdict,
-                    "robolake.promotion_reasons": "; ".join(decision.reasons),
-                    "robolake.evaluation_run_id": run_id,
-                    f"robolake.{report.main_metric}": f"{report.main_value:.6g}",
-                    "robolake.corner_case_failure_rate": f"{rate:.6g}"}
-    for key, value in verdict_tags.items():
-        if not decision.kept:  # the version keeps the tags of the evaluation that promoted it
+    if not decision.kept:  # the version keeps the tags of the evaluation that promoted it
+        verdict_tags = {"robolake.promotion": decision.verdict,
+                        "robolake.promotion_reasons": "; ".join(decision.reasons),
+                        "robolake.evaluation_run_id": run_id,
+                        f"robolake.{report.main_metric}": f"{report.main_value:.6g}",
+                        "robolake.corner_case_failure_rate": f"{rate:.6g}"}
+        for key, value in verdict_tags.items():
             client.set_model_version_tag(name, version, key, value)
     log(f"{name} v{version} {decision.verdict}: " + "; ".join(decision.reasons))
     return {"model": name, "version": version, "decision": decision.to_dict(),
             "report": report.to_dict(), "evaluation_run_id": run_id,
             "production_version": version if decision.promote else baseline_version,
             "tracking_uri": tracking.tracking_uri(lake), "ui": tracking.ui_command(lake)}
+
+
+def _decide_against_production(client, lake: Store, config: TrainingConfig, version: str,
+                               candidate_model, report: EvalReport
+                               ) -> tuple[PromotionDecision, str | None]:
+    """The promotion decision for `version`, with the production version it was compared
+    with (None when there is none)."""
+    from robolake.models import tracking
+
+    name = config.name
+    current = tracking.production_version(client, name)
+    if current is not None and str(current.version) == str(version):
+        return PromotionDecision(False, [f"v{version} is already the production model"],
+                                 report.main_metric, report.main_value, kept=True,
+                                 corner_case_failure_rate=report.corner_case_failure_rate), None
+    baseline = baseline_version = None
+    unusable = None
+    if current is not None:
+        baseline_version = str(current.version)
+        try:
+            baseline_model = tracking.load_model_version(name, baseline_version)
+            if baseline_model.io.task != candidate_model.io.task:
+                raise ValueError(f"it predicts {baseline_model.io.task}, the candidate "
+                                 f"{candidate_model.io.task}")
+            baseline = evaluate_model(baseline_model, lake, config, measure=False)
+        except Exception as exc:  # an unusable baseline must not promote blindly
+            unusable = (f"production v{baseline_version} cannot be evaluated on this test "
+                        f"split: {exc}")
+    decision = decide_promotion(report, baseline, config.evaluation, baseline_version)
+    if unusable:
+        decision.promote = False
+        decision.reasons.append(unusable)
+    return decision, baseline_version
 
 
 def _log_evaluation(client, lake: Store, config: TrainingConfig, version: str,

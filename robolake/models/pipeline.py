@@ -25,6 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from robolake.models.config import TrainingConfig, load_config
+from robolake.models.train import (
+    CheckpointStore,
+    checkpoint_prefix,
+    default_run_key,
+    dist_env,
+    launched_by_torchrun,
+    train,
+)
 from robolake.storage import Store, open_store
 
 Log = Callable[[str], None]
@@ -49,8 +57,6 @@ def train_in_process(lake: Store | str | Path | None, config: TrainingConfig | s
                      track: bool = True, stop_after_steps: int | None = None,
                      log: Log = print) -> dict:
     """Train in this process (one rank when under torchrun); rank 0 registers the model."""
-    from robolake.models.train import train
-
     lake = resolve_lake(lake)
     config = _config(config)
     result = train(config, lake, run_key=run_key, resume=resume,
@@ -93,12 +99,12 @@ def train_in_process(lake: Store | str | Path | None, config: TrainingConfig | s
 def launch_torchrun(lake: Store | str | Path | None, config_path: str | Path, nproc: int, *,
                     run_key: str | None = None, extra_args: list[str] | None = None,
                     log: Log = print, timeout: float | None = None) -> list[dict]:
-    """Run `python -m robolake.models.train` under torchrun with `nproc` processes on this
-    node; returns every rank's summary (rank order)."""
+    """Run `python -m robolake.models.torchrun_entry` under torchrun with `nproc` processes
+    on this node; returns every rank's summary (rank order)."""
     lake = resolve_lake(lake)
     with tempfile.TemporaryDirectory(prefix="robolake-torchrun-") as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "robolake.models.train",
+               f"--nproc_per_node={nproc}", "-m", "robolake.models.torchrun_entry",
                "--config", str(config_path), "--lake", lake.uri,
                "--result-json", f"{tmp}/rank-{{rank}}.json", *(extra_args or [])]
         if run_key:
@@ -125,7 +131,6 @@ def registered_run(lake: Store, config: TrainingConfig, run_key: str) -> dict | 
     by the current clean code, or None (see the module docstring)."""
     from robolake.models import tracking
     from robolake.models.evaluate import onnx_key
-    from robolake.models.train import CheckpointStore, checkpoint_prefix
 
     ckpts = CheckpointStore(lake, checkpoint_prefix(config.name, run_key))
     pointer = ckpts.latest_pointer()
@@ -134,11 +139,11 @@ def registered_run(lake: Store, config: TrainingConfig, run_key: str) -> dict | 
         return None
     client = tracking.configure(lake)
     versions = client.search_model_versions(f"name = '{config.name}'")
+    wanted = (run_key, config.config_hash, code, pointer["key"])
     for v in sorted(versions, key=lambda v: -int(v.version)):
         tags = v.tags
         if (tags.get("robolake.run_key"), tags.get("robolake.config_hash"),
-                tags.get("code.version"), tags.get("robolake.checkpoint")) != \
-                (run_key, config.config_hash, code, pointer["key"]):
+                tags.get("code.version"), tags.get("robolake.checkpoint")) != wanted:
             continue
         state = ckpts.load(pointer)
         if "summary" not in state:
@@ -158,8 +163,6 @@ def train_model(lake: Store | str | Path | None, config: TrainingConfig | str | 
     more than one process (and this process was not started by torchrun itself). An
     unchanged config already trained and registered by this code is not trained again
     unless `retrain`."""
-    from robolake.models.train import default_run_key, dist_env, launched_by_torchrun
-
     lake = resolve_lake(lake)
     cfg = _config(config)
     nproc = cfg.distributed.nproc_per_node

@@ -33,7 +33,6 @@ stands for every rank's) and the validation metrics.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import io
@@ -41,7 +40,6 @@ import json
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -249,8 +247,8 @@ def lr_factor(config: TrainingConfig, total_steps: int) -> Callable[[int], float
 
 
 def loss_function(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss(reduction="sum") if task == "scenario" else \
-        nn.MSELoss(reduction="sum")
+    return (nn.CrossEntropyLoss(reduction="sum") if task == "scenario"
+            else nn.MSELoss(reduction="sum"))
 
 
 def _amp_dtype(config: TrainingConfig, device: torch.device) -> torch.dtype | None:
@@ -349,8 +347,9 @@ def train(config: TrainingConfig, lake: Store, *, run_key: str | None = None,
         if config.training.cpu_threads:
             torch.set_num_threads(config.training.cpu_threads)
     try:
-        return _train(config, lake, env, device, run_key or default_run_key(config, env.world_size),
-                      resume, stop_after_steps, track, log)
+        run = _Run(config, lake, env, device, run_key or default_run_key(config, env.world_size),
+                   resume, track, log)
+        return run.train(stop_after_steps)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.set_num_threads(threads_before)
@@ -358,9 +357,18 @@ def train(config: TrainingConfig, lake: Store, *, run_key: str | None = None,
             dist.destroy_process_group()
 
 
-def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.device,
-           run_key: str, resume: bool, stop_after_steps: int | None, track: bool,
-           log: Log) -> TrainResult:
+@dataclass(frozen=True)
+class _Plan:
+    """What the dataset version and the config fix before training starts."""
+
+    manifest: dict
+    io: ModelIO
+    main_metric: str
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _plan(config: TrainingConfig, lake: Store, env: DistEnv) -> _Plan:
     hp = config.training
     manifest = read_manifest(config.dataset.name, config.dataset.version, lake)
     splits = manifest["splits"]
@@ -372,12 +380,11 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     arch = ARCHITECTURES[config.model.architecture]
     io = io_for_dataset(arch, {**manifest["spec"], "name": manifest["name"]})
     main_metric = M.main_metric(io.task, config.evaluation.main_metric)
-
     train_split = config.dataset.splits.train
     total = splits[train_split]["samples"]
     # every rank runs as many steps as the smallest rank's share allows
-    steps_per_epoch = rank_stream_length(total, env.world_size - 1, env.world_size) \
-        // hp.batch_size
+    steps_per_epoch = (rank_stream_length(total, env.world_size - 1, env.world_size)
+                       // hp.batch_size)
     if steps_per_epoch == 0:
         raise ValueError(f"dataset {config.dataset.name} {config.dataset.version} split "
                          f"{train_split} has {total} samples: not one batch of {hp.batch_size} "
@@ -386,236 +393,334 @@ def _train(config: TrainingConfig, lake: Store, env: DistEnv, device: torch.devi
     total_steps = hp.epochs * steps_per_epoch
     if hp.max_steps:
         total_steps = min(total_steps, hp.max_steps)
+    return _Plan(manifest, io, main_metric, steps_per_epoch, total_steps)
 
-    _seed_everything(hp.seed)
-    model = build_model(config.model.architecture, config.model.params, io).to(device)
-    optimizer = make_optimizer(config, model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
-    amp_dtype = _amp_dtype(config, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    loss_fn = loss_function(io.task)
 
-    ckpts = CheckpointStore(lake, checkpoint_prefix(config.name, run_key))
-    pointer = ckpts.latest_pointer() if resume else None
-    if pointer and pointer.get("finished"):
-        if env.is_main:
-            log(f"run {run_key}: the previous run finished at step {pointer['step']}; "
-                f"training again from step 0")
-        pointer = None
-    if env.distributed:
-        dist.barrier()  # every rank has read the pointer before rank 0 may replace it
-    if pointer is None and env.is_main:
-        ckpts.clear()
+def _no_best() -> dict:
+    return {"best": None, "best_epoch": None, "bad_epochs": 0, "best_state": None}
 
-    epoch, samples_in_epoch, global_step = 0, 0, 0
-    epoch_loss, epoch_samples = 0.0, 0
-    early = {"best": None, "best_epoch": None, "bad_epochs": 0, "best_state": None}
-    history: list[dict] = []
-    run_id = None
-    if pointer:
-        state = ckpts.load(pointer)
-        if state["config_hash"] != config.config_hash:
+
+@dataclass
+class _Position:
+    """Where training is, and what early stopping has seen: saved in every checkpoint."""
+
+    epoch: int = 0
+    samples_in_epoch: int = 0
+    global_step: int = 0
+    epoch_loss: float = 0.0  # loss × samples so far this epoch
+    epoch_samples: int = 0
+    early: dict = field(default_factory=_no_best)
+    history: list[dict] = field(default_factory=list)  # one entry per finished epoch
+
+
+@dataclass
+class _Sums:
+    """This rank's sums over some steps (since the last logged metrics, or the whole run)."""
+
+    loss: float = 0.0  # loss × samples
+    samples: int = 0
+    wait: float = 0.0  # seconds waiting for data
+    time: float = 0.0  # seconds in steps, waiting included
+
+    def add(self, n: int, loss_value: float, t_data: float, t_step: float) -> None:
+        self.loss += loss_value * n
+        self.samples += n
+        self.wait += t_data
+        self.time += t_step
+
+
+class _Run:
+    """One call of `train`: set up (or resumed) in the constructor, then `train` runs the
+    epochs. The state lives here so that each step of the loop can be a named method."""
+
+    def __init__(self, config: TrainingConfig, lake: Store, env: DistEnv, device: torch.device,
+                 run_key: str, resume: bool, track: bool, log: Log):
+        self.config, self.hp, self.lake, self.env = config, config.training, lake, env
+        self.device, self.run_key, self.log = device, run_key, log
+        self.plan = _plan(config, lake, env)
+        self.io = self.plan.io
+        _seed_everything(self.hp.seed)  # before the weights are initialised
+        self.model = build_model(config.model.architecture, config.model.params,
+                                 self.io).to(device)
+        self.optimizer = make_optimizer(config, self.model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(config, self.plan.total_steps))
+        self.amp_dtype = _amp_dtype(config, device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.loss_fn = loss_function(self.io.task)
+        self.ckpts = CheckpointStore(lake, checkpoint_prefix(config.name, run_key))
+        self.pos = _Position()
+        pointer = self._resume_pointer(resume)
+        run_id = self._restore(pointer) if pointer else None
+        self.tracker = _start_tracker(config, self.plan.manifest, self.io, lake, run_key, run_id,
+                                      env, track, self.model)
+        self.ddp_model: nn.Module = self.model
+        if env.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[env.local_rank] if device.type == "cuda" else None)
+        self.result = TrainResult(config, self.plan.manifest, self.io, self.model, env.rank,
+                                  env.world_size, run_key,
+                                  resumed_from=pointer["key"] if pointer else None,
+                                  run_id=self.tracker.run_id)
+        self.started = time.perf_counter()
+        self.whole_run, self.window = _Sums(), _Sums()
+        self.last_checkpoint = time.monotonic()
+        self.stop = self.pos.global_step >= self.plan.total_steps
+        self.upcoming = None  # the next epoch's batches, started before this epoch ends
+
+    # ----------------------------------------------------------------------- resuming
+
+    def _resume_pointer(self, resume: bool) -> dict | None:
+        """The checkpoint to resume from; without one, the run key's old checkpoints go."""
+        pointer = self.ckpts.latest_pointer() if resume else None
+        if pointer and pointer.get("finished"):
+            if self.env.is_main:
+                self.log(f"run {self.run_key}: the previous run finished at step "
+                         f"{pointer['step']}; training again from step 0")
+            pointer = None
+        if self.env.distributed:
+            dist.barrier()  # every rank has read the pointer before rank 0 may replace it
+        if pointer is None and self.env.is_main:
+            self.ckpts.clear()
+        return pointer
+
+    def _restore(self, pointer: dict) -> str | None:
+        """Load the checkpoint's weights, optimiser, RNG states and position; return its
+        MLflow run id (the resumed run logs to the same MLflow run)."""
+        state = self.ckpts.load(pointer)
+        if state["config_hash"] != self.config.config_hash:
             raise ValueError(f"checkpoint {pointer['key']} was written for another config "
                              f"(hash {state['config_hash'][:12]}, this one "
-                             f"{config.config_hash[:12]}); use another run key or do not resume")
-        if state["world_size"] != env.world_size:
+                             f"{self.config.config_hash[:12]}); use another run key or do not "
+                             f"resume")
+        if state["world_size"] != self.env.world_size:
             raise ValueError(f"checkpoint {pointer['key']} was written by {state['world_size']} "
-                             f"process(es); resume with the same number (got {env.world_size})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+                             f"process(es); resume with the same number (got "
+                             f"{self.env.world_size})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
-        epoch = state["position"]["epoch"]
-        samples_in_epoch = state["position"]["samples_in_epoch"]
-        epoch_loss = state["position"]["epoch_loss_sum"]
-        epoch_samples = state["position"]["epoch_samples"]
-        global_step = state["global_step"]
-        early, history, run_id = state["early_stopping"], state["history"], state["mlflow_run_id"]
-        if env.is_main:
-            log(f"resuming {config.name} from {pointer['key']} (epoch {epoch}, "
-                f"{samples_in_epoch} samples into it, step {global_step})")
+        position = state["position"]
+        self.pos = _Position(epoch=position["epoch"],
+                             samples_in_epoch=position["samples_in_epoch"],
+                             global_step=state["global_step"],
+                             epoch_loss=position["epoch_loss_sum"],
+                             epoch_samples=position["epoch_samples"],
+                             early=state["early_stopping"], history=state["history"])
+        if self.env.is_main:
+            self.log(f"resuming {self.config.name} from {pointer['key']} (epoch "
+                     f"{self.pos.epoch}, {self.pos.samples_in_epoch} samples into it, step "
+                     f"{self.pos.global_step})")
+        return state["mlflow_run_id"]
 
-    tracker = _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, model)
-    ddp_model: nn.Module = model
-    if env.distributed:
-        ddp_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[env.local_rank] if device.type == "cuda" else None)
-
-    result = TrainResult(config, manifest, io, model, env.rank, env.world_size, run_key,
-                         resumed_from=pointer["key"] if pointer else None, run_id=tracker.run_id)
-
-    def checkpoint(finished: bool = False, **extra) -> None:
-        if not env.is_main:
+    def _checkpoint(self, finished: bool = False, **extra) -> None:
+        self.last_checkpoint = time.monotonic()
+        if not self.env.is_main:
             return
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+        pos = self.pos
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "rng": _rng_state(),
-                 "position": {"epoch": epoch, "samples_in_epoch": samples_in_epoch,
-                              "epoch_loss_sum": epoch_loss, "epoch_samples": epoch_samples},
-                 "global_step": global_step, "early_stopping": early, "history": history,
-                 "world_size": env.world_size, "io": io.to_dict(),
-                 "config_hash": config.config_hash, "mlflow_run_id": tracker.run_id, **extra}
-        result.checkpoint_key = ckpts.save(state, global_step, finished, config.checkpoint.keep)
-        tracker.flush()
+                 "position": {"epoch": pos.epoch, "samples_in_epoch": pos.samples_in_epoch,
+                              "epoch_loss_sum": pos.epoch_loss,
+                              "epoch_samples": pos.epoch_samples},
+                 "global_step": pos.global_step, "early_stopping": pos.early,
+                 "history": pos.history, "world_size": self.env.world_size,
+                 "io": self.io.to_dict(), "config_hash": self.config.config_hash,
+                 "mlflow_run_id": self.tracker.run_id, **extra}
+        self.result.checkpoint_key = self.ckpts.save(state, pos.global_step, finished,
+                                                     self.config.checkpoint.keep)
+        self.tracker.flush()
 
-    run_started = time.perf_counter()
-    run_samples, run_wait, run_busy = 0, 0.0, 0.0
-    last_checkpoint = time.monotonic()
-    every_steps, every_min = config.checkpoint.every_steps, config.checkpoint.every_minutes
-    window = {"loss": 0.0, "samples": 0, "wait": 0.0, "time": 0.0}
-    stop = global_step >= total_steps
+    def _checkpoint_due(self) -> bool:
+        every_steps, every_min = (self.config.checkpoint.every_steps,
+                                  self.config.checkpoint.every_minutes)
+        return bool((every_steps and self.pos.global_step % every_steps == 0)
+                    or (every_min and time.monotonic() - self.last_checkpoint >= every_min * 60))
 
-    def epoch_batches(for_epoch: int, offset: int):
-        loader = load(config.dataset.name, config.dataset.version, train_split, lake=lake,
-                      batch_size=hp.batch_size, num_workers=hp.num_workers, offset=offset,
-                      rank=env.rank, world_size=env.world_size, epoch=for_epoch, shuffle=True,
-                      seed=hp.seed)
+    # ----------------------------------------------------------------------- the loop
+
+    def train(self, stop_after_steps: int | None) -> TrainResult:
+        """Epochs until the last step or early stopping; `stop_after_steps` stops as a kill
+        would (no extra checkpoint)."""
+        self.model.train()
+        while not self.stop and self.pos.epoch < self.hp.epochs:
+            if self._train_epoch(stop_after_steps):
+                return self._interrupted()
+            self._end_epoch()
+            if (stop_after_steps is not None and self.pos.global_step >= stop_after_steps
+                    and not self.stop):
+                return self._interrupted()
+            if not self.stop and self.pos.epoch < self.hp.epochs:
+                self._checkpoint()
+        return self._finish()
+
+    def _epoch_batches(self, epoch: int, offset: int) -> Iterator[dict]:
+        loader = load(self.config.dataset.name, self.config.dataset.version,
+                      self.config.dataset.splits.train, lake=self.lake,
+                      batch_size=self.hp.batch_size, num_workers=self.hp.num_workers,
+                      offset=offset, rank=self.env.rank, world_size=self.env.world_size,
+                      epoch=epoch, shuffle=True, seed=self.hp.seed)
         with _rng_fence():
             return iter(loader)  # with workers, they start decoding now
 
-    upcoming = None  # the next epoch's batches, started before this epoch ends
-    model.train()
-    while not stop and epoch < hp.epochs:
-        if upcoming is not None and samples_in_epoch == 0:
-            batches, upcoming = upcoming, None
+    def _train_epoch(self, stop_after_steps: int | None) -> bool:
+        """The rest of the current epoch's steps; True when stopped by `stop_after_steps`."""
+        pos, hp, plan = self.pos, self.hp, self.plan
+        if self.upcoming is not None and pos.samples_in_epoch == 0:
+            batches, self.upcoming = self.upcoming, None
         else:
-            batches = epoch_batches(epoch, samples_in_epoch)
-        while samples_in_epoch // hp.batch_size < steps_per_epoch:
-            t0 = time.perf_counter()
-            batch = next(batches)
-            t_data = time.perf_counter() - t0
-            inputs = _inputs(batch, io, device)
-            target = batch["label"].to(device, non_blocking=True)
-            n = target.shape[0]
-            with (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype
-                  else contextlib.nullcontext()):
-                loss = loss_fn(ddp_model(*inputs).float(), target) / n
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if hp.grad_clip_norm:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            loss_value = float(loss.detach())  # synchronises CUDA, so the timing is real
-            t_step = time.perf_counter() - t0
-
-            global_step += 1
-            samples_in_epoch += n
-            epoch_loss += loss_value * n
-            epoch_samples += n
-            run_samples += n * env.world_size
-            run_wait += t_data
-            run_busy += t_step
-            window["loss"] += loss_value * n
-            window["samples"] += n
-            window["wait"] += t_data
-            window["time"] += t_step
-            if global_step % hp.log_every_steps == 0 or global_step == total_steps:
-                tracker.log_metrics({
-                    "train_loss": window["loss"] / window["samples"],
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": window["samples"] * env.world_size / window["time"],
-                    "data_wait_share": window["wait"] / window["time"],
-                    **_gpu_metrics(device)}, global_step)
-                window = {"loss": 0.0, "samples": 0, "wait": 0.0, "time": 0.0}
-            if global_step >= total_steps:
-                stop = True
-                break
+            batches = self._epoch_batches(pos.epoch, pos.samples_in_epoch)
+        while pos.samples_in_epoch // hp.batch_size < plan.steps_per_epoch:
+            self._step(batches)
+            if pos.global_step >= plan.total_steps:
+                self.stop = True
+                return False
             # start the next epoch's loader workers a few batches early, so the first
             # batches of an epoch are not decoded while the model waits
-            if (hp.num_workers and upcoming is None and epoch + 1 < hp.epochs
-                    and steps_per_epoch - samples_in_epoch // hp.batch_size == EPOCH_PREFETCH
-                    and global_step + EPOCH_PREFETCH < total_steps):
-                upcoming = epoch_batches(epoch + 1, 0)
-            if (every_steps and global_step % every_steps == 0) or \
-                    (every_min and time.monotonic() - last_checkpoint >= every_min * 60):
-                checkpoint()
-                last_checkpoint = time.monotonic()
-            if stop_after_steps is not None and global_step >= stop_after_steps:
-                return _interrupted(result, tracker, global_step, epoch, history)
+            steps_left = plan.steps_per_epoch - pos.samples_in_epoch // hp.batch_size
+            if (hp.num_workers and self.upcoming is None and pos.epoch + 1 < hp.epochs
+                    and steps_left == EPOCH_PREFETCH
+                    and pos.global_step + EPOCH_PREFETCH < plan.total_steps):
+                self.upcoming = self._epoch_batches(pos.epoch + 1, 0)
+            if self._checkpoint_due():
+                self._checkpoint()
+            if stop_after_steps is not None and pos.global_step >= stop_after_steps:
+                return True
+        return False
 
-        # end of the epoch (or of training): validate, early stopping, checkpoint
-        val = _evaluate_split(model, config, lake, config.dataset.splits.val, io, env, device)
+    def _step(self, batches: Iterator[dict]) -> None:
+        """One optimiser step on the next batch, then the counters and step metrics."""
+        hp, device = self.hp, self.device
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t_data = time.perf_counter() - t0
+        inputs = _inputs(batch, self.io, device)
+        target = batch["label"].to(device, non_blocking=True)
+        n = target.shape[0]
+        with (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype
+              else contextlib.nullcontext()):
+            loss = self.loss_fn(self.ddp_model(*inputs).float(), target) / n
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if hp.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), hp.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        loss_value = float(loss.detach())  # synchronises CUDA, so the timing is real
+        t_step = time.perf_counter() - t0
+
+        pos = self.pos
+        pos.global_step += 1
+        pos.samples_in_epoch += n
+        pos.epoch_loss += loss_value * n
+        pos.epoch_samples += n
+        self.whole_run.add(n, loss_value, t_data, t_step)
+        self.window.add(n, loss_value, t_data, t_step)
+        if pos.global_step % hp.log_every_steps == 0 or pos.global_step == self.plan.total_steps:
+            w = self.window
+            self.tracker.log_metrics({
+                "train_loss": w.loss / w.samples,
+                "lr": self.scheduler.get_last_lr()[0],
+                "samples_per_s": w.samples * self.env.world_size / w.time,
+                "data_wait_share": w.wait / w.time,
+                **_gpu_metrics(device)}, pos.global_step)
+            self.window = _Sums()
+
+    def _end_epoch(self) -> None:
+        """Validate, reduce the epoch's loss over the ranks, early stopping, history."""
+        pos, env = self.pos, self.env
+        val = _evaluate_split(self.model, self.config, self.lake, self.config.dataset.splits.val,
+                              self.io, env, self.device)
         if env.distributed:  # the epoch's loss over every rank's samples
-            sums = torch.tensor([epoch_loss, float(epoch_samples)], dtype=torch.float64)
+            sums = torch.tensor([pos.epoch_loss, float(pos.epoch_samples)], dtype=torch.float64)
             dist.all_reduce(sums)
-            epoch_loss, epoch_samples = float(sums[0]), int(sums[1])
-        entry = {"epoch": epoch, "step": global_step,
-                 "train_loss": epoch_loss / epoch_samples if epoch_samples else math.nan}
+            pos.epoch_loss, pos.epoch_samples = float(sums[0]), int(sums[1])
+        entry = {"epoch": pos.epoch, "step": pos.global_step,
+                 "train_loss": pos.epoch_loss / pos.epoch_samples if pos.epoch_samples
+                 else math.nan}
         if val:
-            entry.update({f"val_{k}": v for k, v in val.items() if k != "samples"})
-            tracker.log_metrics({f"val_{k}": v for k, v in val.items() if k != "samples"}
-                                | {"epoch_train_loss": entry["train_loss"]}, global_step)
-            monitored = "loss" if config.early_stopping.metric == "val_loss" else main_metric
-            value = val[monitored]
-            best = early["best"]
-            delta = config.early_stopping.min_delta
-            improved = best is None or (
-                value > best + delta if M.HIGHER_IS_BETTER[monitored] else value < best - delta)
-            if improved:
-                early.update(best=value, best_epoch=epoch, bad_epochs=0,
-                             best_state={k: v.detach().cpu().clone()
-                                         for k, v in model.state_dict().items()})
-            else:
-                early["bad_epochs"] += 1
-            if config.early_stopping.enabled and early["bad_epochs"] >= \
-                    config.early_stopping.patience:
-                result.stopped_early = stop = True
-                if env.is_main:
-                    log(f"early stopping after epoch {epoch}: val {monitored} did not improve "
-                        f"for {early['bad_epochs']} epoch(s) (best {early['best']:.4g} at epoch "
-                        f"{early['best_epoch']})")
-        history.append(entry)
+            scores = {f"val_{k}": v for k, v in val.items() if k != "samples"}
+            entry.update(scores)
+            self.tracker.log_metrics(scores | {"epoch_train_loss": entry["train_loss"]},
+                                     pos.global_step)
+            self._early_stopping(val)
+        pos.history.append(entry)
         if env.is_main:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items()
                               if k not in ("epoch", "step") and isinstance(v, float))
-            log(f"epoch {epoch} (step {global_step}/{total_steps}): {shown}")
-        epoch += 1
-        samples_in_epoch, epoch_loss, epoch_samples = 0, 0.0, 0
-        if stop_after_steps is not None and global_step >= stop_after_steps and not stop:
-            return _interrupted(result, tracker, global_step, epoch, history)
-        if not stop and epoch < hp.epochs:
-            checkpoint()
-            last_checkpoint = time.monotonic()
+            self.log(f"epoch {pos.epoch} (step {pos.global_step}/{self.plan.total_steps}): "
+                     f"{shown}")
+        pos.epoch += 1
+        pos.samples_in_epoch, pos.epoch_loss, pos.epoch_samples = 0, 0.0, 0
 
-    upcoming = None  # early stopping: the next epoch's workers are not needed
-    if config.early_stopping.restore_best and early["best_state"] is not None:
-        model.load_state_dict(early["best_state"])
-    result.global_step, result.epochs_completed, result.history = global_step, epoch, history
-    result.finished = True
-    elapsed = time.perf_counter() - run_started
-    result.throughput = {
-        "samples_per_s": run_samples / run_busy if run_busy else 0.0,
-        "data_wait_share": run_wait / run_busy if run_busy else 0.0,
-        "train_seconds": elapsed}
-    result.weights_sha256 = weights_sha256(model)
-    checkpoint(finished=True, summary=result.summary())  # the summary: reusing a finished run
-    tracker.log_metrics({"run_samples_per_s": result.throughput["samples_per_s"],
-                         "run_data_wait_share": result.throughput["data_wait_share"]},
-                        global_step)
-    if early["best_epoch"] is not None:
-        tracker.set_tags({"robolake.best_epoch": str(early["best_epoch"])})
-    tracker.flush()
-    model.eval()
-    model.cpu()
-    result.tracker = tracker
-    return result
+    def _early_stopping(self, val: dict[str, float]) -> None:
+        """Keep the best weights; stop after `patience` epochs without improvement."""
+        rule, early = self.config.early_stopping, self.pos.early
+        monitored = "loss" if rule.metric == "val_loss" else self.plan.main_metric
+        value, best = val[monitored], early["best"]
+        improved = best is None or (value > best + rule.min_delta
+                                    if M.HIGHER_IS_BETTER[monitored]
+                                    else value < best - rule.min_delta)
+        if improved:
+            early.update(best=value, best_epoch=self.pos.epoch, bad_epochs=0,
+                         best_state={k: v.detach().cpu().clone()
+                                     for k, v in self.model.state_dict().items()})
+        else:
+            early["bad_epochs"] += 1
+        if rule.enabled and early["bad_epochs"] >= rule.patience:
+            self.result.stopped_early = self.stop = True
+            if self.env.is_main:
+                self.log(f"early stopping after epoch {self.pos.epoch}: val {monitored} did not "
+                         f"improve for {early['bad_epochs']} epoch(s) (best {early['best']:.4g} "
+                         f"at epoch {early['best_epoch']})")
+
+    # ----------------------------------------------------------------------- the end
+
+    def _finish(self) -> TrainResult:
+        self.upcoming = None  # early stopping: the next epoch's workers are not needed
+        result, pos, early, tracker = self.result, self.pos, self.pos.early, self.tracker
+        if self.config.early_stopping.restore_best and early["best_state"] is not None:
+            self.model.load_state_dict(early["best_state"])
+        result.global_step, result.epochs_completed, result.history = (
+            pos.global_step, pos.epoch, pos.history)
+        result.finished = True
+        run = self.whole_run
+        result.throughput = {
+            "samples_per_s": run.samples * self.env.world_size / run.time if run.time else 0.0,
+            "data_wait_share": run.wait / run.time if run.time else 0.0,
+            "train_seconds": time.perf_counter() - self.started}
+        result.weights_sha256 = weights_sha256(self.model)
+        self._checkpoint(finished=True, summary=result.summary())  # reusing a finished run
+        tracker.log_metrics({"run_samples_per_s": result.throughput["samples_per_s"],
+                             "run_data_wait_share": result.throughput["data_wait_share"]},
+                            pos.global_step)
+        if early["best_epoch"] is not None:
+            tracker.set_tags({"robolake.best_epoch": str(early["best_epoch"])})
+        tracker.flush()
+        self.model.eval()
+        self.model.cpu()
+        result.tracker = tracker
+        return result
+
+    def _interrupted(self) -> TrainResult:
+        result = self.result
+        result.global_step, result.epochs_completed, result.history = (
+            self.pos.global_step, self.pos.epoch, self.pos.history)
+        result.finished = False
+        result.model.eval()
+        result.weights_sha256 = weights_sha256(result.model)
+        self.tracker.end("KILLED")
+        return result
 
 
-def _interrupted(result: TrainResult, tracker, step: int, epoch: int,
-                 history: list[dict]) -> TrainResult:
-    result.global_step, result.epochs_completed, result.history = step, epoch, history
-    result.finished = False
-    result.model.eval()
-    result.weights_sha256 = weights_sha256(result.model)
-    tracker.end("KILLED")
-    return result
-
-
-def _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, model):
+def _start_tracker(config: TrainingConfig, manifest: dict, io: ModelIO, lake: Store,
+                   run_key: str, run_id: str | None, env: DistEnv, track: bool,
+                   model: nn.Module):
     if not (track and env.is_main):
         return M.NullTracker()
     from robolake.models import tracking  # imports mlflow (seconds): only when tracking
@@ -623,46 +728,3 @@ def _start_tracker(config, manifest, io, lake, run_key, run_id, env, track, mode
     return tracking.RunTracker.start_training(config, manifest, io, lake, run_key=run_key,
                                               run_id=run_id, world_size=env.world_size,
                                               n_params=n_params)
-
-
-# --------------------------------------------------------------------------- command line
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m robolake.models.train --config X` (also under `torchrun`): train, then
-    register the model and its ONNX export in MLflow (rank 0)."""
-    parser = argparse.ArgumentParser(prog="python -m robolake.models.train",
-                                     description=main.__doc__)
-    parser.add_argument("--config", required=True, help="training config YAML")
-    parser.add_argument("--lake", help="lake root (default: $ROBOLAKE_LAKE or ./lake)")
-    parser.add_argument("--run-key", help="checkpoint namespace (default: config hash + "
-                                          "world size)")
-    parser.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    parser.add_argument("--no-register", action="store_true",
-                        help="train (and track) only; no registered model or ONNX export")
-    parser.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
-    parser.add_argument("--stop-after-steps", type=int, help="stop after this step (tests)")
-    parser.add_argument("--result-json", help="write this rank's summary here ({rank} is "
-                                              "replaced by the rank)")
-    args = parser.parse_args(argv)
-
-    from robolake.models.pipeline import train_in_process
-
-    env = dist_env()
-    summary = train_in_process(
-        args.lake, args.config, run_key=args.run_key, resume=not args.no_resume,
-        register=not (args.no_register or args.no_mlflow), track=not args.no_mlflow,
-        stop_after_steps=args.stop_after_steps,
-        log=(lambda m: print(m, flush=True)) if env.is_main else (lambda m: None))
-    if args.result_json:
-        path = Path(args.result_json.replace("{rank}", str(env.rank)))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=2, default=str))
-    if env.is_main:
-        print(json.dumps({k: summary.get(k) for k in ("model", "version", "global_step",
-                                                       "weights_sha256", "run_id")},
-                         default=str), file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
