@@ -34,7 +34,7 @@ TABLE_KEYS = {
 
 def _landing(root: Path, shared_data: Path) -> Path:
     landing = root / "landing"
-    simulate_fleet(landing / "fleet", robots=3, date=DAY, minutes=0.25, seed=3,
+    simulate_fleet(landing / "fleet", robots=2, date=DAY, minutes=0.2, seed=3,
                    robot_types=["delivery"])
     land(landing, shared_data / "sick_rms1000_lms1000_movement_off.bag", SICK)
     return landing
@@ -70,7 +70,7 @@ def test_concurrent_ingest_processes_write_every_row_once(shared_data: Path, tmp
     for day, robot_type in raw.ingest_landing(open_store(landing), ref):
         cleaned.clean_partition(ref, day, robot_type)
     expected = _contents(tmp_path / "ref-lake")
-    assert expected[raw.RAW_UPLOADS].height == 4
+    assert expected[raw.RAW_UPLOADS].height == 3
     assert expected[cleaned.TABLES["imu"]].height > 0
 
     for trial in range(TRIALS):
