@@ -133,6 +133,7 @@ class Assignment:
     format: str | None
     date: str
     robot_type: str
+    indexed_as: str | None = None  # upload_id, once this version's bytes are in raw/uploads
 
     @property
     def partition(self) -> tuple[str, str]:
@@ -308,18 +309,19 @@ def assign_partitions(landing: Store, lake: Store | None, files: Iterable[Landin
     files.
     """
     now_ns = now_ns or time.time_ns()
-    cache = {(r["landing_key"], r["version"]): (r["format"], r["date"], r["robot_type"])
+    cache = {(r["landing_key"], r["version"]): (r["format"], r["date"], r["robot_type"],
+                                                r["upload_id"])
              for r in _landing_index(lake)}
     out: list[Assignment] = []
     new_rows = []
     for f in files:
         hit = cache.get((f.key, f.version))
         if hit is None:
-            hit = probe_partition(landing, f, now_ns)
+            hit = (*probe_partition(landing, f, now_ns), None)
             new_rows.append({"landing_key": f.key, "version": f.version, "format": hit[0],
                              "date": hit[1], "robot_type": hit[2], "probed_ns": now_ns,
                              "upload_id": None})
-        out.append(Assignment(f, hit[0], hit[1], hit[2]))
+        out.append(Assignment(f, *hit))
     if lake is not None and new_rows:
         append_new_rows(lake, LANDING_INDEX, new_rows, LANDING_INDEX_SCHEMA,
                         keys=("landing_key", "version"))
@@ -684,9 +686,10 @@ def _classify_duplicates(rows: list[dict], existing: list[dict],
                            f"same bytes as an upload already in the lake "
                            f"({stored[row['upload_id']]})"]))
         elif row["status"] in USABLE_STATUSES and row["messages_digest"]:
-            key = (row["robot_id"], row["messages_digest"])
-            mine = digests(row["upload_id"], row["raw_key"])
-            first = next((r for r in by_digest.get(key, [])
+            candidates = by_digest.get((row["robot_id"], row["messages_digest"]), [])
+            # decoding is the expensive part: only when topics, counts and times all match
+            mine = digests(row["upload_id"], row["raw_key"]) if candidates else None
+            first = next((r for r in candidates
                           if mine is not None and digests(r["upload_id"], r["raw_key"]) == mine),
                          None)
             if first is not None:
@@ -762,10 +765,10 @@ def ingest_partition(landing: Store, lake: Store, day: str, robot_type: str,
     todo = []
     for a in assignments:
         known = seen_here.get((a.file.key, a.file.size, a.file.mtime_ns))
-        if known:
-            marks[(a.file.key, a.file.version)] = known
-        else:
+        if not known:
             todo.append(a)
+        elif known != a.indexed_as:  # indexed before the landing index said so
+            marks[(a.file.key, a.file.version)] = known
     for i, a in enumerate(todo, 1):
         row = judge_file(landing, lake, a, now_ns, stored)
         marks[(a.file.key, a.file.version)] = row["upload_id"]
