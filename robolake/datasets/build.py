@@ -52,7 +52,7 @@ from robolake.datasets.spec import DatasetSpec
 from robolake.decode import cloud_points, compressed_image_payload, iter_sensor_messages
 from robolake.raw import RAW_UPLOADS
 from robolake.storage import Store
-from robolake.tables import append_rows, open_table, read_table
+from robolake.tables import append_new_rows, open_table, read_table
 
 REGISTRY = "datasets/registry"
 CACHE_PREFIX = "features/cache"
@@ -802,7 +802,8 @@ REGISTRY_SCHEMA = pa.schema([
 ])
 
 
-def _register(lake: Store, manifest: dict) -> int:
+def _register(lake: Store, manifest: dict) -> int | None:
+    """One registry row per (name, version), whoever builds it at the same time."""
     splits = manifest["splits"]
     row = {
         "name": manifest["name"], "version": manifest["version"],
@@ -815,7 +816,8 @@ def _register(lake: Store, manifest: dict) -> int:
         "statistics": json.dumps({s: {k: v for k, v in splits[s].items() if k != "shards"}
                                   for s in SPLITS}),
     }
-    return append_rows(lake, REGISTRY, [row], REGISTRY_SCHEMA)
+    version, _ = append_new_rows(lake, REGISTRY, [row], REGISTRY_SCHEMA, keys=("name", "version"))
+    return version
 
 
 def list_versions(lake: Store, name: str | None = None) -> pl.DataFrame:
