@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
 
@@ -85,16 +86,47 @@ def iter_sensor_messages(path: Path, start_ns: int | None = None,
                 if msgtype is not None:
                     yield channel.topic, msgtype, msg.log_time, msg.data, "cdr"
     elif fmt == "bag":
-        from rosbags.rosbag1 import Reader
-
-        with Reader(path) as reader:
-            conns = [c for c in reader.connections if sensor_kind(c.msgtype)]
-            types = {c.id: normalize_msgtype(c.msgtype) for c in conns}
-            for conn, ts, data in reader.messages(connections=conns, start=start_ns,
-                                                  stop=end_ns):
-                yield conn.topic, types[conn.id], ts, data, "ros1"
+        yield from _bag_sensor_messages(path, start_ns, end_ns)
     else:
         raise ValueError(f"{path.name}: no sensor messages to decode in format {fmt!r}")
+
+
+def _bag_sensor_messages(path: Path, start_ns: int | None,
+                         end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
+    from rosbags.rosbag1 import Reader
+
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception:  # noqa: BLE001 - an index rosbags rejects: scan the chunks (raw did too)
+        yield from _scanned_bag_messages(path, start_ns, end_ns)
+        return
+    try:
+        conns = [c for c in reader.connections if sensor_kind(c.msgtype)]
+        if not conns:  # rosbags reads every connection when given none
+            return
+        types = {c.id: normalize_msgtype(c.msgtype) for c in conns}
+        for conn, ts, data in reader.messages(connections=conns, start=start_ns, stop=end_ns):
+            yield conn.topic, types[conn.id], ts, data, "ros1"
+    finally:
+        reader.close()
+
+
+def _scanned_bag_messages(path: Path, start_ns: int | None,
+                          end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
+    scan = BagScan(path)
+    types: dict[int, str | None] = {}
+    for conn, ts, data in scan.messages():
+        if (start_ns is not None and ts < start_ns) or (end_ns is not None and ts >= end_ns):
+            continue
+        msgtype = types.get(conn, "")
+        if msgtype == "":
+            msgtype = normalize_msgtype(scan.connections[conn].msgtype)
+            types[conn] = msgtype = msgtype if sensor_kind(msgtype) else None
+        if msgtype is not None:
+            yield scan.connections[conn].topic, msgtype, ts, data, "ros1"
+    if scan.problem is not None:
+        raise ValueError(f"{path.name}: {scan.problem}")
 
 
 def _time_span(path: Path) -> tuple[int, int, int] | None:

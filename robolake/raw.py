@@ -26,7 +26,9 @@ import pyarrow as pa
 from robolake import recordings as rec
 from robolake.contract import (
     ACCEPT_ABOVE,
+    ACCEPTED,
     DUPLICATE,
+    FLAGGED,
     MAX_DUPLICATE_RATE,
     MAX_GAP_NS,
     QUARANTINE_BELOW,
@@ -45,6 +47,7 @@ SIDECAR_SUFFIX = ".meta.json"
 # uploads in progress and notes beside recordings (sidecars are read with their recording)
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".json", ".md", ".txt")
 IDENTITY_FIELDS = ("robot_id", "robot_type", "region")
+WARNING_PENALTY = 10.0  # a usable file read with less trust (see RecordingInfo.warnings)
 FUTURE_TOLERANCE_NS = 5 * 60 * 10**9  # recorder clocks may run a little ahead
 EARLIEST_PLAUSIBLE_NS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1e9)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
@@ -373,49 +376,61 @@ class Verdict:
 def score_recording(info: rec.RecordingInfo | None, fatal: list[str], now_ns: int) -> Verdict:
     """Quality score 0-100 with the reasons for every point taken off.
 
-    Fatal problems (unreadable, truncated, no identity, times in the future or
-    outside the file's own range) score 0. Softer ones deduct points:
-    duplicate messages, time going backwards, gaps over 1 s in a sensor
-    topic, no sensor the lake decodes.
+    Fatal problems (unreadable, truncated, corrupt, no identity, times in the future or
+    outside the file's own range) score 0. Softer ones deduct points: duplicate
+    messages, time going backwards, integrity not verifiable or an index rebuilt by
+    scanning, gaps over 1 s in a sensor topic, no sensor the lake decodes.
     """
-    reasons = list(fatal)
-    if info is not None:
-        reasons += info.structural_errors
-        if info.declared_counts is not None and not info.structural_errors:
-            read = Counter()
-            for t in info.topics:
-                read[t.topic] += t.count
-            diff = {t: (n, read.get(t, 0)) for t, n in info.declared_counts.items()
-                    if read.get(t, 0) != n}
-            if diff:
-                topic, (want, got) = sorted(diff.items())[0]
-                reasons.append(f"incomplete: the file's index declares {want} messages on "
-                               f"{topic} but {got} were read")
-        if info.start_ns is None:
-            reasons.append("empty: the recording holds no messages")
-        else:
-            if info.end_ns > now_ns + FUTURE_TOLERANCE_NS:
-                n_topics = sum(1 for t in info.topics if t.last_ns > now_ns + FUTURE_TOLERANCE_NS)
-                reasons.append(
-                    f"timestamps in the future: {n_topics} topic(s) reach {utc_iso(info.end_ns)}, "
-                    f"after the ingest time {utc_iso(now_ns)}; the recorder clock is wrong")
-            if info.start_ns < EARLIEST_PLAUSIBLE_NS:
-                reasons.append(f"implausible timestamps: the recording starts "
-                               f"{utc_iso(info.start_ns)}, before 2000; the recorder clock was "
-                               "not set")
-            elif utc_date(info.start_ns) < partitions_start():
-                reasons.append(f"the recording starts {utc_date(info.start_ns)}, before the "
-                               f"lake's first partition date {partitions_start()} "
-                               "(ROBOLAKE_PARTITIONS_START)")
-            lo, hi = info.declared_start_ns, info.declared_end_ns
-            if lo is not None and hi is not None and (info.start_ns < lo or info.end_ns > hi):
-                reasons.append(
-                    f"timestamps outside the recording's own time range: messages span "
-                    f"{info.start_ns}..{info.end_ns} ns but the file declares {lo}..{hi} ns")
+    reasons = list(fatal) + (_fatal_problems(info, now_ns) if info is not None else [])
     if reasons:
-        return Verdict(0.0, "quarantined", reasons)
+        return Verdict(0.0, QUARANTINED, reasons)
+    deductions = _deductions(info)
+    score = max(100.0 - sum(points for points, _ in deductions), 0.0)
+    if score > ACCEPT_ABOVE:
+        status = ACCEPTED
+    elif score >= QUARANTINE_BELOW:
+        status = FLAGGED
+    else:
+        status = QUARANTINED
+    return Verdict(round(score, 2), status, [reason for _, reason in deductions])
 
-    score = 100.0
+
+def _fatal_problems(info: rec.RecordingInfo, now_ns: int) -> list[str]:
+    reasons = list(info.structural_errors)
+    if info.declared_counts is not None and not info.structural_errors:
+        read = Counter()
+        for t in info.topics:
+            read[t.topic] += t.count
+        diff = {t: (n, read.get(t, 0)) for t, n in info.declared_counts.items()
+                if read.get(t, 0) != n}
+        if diff:
+            topic, (want, got) = sorted(diff.items())[0]
+            reasons.append(f"incomplete: the file's index declares {want} messages on "
+                           f"{topic} but {got} were read")
+    if info.start_ns is None:
+        return reasons or ["empty: the recording holds no messages"]
+    if info.end_ns > now_ns + FUTURE_TOLERANCE_NS:
+        n_topics = sum(1 for t in info.topics if t.last_ns > now_ns + FUTURE_TOLERANCE_NS)
+        reasons.append(
+            f"timestamps in the future: {n_topics} topic(s) reach {utc_iso(info.end_ns)}, "
+            f"after the ingest time {utc_iso(now_ns)}; the recorder clock is wrong")
+    if info.start_ns < EARLIEST_PLAUSIBLE_NS:
+        reasons.append(f"implausible timestamps: the recording starts "
+                       f"{utc_iso(info.start_ns)}, before 2000; the recorder clock was not set")
+    elif utc_date(info.start_ns) < partitions_start():
+        reasons.append(f"the recording starts {utc_date(info.start_ns)}, before the "
+                       f"lake's first partition date {partitions_start()} "
+                       "(ROBOLAKE_PARTITIONS_START)")
+    lo, hi = info.declared_start_ns, info.declared_end_ns
+    if lo is not None and hi is not None and (info.start_ns < lo or info.end_ns > hi):
+        reasons.append(
+            f"timestamps outside the recording's own time range: messages span "
+            f"{info.start_ns}..{info.end_ns} ns but the file declares {lo}..{hi} ns")
+    return reasons
+
+
+def _deductions(info: rec.RecordingInfo) -> list[tuple[float, str]]:
+    out = []
     total = max(info.message_count, 1)
     dups = sum(t.duplicate_stamps for t in info.topics)
     if dups:
@@ -425,34 +440,27 @@ def score_recording(info: rec.RecordingInfo | None, fatal: list[str], now_ns: in
             penalty = 10.0 + 1000.0 * (rate - MAX_DUPLICATE_RATE)
         else:
             penalty = 1000.0 * rate
-        score -= min(30.0, penalty)
         worst = max(info.topics, key=lambda t: t.duplicate_stamps)
-        reasons.append(f"{dups} duplicate messages ({100 * rate:.2f} %, same topic and log "
-                       f"time), most on {worst.topic}")
+        out.append((min(30.0, penalty), f"{dups} duplicate messages ({100 * rate:.2f} %, same "
+                                        f"topic and log time), most on {worst.topic}"))
     backwards = [t for t in info.topics if t.backwards_steps]
     if backwards:
-        score -= min(30.0, 10.0 * len(backwards))
-        reasons.append("log time goes backwards on " + ", ".join(
-            f"{t.topic} ({t.backwards_steps}x)" for t in backwards))
+        out.append((min(30.0, 10.0 * len(backwards)), "log time goes backwards on " + ", ".join(
+            f"{t.topic} ({t.backwards_steps}x)" for t in backwards)))
+    out += [(WARNING_PENALTY, warning) for warning in info.warnings]
     sensors = [t for t in info.topics if rec.sensor_kind(t.msgtype)]
     gappy = [t for t in sensors if t.count > 1 and t.max_gap_ns > MAX_GAP_NS
              and (t.count - 1) * MAX_GAP_NS > (t.last_ns - t.first_ns)]
     if gappy:
-        score -= min(20.0, 5.0 * len(gappy))
-        reasons.append("gaps over 1 s on " + ", ".join(
-            f"{t.topic} (max {t.max_gap_ns / 1e9:.1f} s)" for t in gappy))
+        out.append((min(20.0, 5.0 * len(gappy)), "gaps over 1 s on " + ", ".join(
+            f"{t.topic} (max {t.max_gap_ns / 1e9:.1f} s)" for t in gappy)))
     if not sensors:
-        score -= 15.0
-        reasons.append("no sensor topics the lake decodes (Imu, NavSatFix, PointCloud2/LaserScan,"
-                       " CompressedImage/Image); indexed only")
-    score = max(score, 0.0)
-    if score > ACCEPT_ABOVE:
-        status = "accepted"
-    elif score >= QUARANTINE_BELOW:
-        status = "flagged"
-    else:
-        status = "quarantined"
-    return Verdict(round(score, 2), status, reasons)
+        types = sorted({t.msgtype for t in info.topics})
+        out.append((15.0, f"no decoder for {', '.join(types[:5])}"
+                          f"{' …' if len(types) > 5 else ''}: no sensor topic the lake decodes "
+                          "(Imu, NavSatFix, PointCloud2/LaserScan, CompressedImage/Image); "
+                          "indexed only"))
+    return out
 
 
 def sha256_file(path: Path) -> str:

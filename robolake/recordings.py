@@ -12,11 +12,19 @@ messages, so later layers do not decode them.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from robolake.bagscan import BagScan
+from robolake.errors import is_transient
+from robolake.inflate import FormatProblem
+from robolake.mcapscan import walk_mcap
 
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 BAG_MAGIC = b"#ROSBAG V2.0\n"
@@ -83,7 +91,8 @@ class RecordingInfo:
     declared_start_ns: int | None = None  # from the file's own summary / index
     declared_end_ns: int | None = None
     declared_counts: dict[str, int] | None = None  # topic -> count, from summary / index
-    structural_errors: list[str] = field(default_factory=list)
+    structural_errors: list[str] = field(default_factory=list)  # the file is unusable
+    warnings: list[str] = field(default_factory=list)  # usable, with less trust (flagged)
 
     @property
     def message_count(self) -> int:
@@ -91,6 +100,8 @@ class RecordingInfo:
 
 
 def _topic_stats(topic: str, msgtype: str, stamps: list[int] | np.ndarray) -> TopicStats:
+    if isinstance(stamps, list):  # MCAP log times are u64: past 2262 they read as "future"
+        stamps = np.minimum(np.asarray(stamps, dtype=np.uint64), np.iinfo(np.int64).max)
     arr = np.asarray(stamps, dtype=np.int64)
     if arr.size == 0:
         return TopicStats(topic, msgtype, 0, 0, 0, 0, 0, 0)
@@ -117,75 +128,23 @@ def _time_range(topics: list[TopicStats]) -> tuple[int | None, int | None]:
 # --------------------------------------------------------------------------- MCAP
 
 
-def _mcap_identity(metadata: dict[str, str]) -> dict[str, str]:
-    return {k: str(v) for k, v in metadata.items()}
-
-
 def inspect_mcap(path: Path) -> RecordingInfo:
-    from mcap.exceptions import EndOfFile, InvalidMagic, McapError
-    from mcap.records import Channel, Footer, Message, Metadata, Schema, Statistics
-    from mcap.stream_reader import CRCValidationError, StreamReader
-
-    schemas: dict[int, str] = {}
-    channels: dict[int, tuple[str, str]] = {}
-    stamps: dict[int, list[int]] = {}
-    identity: dict[str, str] | None = None
-    stats: Statistics | None = None
-    errors: list[str] = []
-    complete = False
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        reader = StreamReader(f, validate_crcs=True)
-        try:
-            for rec in reader.records:
-                kind = type(rec)
-                if kind is Message:
-                    bucket = stamps.get(rec.channel_id)
-                    if bucket is None:
-                        bucket = stamps[rec.channel_id] = []
-                    bucket.append(rec.log_time)
-                elif kind is Channel:
-                    channels[rec.id] = (rec.topic, schemas.get(rec.schema_id, ""))
-                elif kind is Schema:
-                    schemas[rec.id] = normalize_msgtype(rec.name)
-                elif kind is Metadata and rec.name == "robot":
-                    identity = _mcap_identity(rec.metadata)
-                elif kind is Statistics:
-                    stats = rec
-                elif kind is Footer:
-                    complete = True
-        except InvalidMagic as exc:
-            if f.tell() <= len(MCAP_MAGIC):
-                raise RecordingError("not an MCAP file: wrong magic number at byte 0") from exc
-            errors.append(
-                f"truncated: the file ({size} bytes) ends without the closing MCAP magic"
-            )
-        except CRCValidationError as exc:
-            errors.append(f"corrupt: CRC mismatch ({exc}); the file was damaged in transfer")
-        except (EndOfFile, McapError, EOFError, ValueError) as exc:
-            errors.append(
-                f"truncated: the file ({size} bytes) ends inside a record at byte {f.tell()} "
-                f"({type(exc).__name__}); expected the MCAP footer and closing magic"
-            )
-        except Exception as exc:  # zstd/lz4 errors on a cut chunk, struct errors
-            errors.append(
-                f"truncated or corrupt: reading stopped at byte {f.tell()} of {size} "
-                f"({type(exc).__name__}: {exc})"
-            )
-    if not complete and not errors:
-        errors.append(f"truncated: no MCAP footer in {size} bytes")
-
-    topics = [
-        _topic_stats(channels.get(cid, (f"<channel {cid}>", ""))[0],
-                     channels.get(cid, ("", "unknown"))[1], ts)
-        for cid, ts in sorted(stamps.items())
-    ]
+    walk = walk_mcap(path)  # raises FormatProblem (-> RecordingError) on a wrong magic
+    channels = {cid: (topic, normalize_msgtype(walk.schemas.get(schema, "")))
+                for cid, (topic, schema) in walk.channels.items()}
+    topics = [_topic_stats(*channels.get(cid, (f"<channel {cid}>", "unknown")), ts)
+              for cid, ts in sorted(walk.stamps.items())]
     # channels that were announced but carried no message still count as topics
-    seen = set(stamps)
     topics += [_topic_stats(t, m, []) for cid, (t, m) in sorted(channels.items())
-               if cid not in seen]
+               if cid not in walk.stamps]
     start, end = _time_range(topics)
-    info = RecordingInfo("mcap", identity, topics, start, end, structural_errors=errors)
+    info = RecordingInfo("mcap", walk.identity, topics, start, end)
+    if walk.problem is not None:
+        info.structural_errors.append(str(walk.problem))
+    elif walk.integrity_unverified:
+        info.warnings.append(f"integrity not verifiable: {walk.integrity_unverified}; "
+                             "flipped bits would go unnoticed")
+    stats = walk.statistics
     if stats is not None:
         info.declared_start_ns = stats.message_start_time
         info.declared_end_ns = stats.message_end_time
@@ -208,7 +167,7 @@ def probe_mcap(path: Path) -> tuple[dict[str, str] | None, int | None]:
         identity = None
         for meta in reader.iter_metadata():
             if meta.name == "robot":
-                identity = _mcap_identity(meta.metadata)
+                identity = dict(meta.metadata)
         start = summary.statistics.message_start_time if summary.statistics.message_count else None
         return identity, start
 
@@ -217,47 +176,68 @@ def probe_mcap(path: Path) -> tuple[dict[str, str] | None, int | None]:
 
 
 def inspect_bag(path: Path) -> RecordingInfo:
-    from rosbags.rosbag1 import Reader, ReaderError
+    """Through the bag's index with `rosbags`; a bag whose index it rejects (not closed,
+    old or damaged) is read by scanning its chunks, and the reasons say so."""
+    from rosbags.rosbag1 import Reader
 
-    size = path.stat().st_size
     try:
-        reader = Reader(path)
-        reader.open()
-    except ReaderError as exc:
-        raise RecordingError(
-            f"truncated or unindexed ROS 1 bag ({size} bytes): {exc}; "
-            "expected the connection and chunk index at the end of the file"
-        ) from exc
-    errors: list[str] = []
-    try:
-        conns = {c.id: c for c in reader.connections}
-        stamps: dict[int, list[int]] = {cid: [] for cid in conns}
-        try:
+        with Reader(path) as reader:
+            conns = {c.id: c for c in reader.connections}
+            stamps: dict[int, list[int]] = {cid: [] for cid in conns}
             for conn, timestamp, _raw in reader.messages():
                 stamps[conn.id].append(timestamp)
-        except Exception as exc:  # decompression / record errors inside a chunk
-            errors.append(f"corrupt chunk: {type(exc).__name__}: {exc}")
-        topics = [_topic_stats(conns[cid].topic, normalize_msgtype(conns[cid].msgtype), ts)
-                  for cid, ts in stamps.items()]
-        declared: dict[str, int] = {}
-        for c in conns.values():
-            declared[c.topic] = declared.get(c.topic, 0) + c.msgcount
-        start, end = _time_range(topics)
-        return RecordingInfo(
-            "bag", None, topics, start, end,
-            declared_start_ns=reader.start_time if reader.message_count else None,
-            declared_end_ns=(reader.end_time - 1) if reader.message_count else None,
-            declared_counts=declared, structural_errors=errors,
-        )
-    finally:
-        reader.close()
+            declared: dict[str, int] = {}
+            for c in conns.values():
+                declared[c.topic] = declared.get(c.topic, 0) + c.msgcount
+            start_end = (reader.start_time, reader.end_time - 1) if reader.message_count else None
+    except Exception as exc:  # noqa: BLE001 - any index rosbags cannot use: scan the chunks
+        if is_transient(exc):
+            raise
+        return _scanned_bag(path, _index_rejected(exc))
+    topics = [_topic_stats(conns[cid].topic, normalize_msgtype(conns[cid].msgtype), ts)
+              for cid, ts in stamps.items()]
+    start, end = _time_range(topics)
+    return RecordingInfo("bag", None, topics, start, end,
+                         declared_start_ns=start_end[0] if start_end else None,
+                         declared_end_ns=start_end[1] if start_end else None,
+                         declared_counts=declared)
+
+
+def _index_rejected(exc: Exception) -> str:
+    where = traceback.extract_tb(exc.__traceback__)[-1].name
+    detail = str(exc) or f"{type(exc).__name__} in {where}"
+    return f"rosbags rejected its index ({detail[:160]})"
+
+
+def _scanned_bag(path: Path, why: str) -> RecordingInfo:
+    scan = BagScan(path)
+    try:
+        stamps: dict[int, list[int]] = {}
+        for conn, ns, _data in scan.messages():
+            stamps.setdefault(conn, []).append(ns)
+    except FormatProblem as problem:  # not a bag at all
+        raise RecordingError(str(problem)) from problem
+    conns = scan.connections
+    topics = [_topic_stats(conns[cid].topic, normalize_msgtype(conns[cid].msgtype),
+                           stamps.get(cid, [])) for cid in sorted(conns)]
+    start, end = _time_range(topics)
+    info = RecordingInfo("bag", None, topics, start, end)
+    if scan.problem is not None:
+        info.structural_errors.append(str(scan.problem))
+    if scan.index_pos == 0:
+        why = "the bag has no index (index_pos 0: a recording that was not closed, .bag.active)"
+    info.warnings.append(f"read by scanning its chunks in order, as `rosbag reindex` does: {why}")
+    return info
 
 
 def probe_bag(path: Path) -> tuple[None, int | None]:
     from rosbags.rosbag1 import Reader
 
-    with Reader(path) as reader:
-        return None, (reader.start_time if reader.message_count else None)
+    try:
+        with Reader(path) as reader:
+            return None, (reader.start_time if reader.message_count else None)
+    except Exception:  # noqa: BLE001 - no usable index: the scan knows the start
+        return None, _scanned_bag(path, "").start_ns
 
 
 # --------------------------------------------------------------------------- PX4 ULog
@@ -267,7 +247,8 @@ def inspect_ulog(path: Path) -> RecordingInfo:
     from pyulog import ULog
 
     try:
-        ulog = ULog(str(path))
+        with contextlib.redirect_stdout(io.StringIO()):  # pyulog prints its warnings
+            ulog = ULog(str(path))
     except Exception as exc:
         raise RecordingError(f"unreadable PX4 ULog: {type(exc).__name__}: {exc}") from exc
     # ULog stamps are microseconds since boot; the GPS receiver's UTC clock gives the offset.
@@ -291,7 +272,34 @@ def inspect_ulog(path: Path) -> RecordingInfo:
         ts = (np.asarray(data.data["timestamp"], dtype=np.int64) + offset_us) * 1000
         topics.append(_topic_stats(name, f"px4/{data.name}", ts))
     start, end = _time_range(topics)
-    return RecordingInfo("ulog", None, topics, start, end, structural_errors=errors)
+    cut = _ulog_cut(path)
+    if cut:
+        errors.insert(0, cut)
+    return RecordingInfo("ulog", None, topics, start, end, structural_errors=errors,
+                         warnings=["integrity not verifiable: PX4 ULog carries no checksums; "
+                                   "flipped bits would go unnoticed"])
+
+
+_ULOG_HEADER = 16  # magic (7), version (1), start timestamp (8)
+
+
+def _ulog_cut(path: Path) -> str | None:
+    """A ULog has no footer: a cut file shows as a last message running past its end."""
+    size = path.stat().st_size
+    if size < _ULOG_HEADER:
+        return f"truncated: the file ({size} bytes) ends inside the 16-byte ULog header"
+    with open(path, "rb") as f:
+        data = f.read()
+    at = last = _ULOG_HEADER
+    while at + 3 <= size:  # message: size u16, type u8, payload
+        last = at
+        at += 3 + int.from_bytes(data[at:at + 2], "little")
+    if at < size:
+        return f"truncated: the file ({size} bytes) ends inside a ULog message header at byte {at}"
+    if at > size:
+        return (f"truncated: the file ({size} bytes) ends inside the ULog message at byte "
+                f"{last}, which declares {at - last - 3} bytes")
+    return None
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -306,7 +314,10 @@ def inspect_recording(path: Path) -> RecordingInfo:
     """Read the whole file once; raise RecordingError if it cannot be read at all."""
     fmt = detect_format(read_head(path))
     if fmt == "mcap":
-        return inspect_mcap(path)
+        try:
+            return inspect_mcap(path)
+        except FormatProblem as problem:
+            raise RecordingError(str(problem)) from problem
     if fmt == "bag":
         return inspect_bag(path)
     if fmt == "ulog":

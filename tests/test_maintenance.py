@@ -70,7 +70,7 @@ def test_step_killed_mid_write_and_retried_leaves_no_duplicates(shared_data, dir
     assert len(copies) == 2  # copied before the commit that died
 
     retry = raw.ingest_partition(landing, lake, DAY, "husky")  # the step's RetryPolicy
-    assert (retry.counts["accepted"], retry.counts["duplicate"]) == (1, 1)  # bag = MCAP
+    assert (retry.counts["flagged"], retry.counts["duplicate"]) == (1, 1)  # bag = MCAP
     rows = read_table(lake, raw.RAW_UPLOADS).to_pylist()
     assert len(rows) == 2
     assert len({(r["upload_id"], r["landing_key"]) for r in rows}) == 2

@@ -41,7 +41,12 @@ def test_real_recordings_ingest_with_sidecars(shared_data: Path, dirs):
     mcap, bag = rows["husky_ros2_converted.mcap"], rows["robot_localization_test1_husky.bag"]
     # the MCAP is the bag converted (rosbags-convert): the same messages, so the second one
     # indexed (by landing key order, the bag) is a duplicate of the first, naming it
-    assert mcap["status"] == "accepted" and mcap["quality_score"] == 100.0
+    # rosbags-convert writes no CRCs: usable, flagged as not verifiable
+    assert mcap["status"] == "flagged" and mcap["quality_score"] == 90.0
+    assert mcap["reasons"] == [
+        "husky_ros2_converted.mcap: integrity not verifiable: 8 of 8 chunks carry no CRC and "
+        "the data section has none (written without checksums, as rosbags-convert does); "
+        "flipped bits would go unnoticed"]
     assert bag["status"] == "duplicate" and bag["quality_score"] == 100.0
     assert bag["reasons"] == [
         f"robot_localization_test1_husky.bag: the same messages as upload "
@@ -68,10 +73,15 @@ def test_real_recordings_ingest_with_sidecars(shared_data: Path, dirs):
     sensors = {t["topic"]: t["sensor"] for t in sick["topics"]}
     assert sensors["/sick_lms_1xx/scan"] == "lidar" and sensors["/radar"] is None
 
-    # ULog: indexed with absolute time, flagged because no ROS sensor topic is decodable
+    # ULog: indexed with absolute time, flagged: no checksums, no ROS sensor topic to decode
     ulog = rows["pyulog_sample_log_small_cubeorange.ulg"]
-    assert ulog["status"] == "flagged" and ulog["quality_score"] == 85.0
-    assert "no sensor topics the lake decodes" in ulog["reasons"][0]
+    assert ulog["status"] == "flagged" and ulog["quality_score"] == 75.0
+    assert ulog["reasons"][0] == (
+        "pyulog_sample_log_small_cubeorange.ulg: integrity not verifiable: PX4 ULog carries no "
+        "checksums; flipped bits would go unnoticed")
+    assert ulog["reasons"][1].startswith(
+        "pyulog_sample_log_small_cubeorange.ulg: no decoder for px4/")
+    assert ulog["reasons"][1].endswith("indexed only")
     assert ulog["date"] == "2021-04-21"
 
 
@@ -80,7 +90,7 @@ def test_reingest_is_idempotent_and_same_bytes_elsewhere_is_a_duplicate(shared_d
     land(landing_dir, shared_data / "husky_ros2_converted.mcap", HUSKY)
     landing, lake = open_store(landing_dir), open_store(lake_dir)
     first = raw.ingest_partition(landing, lake, "2015-05-21", "husky")
-    assert first.counts["accepted"] == 1
+    assert first.counts["flagged"] == 1  # no CRCs (see above)
     version = open_table(lake, raw.RAW_UPLOADS).version()
 
     again = raw.ingest_partition(landing, lake, "2015-05-21", "husky")
@@ -166,7 +176,7 @@ def test_s3_landing_and_lake(shared_data: Path, s3_endpoint, monkeypatch):
                   Body=json.dumps(SICK).encode())
     landing, lake = open_store("s3://fleet-uploads/incoming"), open_store("s3://lake/robolake")
     results = _ingest_all(landing, lake)
-    assert {p: r.counts["accepted"] for p, r in results.items()} == {
+    assert {p: r.counts["accepted"] + r.counts["flagged"] for p, r in results.items()} == {
         ("2015-05-21", "husky"): 1, ("2022-09-23", "lidar_rig"): 1}
     rows = {r["file_name"]: r for r in _rows_list(lake)}
     assert rows["husky.mcap"]["identity_source"] == "upload_metadata"

@@ -79,7 +79,7 @@ def test_long_names_symlinks_and_unreadable_files_get_verdicts(shared_data: Path
     landing, lake = open_store(landing_dir), open_store(lake_dir)
     raw.ingest_landing(landing, lake)
     rows = _rows(lake)
-    assert rows["husky_ros2_converted.mcap"]["status"] == "accepted"
+    assert rows["husky_ros2_converted.mcap"]["status"] == "flagged"  # usable (no CRCs)
 
     long_row = rows[long_name]
     assert long_row["status"] == "quarantined" and "no robot identity" in long_row["reasons"][0]
