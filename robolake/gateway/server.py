@@ -1,0 +1,29 @@
+"""`robolake gateway`: the API under uvicorn and, on the embedded default, the broker."""
+
+from __future__ import annotations
+
+import os
+
+from robolake.gateway.config import GatewaySettings
+
+
+def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
+    import uvicorn
+
+    from robolake.gateway.app import create_app
+
+    settings = GatewaySettings.from_env()
+    broker = None
+    if settings.broker_url is None and os.environ.get("ROBOLAKE_BROKER", "embedded") != "none":
+        from robolake.gateway.broker import EmbeddedNats
+
+        broker = EmbeddedNats(settings.state / "nats")
+        settings.broker_url = broker.start()
+        print(f"broker: embedded NATS JetStream at {settings.broker_url} "
+              f"(storage {broker.store_dir})", flush=True)
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                    proxy_headers=True, timeout_graceful_shutdown=10)
+    finally:
+        if broker is not None:
+            broker.stop()
