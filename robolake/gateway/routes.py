@@ -8,4 +8,10 @@ from robolake.gateway.config import GatewaySettings
 
 
 def install(app: FastAPI, settings: GatewaySettings) -> None:
-    return None
+    from robolake.gateway import upload_routes
+    from robolake.gateway.uploads import Uploads
+
+    uploads = Uploads(settings.state / "gateway.db", settings.landing, settings.secret,
+                      settings.part_url_ttl_s)
+    app.state.uploads = uploads
+    upload_routes.install(app, uploads, settings.lake)
