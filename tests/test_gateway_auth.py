@@ -73,12 +73,12 @@ def test_revoked_key_401_for_new_tokens_and_for_tokens_already_issued(gw):
 
 
 def test_expired_token_401(tmp_path):
-    gw = start_gateway(make_settings(tmp_path, token_ttl_s=1))
+    gw = start_gateway(make_settings(tmp_path, token_ttl_s=2))
     try:
         token = gw.token(gw.key("robot"))
         with gw.client(token) as c:
             assert c.get("/api/v1/auth/whoami").status_code == 200
-            time.sleep(2.1)
+            time.sleep(3.1)
             r = c.get("/api/v1/auth/whoami")
         assert r.status_code == 401 and "token expired" in r.json()["detail"]
     finally:
