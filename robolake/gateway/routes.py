@@ -15,3 +15,16 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
                       settings.part_url_ttl_s)
     app.state.uploads = uploads
     upload_routes.install(app, uploads, settings.lake)
+
+    from robolake.gateway import stream_routes
+
+    broker = None
+    if settings.broker_url:
+        from robolake.gateway.broker import NatsBroker
+
+        broker = NatsBroker(settings.broker_url)
+        app.state.on_start.append(broker.start)
+        app.state.on_stop.append(broker.close)
+    app.state.broker = broker
+    stream_routes.install(app, broker, settings.max_batch_bytes, settings.robot_rate,
+                          settings.tenant_rate)

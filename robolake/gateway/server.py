@@ -17,8 +17,11 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
     if settings.broker_url is None and os.environ.get("ROBOLAKE_BROKER", "embedded") != "none":
         from robolake.gateway.broker import EmbeddedNats
 
-        broker = EmbeddedNats(settings.state / "nats")
+        broker_port = int(os.environ.get("ROBOLAKE_BROKER_PORT", "4222"))
+        broker = EmbeddedNats(settings.state / "nats", port=broker_port)
         settings.broker_url = broker.start()
+        # where `robolake stream-writer` finds the embedded broker
+        (settings.state / "broker.url").write_text(settings.broker_url + "\n")
         print(f"broker: embedded NATS JetStream at {settings.broker_url} "
               f"(storage {broker.store_dir})", flush=True)
     try:
