@@ -28,3 +28,7 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
     app.state.broker = broker
     stream_routes.install(app, broker, settings.max_batch_bytes, settings.robot_rate,
                           settings.tenant_rate)
+
+    from robolake.gateway import platform_routes
+
+    platform_routes.install(app, settings.dagster_graphql_url, settings.dagster_location)
