@@ -21,7 +21,8 @@ class Strict(BaseModel):
 
 
 class CreateUpload(Strict):
-    file_name: str = Field(min_length=1, max_length=200, examples=["r-1_20261127.mcap"])
+    file_name: str = Field(min_length=1, max_length=200, examples=["r-1_20261127.mcap"],
+                           description="a plain file name ending in .mcap, .bag or .ulg")
     size_bytes: int = Field(gt=0, le=MAX_FILE_BYTES)
     part_size_bytes: int | None = Field(default=None, gt=0)
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
@@ -153,8 +154,8 @@ def install(app: FastAPI, uploads: Uploads, lake: str) -> None:
                         422: {"description": "part shorter than announced"}})
     async def put_part(upload_id: UploadId, request: Request,
                        part_number: Annotated[int, Path(ge=1, le=MAX_PARTS)],
-                       expires: Annotated[int, Query()], signature: Annotated[str, Query(
-                           max_length=128)],
+                       expires: Annotated[int, Query(ge=0, le=2**62)],
+                       signature: Annotated[str, Query(pattern=r"^[0-9a-f]{64}$")],
                        content_md5: Annotated[str | None, Header()] = None):
         """A part's bytes, authorised by the URL's signature (local landing only; with S3
         the URLs point at S3 itself). The ETag is the part's MD5, as S3's."""

@@ -225,7 +225,7 @@ class Uploads:
     def check_part_url(self, upload_id: str, number: int, expires: int,
                        signature: str) -> UploadSession:
         good = self._signature(upload_id, number, expires)
-        if not hmac.compare_digest(good, signature):
+        if not hmac.compare_digest(good.encode(), signature.encode()):
             raise UploadError(403, "part URL signature does not match (tampered or not "
                                    "issued here)")
         if expires < time.time():
