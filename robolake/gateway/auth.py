@@ -77,7 +77,7 @@ def verify_token(token: str, secret: bytes, keys: KeyStore) -> Principal:
 _bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")
 
 
-def current_principal(
+async def current_principal(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -92,7 +92,7 @@ def require_role(*roles: str):
     """A dependency admitting the given roles (admin is always admitted)."""
     allowed = set(roles) | {"admin"}
 
-    def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(current_principal)]) -> Principal:
         if principal.role not in allowed:
             raise HTTPException(403, detail=f"role {principal.role!r} may not do this; "
                                             f"allowed: {', '.join(sorted(allowed))}")

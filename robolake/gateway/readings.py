@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01, as the raw layer's plausibility rule
 LATEST_NS = 4_102_444_800 * 10**9  # 2100-01-01
@@ -57,14 +57,16 @@ class ReadingBatch(Strict):
     readings: list[Reading] = Field(min_length=1, max_length=10_000)
 
 
+_READINGS = TypeAdapter(list[Reading])
+
+
 def broker_message(batch: ReadingBatch, tenant: str, identity: dict[str, str],
                    received_ns: int) -> bytes:
-    """What the stream writer receives: the token's identity around the readings."""
-    return json.dumps({
-        "v": 1, "tenant": tenant, **identity, "batch_id": batch.batch_id,
-        "received_ns": received_ns,
-        "readings": [r.model_dump() for r in batch.readings],
-    }, separators=(",", ":")).encode()
+    """What the stream writer receives: the token's identity around the readings (the
+    readings serialised by pydantic-core, the hot path of the gateway)."""
+    head = json.dumps({"v": 1, "tenant": tenant, **identity, "batch_id": batch.batch_id,
+                       "received_ns": received_ns}, separators=(",", ":")).encode()
+    return head[:-1] + b',"readings":' + _READINGS.dump_json(batch.readings) + b"}"
 
 
 def message_id(tenant: str, robot_id: str, batch_id: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import msgpack
@@ -29,6 +28,10 @@ class BatchAccepted(BaseModel):
 
 def _error(status: int, detail, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def _short(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200]
 
 
 def _schema_ref() -> dict:
@@ -70,20 +73,23 @@ def install(app: FastAPI, broker: Broker | None, max_bytes: int, robot_rate: flo
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip()
         try:
             if kind in ("application/msgpack", "application/x-msgpack"):
-                data = msgpack.unpackb(bytes(body), raw=False, strict_map_key=True)
+                try:
+                    data = msgpack.unpackb(bytes(body), raw=False, strict_map_key=True)
+                except (ValueError, msgpack.UnpackException) as exc:
+                    return _error(422, [{"loc": ["body"], "type": "parse_error", "msg":
+                                         f"malformed {kind} body: {_short(exc)}"}])
+                batch = ReadingBatch.model_validate(data)
             elif kind in ("application/json", ""):
-                data = json.loads(body)
+                batch = ReadingBatch.model_validate_json(bytes(body))  # parse + validate
             else:
                 return _error(415, f"content type {kind!r}: expected application/json or "
                                    "application/msgpack")
-        except (ValueError, msgpack.UnpackException, UnicodeDecodeError) as exc:
-            return _error(422, [{"loc": ["body"], "msg": f"malformed {kind} body: "
-                                 f"{' '.join(str(exc).split())[:200]}", "type": "parse_error"}])
-        try:
-            batch = ReadingBatch.model_validate(data)
         except ValidationError as exc:
-            return _error(422, [{"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-                                for e in exc.errors(include_url=False, include_input=False)])
+            return _error(422, [
+                {"loc": ["body", *e["loc"]], "type": e["type"],
+                 "msg": (f"malformed {kind or 'application/json'} body: {e['msg']}"
+                         if e["type"] == "json_invalid" else e["msg"])}
+                for e in exc.errors(include_url=False, include_input=False)])
         robot_key = f"{principal.tenant}/{principal.robot_id}"
         wait = per_robot.take(robot_key)
         if wait:
