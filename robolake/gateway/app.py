@@ -14,6 +14,7 @@ from robolake.gateway.auth import (
     unauthorized,
 )
 from robolake.gateway.config import GatewaySettings
+from robolake.gateway.db import open_database
 from robolake.gateway.keys import KeyStore
 
 API = "/api/v1"
@@ -58,7 +59,8 @@ class KeyInfo(BaseModel):
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
-    keys = KeyStore(settings.state / "gateway.db")
+    db = open_database(settings.state)
+    keys = KeyStore(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -73,6 +75,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
                   description="Uploads, streaming and the platform API of a Robolake lake.")
     app.state.settings = settings
     app.state.keys = keys
+    app.state.db = db
     app.state.on_start, app.state.on_stop = [], []
 
     @app.get(f"{API}/health", tags=["meta"])

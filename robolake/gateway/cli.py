@@ -40,9 +40,10 @@ def add_gateway_parsers(sub, debug, gateway_fn, keys_fn, writer_fn) -> None:
 
 def keys_command(args: argparse.Namespace) -> int:
     from robolake.gateway.config import state_dir
+    from robolake.gateway.db import open_database
     from robolake.gateway.keys import KeyStore
 
-    store = KeyStore(state_dir() / "gateway.db")
+    store = KeyStore(open_database(state_dir()))
     if args.action == "create":
         key, record = store.create(args.tenant, args.role, args.robot, args.robot_type,
                                    args.region)

@@ -70,6 +70,7 @@ class GatewaySettings:
     part_url_ttl_s: float = 3600.0  # presigned part URLs: 1 hour
     dagster_graphql_url: str | None = None
     dagster_location: str = "robolake"
+    public_url: str | None = None  # base of the gateway's own part URLs behind an ingress
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -88,4 +89,5 @@ class GatewaySettings:
             max_batch_bytes=int(_env_float("ROBOLAKE_MAX_BATCH_BYTES", 1 << 20)),
             dagster_graphql_url=os.environ.get("ROBOLAKE_DAGSTER_GRAPHQL") or None,
             dagster_location=os.environ.get("ROBOLAKE_DAGSTER_LOCATION", "robolake"),
+            public_url=os.environ.get("ROBOLAKE_GATEWAY_PUBLIC_URL") or None,
         )

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from robolake.gateway.db import Database
 from robolake.raw import identity_problem
 
 ROLES = ("robot", "engineer", "admin", "auditor")
@@ -30,8 +30,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     robot_id TEXT,
     robot_type TEXT,
     region TEXT,
-    created_ns INTEGER NOT NULL,
-    revoked_ns INTEGER
+    created_ns BIGINT NOT NULL,
+    revoked_ns BIGINT
 );
 """
 
@@ -52,24 +52,14 @@ class KeyRecord:
         return self.revoked_ns is not None
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """The gateway's SQLite file (WAL: the gateway's workers and the CLI share it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA busy_timeout=30000")
-    return conn
-
-
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
 class KeyStore:
-    def __init__(self, path: Path):
-        self.path = path
-        self.conn = connect(path)
-        self.conn.executescript(_SCHEMA)
+    def __init__(self, db: Database | Path | str):
+        self.db = db if isinstance(db, Database) else Database(db)
+        self.db.create(_SCHEMA)
 
     def create(self, tenant: str, role: str, robot_id: str | None = None,
                robot_type: str | None = None, region: str | None = None) -> tuple[str, KeyRecord]:
@@ -93,16 +83,16 @@ class KeyStore:
         secret = secrets.token_urlsafe(32)
         record = KeyRecord(key_id, tenant, role, robot_id, robot_type, region,
                            time.time_ns(), None)
-        self.conn.execute(
+        self.db.execute(
             "INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
             (key_id, _hash(secret), tenant, role, robot_id, robot_type, region,
              record.created_ns))
         return f"{KEY_PREFIX}{key_id}_{secret}", record
 
     def get(self, key_id: str) -> KeyRecord | None:
-        row = self.conn.execute(
+        row = self.db.one(
             "SELECT key_id, tenant, role, robot_id, robot_type, region, created_ns, revoked_ns "
-            "FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+            "FROM api_keys WHERE key_id = ?", (key_id,))
         return KeyRecord(*row) if row else None
 
     def verify(self, api_key: str) -> KeyRecord | None:
@@ -110,21 +100,20 @@ class KeyStore:
         if not api_key.startswith(KEY_PREFIX) or api_key.count("_") < 2:
             return None
         key_id, _, secret = api_key[len(KEY_PREFIX):].partition("_")
-        row = self.conn.execute("SELECT secret_sha256 FROM api_keys WHERE key_id = ?",
-                                (key_id,)).fetchone()
+        row = self.db.one("SELECT secret_sha256 FROM api_keys WHERE key_id = ?", (key_id,))
         if row is None or not hmac.compare_digest(row[0], _hash(secret)):
             return None
         record = self.get(key_id)
         return None if record is None or record.revoked else record
 
     def revoke(self, key_id: str) -> bool:
-        cur = self.conn.execute(
+        _, count = self.db.execute(
             "UPDATE api_keys SET revoked_ns = ? WHERE key_id = ? AND revoked_ns IS NULL",
             (time.time_ns(), key_id))
-        return cur.rowcount == 1
+        return count == 1
 
     def list(self) -> list[KeyRecord]:
-        rows = self.conn.execute(
+        rows, _ = self.db.execute(
             "SELECT key_id, tenant, role, robot_id, robot_type, region, created_ns, revoked_ns "
-            "FROM api_keys ORDER BY created_ns").fetchall()
+            "FROM api_keys ORDER BY created_ns")
         return [KeyRecord(*r) for r in rows]

@@ -11,10 +11,9 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
     from robolake.gateway import upload_routes
     from robolake.gateway.uploads import Uploads
 
-    uploads = Uploads(settings.state / "gateway.db", settings.landing, settings.secret,
-                      settings.part_url_ttl_s)
+    uploads = Uploads(app.state.db, settings.landing, settings.secret, settings.part_url_ttl_s)
     app.state.uploads = uploads
-    upload_routes.install(app, uploads, settings.lake)
+    upload_routes.install(app, uploads, settings.lake, settings.public_url)
 
     from robolake.gateway import stream_routes
 

@@ -28,13 +28,13 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from robolake.gateway.broker import STREAM_PREFIX, quiet_error, stream_for, subject_for
+from robolake.gateway.db import Database
 from robolake.gateway.mcapwindow import build_window_mcap, window_digest, window_key
 from robolake.storage import LocalStore, Store, open_store
 
@@ -74,26 +74,24 @@ class Held:
 
 
 class SeenIds:
-    """Ids of messages whose readings are in durable files (kept 7 days)."""
+    """Ids of messages whose readings are in durable files (kept 7 days). In the writer's
+    SQLite file, or in PostgreSQL (`ROBOLAKE_GATEWAY_DB`) so a writer pod that is replaced
+    keeps what its predecessor recorded."""
 
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS seen (msg_id TEXT PRIMARY KEY, "
-                          "landing_key TEXT, at_ns INTEGER)")
+    def __init__(self, db: Database):
+        self.db = db
+        self.db.create("CREATE TABLE IF NOT EXISTS stream_seen (msg_id TEXT PRIMARY KEY, "
+                       "landing_key TEXT, at_ns BIGINT)")
 
     def __contains__(self, msg_id: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM seen WHERE msg_id = ?",
-                                 (msg_id,)).fetchone() is not None
+        return self.db.one("SELECT 1 FROM stream_seen WHERE msg_id = ?", (msg_id,)) is not None
 
     def add(self, items: list[tuple[str, str]]) -> None:
         now = time.time_ns()
-        self.conn.execute("BEGIN")
-        self.conn.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)",
-                              [(m, k, now) for m, k in items])
-        self.conn.execute("DELETE FROM seen WHERE at_ns < ?", (now - 7 * 86400 * 10**9,))
-        self.conn.execute("COMMIT")
+        for msg_id, key in items:
+            self.db.execute("INSERT INTO stream_seen VALUES (?, ?, ?) "
+                            "ON CONFLICT (msg_id) DO NOTHING", (msg_id, key, now))
+        self.db.execute("DELETE FROM stream_seen WHERE at_ns < ?", (now - 7 * 86400 * 10**9,))
 
 
 def write_durably(store: Store, key: str, data: bytes) -> bool:
@@ -123,7 +121,8 @@ class StreamWriter:
     def __init__(self, config: WriterConfig):
         self.config = config
         self.landing = open_store(config.landing)
-        self.seen = SeenIds(config.state / "stream_writer.db")
+        target = os.environ.get("ROBOLAKE_GATEWAY_DB") or config.state / "stream_writer.db"
+        self.seen = SeenIds(Database(target))
         self.windows: dict[tuple, Window] = {}
         self.held: dict[str, Held] = {}
         self.watermark: dict[tuple[str, str], int] = {}

@@ -114,7 +114,10 @@ _ERRORS = {401: {"description": "no valid token"}, 403: {"description": "role or
            422: {"description": "a field is wrong (named in detail)"}}
 
 
-def install(app: FastAPI, uploads: Uploads, lake: str) -> None:
+def install(app: FastAPI, uploads: Uploads, lake: str, public_url: str | None = None) -> None:
+    def base(request: Request) -> str:
+        return public_url or str(request.base_url)
+
     @app.post(f"{API}/uploads", tags=["uploads"], status_code=201, response_model=UploadCreated,
               responses={**_ERRORS, 413: {"description": "file larger than 100 GiB"}})
     def create_upload(body: CreateUpload, request: Request, principal: Role("robot")):
@@ -124,7 +127,7 @@ def install(app: FastAPI, uploads: Uploads, lake: str) -> None:
                                body.part_size_bytes, {**body.metadata,
                                                       **({"sha256": body.sha256}
                                                          if body.sha256 else {})})
-            urls = uploads.part_urls(s, str(request.base_url), list(range(1, s.part_count + 1)))
+            urls = uploads.part_urls(s, base(request), list(range(1, s.part_count + 1)))
         except UploadError as exc:
             return _refusal(exc)
         return UploadCreated(upload_id=s.upload_id, landing_key=s.landing_key,
@@ -140,7 +143,7 @@ def install(app: FastAPI, uploads: Uploads, lake: str) -> None:
             s = uploads.visible(upload_id, principal)
             if s.status != "uploading":
                 raise UploadError(409, f"upload {upload_id} is {s.status}")
-            return uploads.part_urls(s, str(request.base_url), body.part_numbers)
+            return uploads.part_urls(s, base(request), body.part_numbers)
         except UploadError as exc:
             return _refusal(exc)
 

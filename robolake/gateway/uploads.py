@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robolake.gateway.auth import Principal
-from robolake.gateway.keys import connect
+from robolake.gateway.db import Database
 from robolake.raw import SIDECAR_SUFFIX, safe_file_name
 from robolake.storage import S3Store, Store, open_store
 
@@ -45,16 +45,16 @@ CREATE TABLE IF NOT EXISTS uploads (
     robot_type TEXT NOT NULL,
     region TEXT NOT NULL,
     file_name TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    part_size INTEGER NOT NULL,
+    size_bytes BIGINT NOT NULL,
+    part_size BIGINT NOT NULL,
     part_count INTEGER NOT NULL,
     landing_key TEXT NOT NULL,
     backend TEXT NOT NULL,
     s3_upload_id TEXT,
     metadata TEXT NOT NULL,
     status TEXT NOT NULL,
-    created_ns INTEGER NOT NULL,
-    completed_ns INTEGER
+    created_ns BIGINT NOT NULL,
+    completed_ns BIGINT
 );
 """
 
@@ -132,9 +132,9 @@ def landing_key_for(p: Principal, upload_id: str, file_name: str) -> str:
 class Uploads:
     """Upload sessions (in the gateway's SQLite file) over the landing store."""
 
-    def __init__(self, db_path: Path, landing: str, secret: bytes, url_ttl_s: float = 3600):
-        self.conn = connect(db_path)
-        self.conn.executescript(_SCHEMA)
+    def __init__(self, db: Database, landing: str, secret: bytes, url_ttl_s: float = 3600):
+        self.db = db
+        self.db.create(_SCHEMA)
         self.landing: Store = open_store(landing)
         self.backend = "s3" if isinstance(self.landing, S3Store) else "local"
         self.secret = secret
@@ -181,13 +181,12 @@ class Uploads:
                                 key, self.backend, s3_upload_id,
                                 json.dumps(metadata, sort_keys=True), "uploading",
                                 time.time_ns(), None)
-        self.conn.execute(f"INSERT INTO uploads VALUES ({','.join('?' * 17)})",
-                          tuple(session.__dict__.values()))
+        self.db.execute(f"INSERT INTO uploads VALUES ({','.join('?' * 17)})",
+                        tuple(session.__dict__.values()))
         return session
 
     def get(self, upload_id: str) -> UploadSession | None:
-        row = self.conn.execute("SELECT * FROM uploads WHERE upload_id = ?",
-                                (upload_id,)).fetchone()
+        row = self.db.one("SELECT * FROM uploads WHERE upload_id = ?", (upload_id,))
         return UploadSession(*row) if row else None
 
     def visible(self, upload_id: str, p: Principal) -> UploadSession:
@@ -295,8 +294,8 @@ class Uploads:
         else:
             self._assemble(s, etags)
         now = time.time_ns()
-        self.conn.execute("UPDATE uploads SET status = 'completed', completed_ns = ? "
-                          "WHERE upload_id = ? AND status = 'uploading'", (now, s.upload_id))
+        self.db.execute("UPDATE uploads SET status = 'completed', completed_ns = ? "
+                        "WHERE upload_id = ? AND status = 'uploading'", (now, s.upload_id))
         return self.get(s.upload_id)
 
     def _assemble(self, s: UploadSession, etags: dict[int, str]) -> None:
