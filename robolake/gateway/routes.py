@@ -19,9 +19,12 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
 
     broker = None
     if settings.broker_url:
+        import os
+
         from robolake.gateway.broker import NatsBroker
 
-        broker = NatsBroker(settings.broker_url)
+        broker = NatsBroker(settings.broker_url,
+                            replicas=int(os.environ.get("ROBOLAKE_STREAM_REPLICAS", "1")))
         app.state.on_start.append(broker.start)
         app.state.on_stop.append(broker.close)
     app.state.broker = broker
