@@ -14,17 +14,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import require_service
 from gateway_fixtures import NatsServer, make_settings, nats_server_binary, start_gateway
 from test_gateway_stream import _stop, _wait_settled, _writer, stream_messages
 
-from robolake import raw
+from robolake import cleaned, raw
 from robolake.decode import decode_recording
 from robolake.sdk import DataUploader, UploadFailed
 from robolake.simulate import simulate_recording
 from robolake.simulate.robots import RobotIdentity
 from robolake.storage import open_store
+from robolake.tables import read_table
 
 START_NS = int(datetime(2026, 11, 20, 9, 0, tzinfo=UTC).timestamp() * 1e9)
 
@@ -172,6 +174,15 @@ def test_stream_rides_out_rate_limits_and_a_broker_outage(tmp_path):
         assert got["stamp_ns"].tolist() == [r["ts_ns"] for r in sent]
         for col in ("ax", "ay", "az", "gx", "gy", "gz"):
             assert np.array_equal(got[col], np.array([r[col] for r in sent]))
+        # through the raw and cleaned layers: cleaned/imu holds exactly what was sent
+        lake = open_store(tmp_path / "lake")
+        raw.ingest_landing(open_store(tmp_path / "landing"), lake)
+        cleaned.clean_partition(lake, "2026-11-20", "delivery")
+        rows = pl.from_arrow(read_table(lake, cleaned.TABLES["imu"])).sort("ts_ns")
+        assert rows["robot_id"].unique().to_list() == ["r-st"]
+        assert rows["ts_ns"].to_list() == [r["ts_ns"] for r in sent]
+        for col in ("ax", "ay", "az", "gx", "gy", "gz"):
+            assert rows[col].to_list() == [r[col] for r in sent]
         up.close()
     finally:
         gw.stop()
