@@ -71,6 +71,7 @@ class GatewaySettings:
     dagster_graphql_url: str | None = None
     dagster_location: str = "robolake"
     public_url: str | None = None  # base of the gateway's own part URLs behind an ingress
+    webhook_poll_s: float = 30.0  # how often verdicts are looked for to notify tenants
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -90,4 +91,5 @@ class GatewaySettings:
             dagster_graphql_url=os.environ.get("ROBOLAKE_DAGSTER_GRAPHQL") or None,
             dagster_location=os.environ.get("ROBOLAKE_DAGSTER_LOCATION", "robolake"),
             public_url=os.environ.get("ROBOLAKE_GATEWAY_PUBLIC_URL") or None,
+            webhook_poll_s=_env_float("ROBOLAKE_WEBHOOK_POLL_S", 30.0),
         )

@@ -34,3 +34,12 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
     from robolake.gateway import platform_routes
 
     platform_routes.install(app, settings.dagster_graphql_url, settings.dagster_location)
+
+    from robolake.gateway import webhook_routes
+    from robolake.gateway.webhooks import Webhooks
+
+    webhooks = Webhooks(app.state.db, uploads, settings.lake, settings.webhook_poll_s)
+    app.state.webhooks = webhooks
+    app.state.on_start.append(webhooks.start)
+    app.state.on_stop.append(webhooks.stop)
+    webhook_routes.install(app, webhooks)
