@@ -18,7 +18,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
         from robolake.gateway.broker import EmbeddedNats
 
         broker_port = int(os.environ.get("ROBOLAKE_BROKER_PORT", "4222"))
-        broker = EmbeddedNats(settings.state / "nats", port=broker_port)
+        if not _port_free(broker_port):  # another broker on this machine: take any port
+            broker_port = 0
+        broker = EmbeddedNats(settings.state / "nats", port=broker_port or None)
         settings.broker_url = broker.start()
         # where `robolake stream-writer` finds the embedded broker
         (settings.state / "broker.url").write_text(settings.broker_url + "\n")
@@ -30,3 +32,14 @@ def serve(host: str = "127.0.0.1", port: int = 8080, workers: int = 1) -> None:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
