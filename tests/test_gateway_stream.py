@@ -286,6 +286,36 @@ def test_stream_writer_writes_five_minute_mcap_windows(tmp_path, gw, nats_server
     assert all(r["status"] in ("accepted", "flagged") for r in rows), [r["reasons"] for r in rows]
 
 
+def test_writer_drops_a_malformed_message_and_writes_the_rest(tmp_path, gw, nats_server):
+    token = gw.token(gw.key("robot", robot_id="r-p"))
+    _send_minutes(gw, token, T0 + 60 * 10**9, 0.5)
+    stored = stream_messages(nats_server.url, "eu-west")
+    body, _ = stored[0]
+    poison = [json.dumps({**body, "readings": [{"sensor": "imu", "ts_ns": T0}]}).encode(),
+              b"not json at all"]
+
+    async def publish() -> None:
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        js = nc.jetstream()
+        for i, data in enumerate(poison):
+            await js.publish("robotics.raw.eu-west", data, headers={"Nats-Msg-Id": f"bad-{i}"})
+        await nc.close()
+
+    asyncio.run(publish())
+    landing = tmp_path / "landing"
+    writer = _writer(tmp_path, nats_server.url, landing)
+    try:
+        _wait_settled(nats_server.url, "eu-west")
+    finally:
+        out = _stop(writer)
+    assert out.count("dropping malformed message") == 2, out
+    files = list(landing.glob("stream/**/*.mcap"))
+    assert len(files) == 1
+    assert len(decode_recording(files[0], "ref", workers=1).imu["stamp_ns"]) == 300
+
+
 def test_writer_killed_between_write_and_ack_rewrites_nothing(tmp_path, gw, nats_server):
     token = gw.token(gw.key("robot", robot_id="r-k"))
     _send_minutes(gw, token, T0 + 60 * 10**9, 1.0)  # one window

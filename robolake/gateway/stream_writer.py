@@ -36,6 +36,7 @@ from pathlib import Path
 from robolake.gateway.broker import STREAM_PREFIX, quiet_error, stream_for, subject_for
 from robolake.gateway.db import Database
 from robolake.gateway.mcapwindow import build_window_mcap, window_digest, window_key
+from robolake.gateway.readings import ReadingBatch
 from robolake.storage import LocalStore, Store, open_store
 
 log = logging.getLogger("robolake.stream_writer")
@@ -156,8 +157,12 @@ class StreamWriter:
                 log.debug("cannot consume %s yet: %s", name, exc)
 
     def _add(self, msg) -> None:
+        """Hold a message and put its readings into their windows; a message that is not a
+        gateway batch raises before anything is held."""
         headers = msg.headers or {}
         body = json.loads(msg.data)
+        # the gateway validated it; checked again so one bad message never stops a window
+        ReadingBatch.model_validate({"batch_id": body["batch_id"], "readings": body["readings"]})
         msg_id = (headers.get("Nats-Msg-Id")
                   or f"{msg.metadata.stream}:{msg.metadata.sequence.stream}")
         if msg_id in self.held:  # redelivered while held: keep the newest handle to ack
@@ -249,7 +254,13 @@ class StreamWriter:
                         if (msg.headers or {}).get("Nats-Msg-Id") in self.seen:
                             await msg.ack()  # already in a durable file
                             continue
-                        self._add(msg)
+                        try:
+                            self._add(msg)
+                        except (ValueError, KeyError, TypeError) as exc:
+                            # not a batch the gateway wrote: never redeliver it
+                            log.error("dropping malformed message %s: %s",
+                                      (msg.headers or {}).get("Nats-Msg-Id"), exc)
+                            await msg.term()
                     got += len(msgs)
                 if not self.subs:
                     await asyncio.sleep(0.25)
