@@ -146,6 +146,29 @@ def test_part_urls_refuse_tampering_expiry_replay_and_wrong_sizes(tmp_path, reco
         gw.stop()
 
 
+def test_an_abandoned_upload_is_aborted_and_its_parts_dropped(gw, recording):
+    data = recording.read_bytes()
+    token = gw.token(gw.key("robot"))
+    with gw.client(token) as c:
+        created = c.post("/api/v1/uploads", json={"file_name": "gone.mcap",
+                                                  "size_bytes": len(data),
+                                                  "part_size_bytes": 256 * 1024}).json()
+        first = created["parts"][0]
+        assert httpx.put(first["url"], content=data[:256 * 1024]).status_code == 200
+        staging = Path(gw.settings.landing) / ".gateway-staging" / created["upload_id"]
+        assert len(list(staging.glob(".part-*"))) == 1
+        r = c.delete(f"/api/v1/uploads/{created['upload_id']}")
+        assert r.status_code == 200 and r.json()["status"] == "aborted"
+        assert not staging.exists()
+        r = httpx.put(created["parts"][1]["url"], content=data[256 * 1024: 512 * 1024])
+        assert r.status_code == 409 and "aborted" in r.json()["detail"]
+        r = c.post(f"/api/v1/uploads/{created['upload_id']}/urls", json={"part_numbers": [1]})
+        assert r.status_code == 409
+        r = c.post(f"/api/v1/uploads/{created['upload_id']}/complete", json={"parts": [
+            {"part_number": 1, "etag": "x"}]})
+        assert r.status_code == 409 and "aborted" in r.json()["detail"]
+
+
 def test_upload_requests_are_refused_with_reasons(gw):
     robot = gw.token(gw.key("robot", robot_id="r-1"))
     other_robot = gw.token(gw.key("robot", robot_id="r-2"))

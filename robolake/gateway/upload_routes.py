@@ -92,8 +92,9 @@ class RawVerdict(BaseModel):
 
 class UploadStatus(BaseModel):
     upload_id: str
-    status: str = Field(description="uploading, completed (waiting for the raw layer) or "
-                                    "indexed (the raw layer's verdict is in `verdict`)")
+    status: str = Field(description="uploading, aborted, completed (waiting for the raw "
+                                    "layer) or indexed (the raw layer's verdict is in "
+                                    "`verdict`)")
     landing_key: str
     file_name: str
     size_bytes: int
@@ -183,6 +184,16 @@ def install(app: FastAPI, uploads: Uploads, lake: str, public_url: str | None = 
         try:
             s = uploads.visible(upload_id, principal)
             s = uploads.complete(s, [(p.part_number, p.etag) for p in body.parts])
+        except UploadError as exc:
+            return _refusal(exc)
+        return _status(uploads, lake, s)
+
+    @app.delete(f"{API}/uploads/{{upload_id}}", tags=["uploads"], response_model=UploadStatus,
+                responses={**_ERRORS, 409: {"description": "already completed"}})
+    def abort_upload(upload_id: UploadId, principal: Role("robot")):
+        """Abandon an unfinished upload: its parts are deleted, its URLs stop working."""
+        try:
+            s = uploads.abort(uploads.visible(upload_id, principal))
         except UploadError as exc:
             return _refusal(exc)
         return _status(uploads, lake, s)

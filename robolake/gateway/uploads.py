@@ -273,6 +273,8 @@ class Uploads:
     def complete(self, s: UploadSession, parts: list[tuple[int, str]]) -> UploadSession:
         if s.status == "completed":
             return s  # a retried complete is answered, not repeated
+        if s.status != "uploading":
+            raise UploadError(409, f"upload {s.upload_id} is {s.status}")
         numbers = [n for n, _ in parts]
         if numbers != list(range(1, s.part_count + 1)):
             raise UploadError(422, f"parts: expected part numbers 1..{s.part_count} in order, "
@@ -332,6 +334,28 @@ class Uploads:
             folder.rmdir()
         except OSError:
             pass
+
+    def abort(self, s: UploadSession) -> UploadSession:
+        """Drop an unfinished upload's parts (S3: AbortMultipartUpload)."""
+        if s.status == "completed":
+            raise UploadError(409, f"upload {s.upload_id} is completed; the file is in the "
+                                   "landing zone")
+        if s.status == "uploading":
+            if isinstance(self.landing, S3Store):
+                self.landing.client.abort_multipart_upload(
+                    Bucket=self.landing.bucket, Key=self.landing._key(s.landing_key),
+                    UploadId=s.s3_upload_id)
+            else:
+                folder = self._staging(s.upload_id)
+                for path in folder.glob(".part-*"):
+                    path.unlink(missing_ok=True)
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
+            self.db.execute("UPDATE uploads SET status = 'aborted' WHERE upload_id = ? "
+                            "AND status = 'uploading'", (s.upload_id,))
+        return self.get(s.upload_id)
 
     # the raw layer's verdict ------------------------------------------------------------
 
