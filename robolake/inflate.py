@@ -55,8 +55,12 @@ def inflate(data: bytes, compression: str, declared: int, where: str) -> bytes:
         elif compression == "zstd":
             import zstandard
 
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-                out = _read_at_most(reader, declared + 1)
+            if 0 <= zstandard.frame_content_size(data) <= declared:
+                # the frame states its size (checked while decoding): one call, no more
+                out = zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
+            else:
+                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                    out = _read_at_most(reader, declared + 1)
         elif compression == "lz4":
             import lz4.frame
 
