@@ -70,6 +70,7 @@ class Tally:
     unhandled: list[str] = field(default_factory=list)
     by_mutation: Counter = field(default_factory=Counter)
     peak_rss_mb: float = 0.0
+    peak_case: str = ""  # the case that set the peak
 
 
 # --------------------------------------------------------------------------- seeds
@@ -252,10 +253,13 @@ def run_cases(shared_data: Path, workdir: Path, cases: int, seed: int) -> Tally:
         path = workdir / f"case{suffix}"
         path.write_bytes(mutate(chosen, kind, data.draw))
         tally.by_mutation[kind] += 1
-        judge(path, tally, f"{chosen.name}/{kind}#{tally.cases}")
+        label = f"{chosen.name}/{kind}#{tally.cases}"
+        judge(path, tally, label)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if rss > tally.peak_rss_mb:
+            tally.peak_rss_mb, tally.peak_case = rss, label
 
     case()
-    tally.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return tally
 
 
@@ -274,7 +278,7 @@ def main() -> None:
     print(f"usable       {tally.usable}  (decode failed, reported per upload: "
           f"{tally.decode_failed})")
     print(f"unhandled    {len(tally.unhandled)}")
-    print(f"peak memory  {tally.peak_rss_mb:.0f} MB")
+    print(f"peak memory  {tally.peak_rss_mb:.0f} MB  (set by {tally.peak_case})")
     print("mutations    " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_mutation.items())))
     kinds = Counter(line.split(": ", 1)[1] for line in tally.unhandled)
     for what, n in kinds.most_common(20):

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from robolake.inflate import FormatProblem, corrupt, inflate, past_end, truncated
+from robolake.inflate import FormatProblem, corrupt, guard_rosbags, inflate, past_end, truncated
+
+guard_rosbags()  # every reader of bags in this process inflates within the guard
 
 MAGIC = b"#ROSBAG V2.0\n"
 OP_MESSAGE, OP_BAG_HEADER, OP_INDEX, OP_CHUNK, OP_CHUNK_INFO, OP_CONNECTION = 2, 3, 4, 5, 6, 7

@@ -144,7 +144,7 @@ def test_decompression_bombs_are_refused_with_bounded_memory(tmp_path):
     v, _ = verdict(tmp_path / "declared.mcap")
     assert v.reasons[0] == (
         f"corrupt: the chunk at byte {chunk} declares {10 * 2**30} bytes uncompressed, over "
-        f"the {256 * 2**20} byte limit (a decompression bomb or a corrupt size field)")
+        f"the {128 * 2**20} byte limit (a decompression bomb or a corrupt size field)")
 
     # a chunk that declares 1 MB but inflates to 2 GB of zeros
     comp = zstandard.ZstdCompressor(level=19).compressobj()
