@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from robolake.raw import partitions_start
+from robolake.settings import get_settings
 
 # Robot types are discovered from uploads; the sensor and `robolake ingest` add them.
 robot_type_partitions = dg.DynamicPartitionsDefinition(name="robot_type")
 
 # end_offset=1: today's partition exists while robots are still uploading today.
-daily_partitions = dg.DailyPartitionsDefinition(start_date=partitions_start(), end_offset=1)
+daily_partitions = dg.DailyPartitionsDefinition(start_date=get_settings().partitions_start,
+                                                end_offset=1)
 
 # Keys look like "2026-11-27|delivery" (dimensions in alphabetical order).
 daily_robot_type_partitions = dg.MultiPartitionsDefinition(

@@ -14,8 +14,10 @@ import time
 import traceback
 from pathlib import Path
 
+from robolake.settings import Settings
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.simulate import simulate_fleet
 
     faults = [f for part in args.faults for f in part.split(",") if f]
@@ -104,20 +106,15 @@ def fail_dead_cli_runs(instance) -> list[str]:
     return dead
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    from robolake.settings import ensure_dagster_home, ensure_env_defaults
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.settings import ensure_dagster_home
 
-    if args.landing:
-        os.environ["ROBOLAKE_LANDING"] = args.landing
-    if args.lake:
-        os.environ["ROBOLAKE_LAKE"] = args.lake
-    env = ensure_env_defaults()
-    home = ensure_dagster_home()
-
+    settings = settings.replace(landing=args.landing, lake=args.lake)
+    home = ensure_dagster_home(settings)
 
     from partitions import partition_key, robot_type_partitions
     from robolake.storage import open_store
-    from robolake_assets.definitions import defs
+    from robolake_assets.definitions import build_definitions
     from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
 
     if args.through not in LAYERS:
@@ -125,7 +122,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     through_partitioned = (args.through if args.through in PARTITIONED_LAYERS
                            else PARTITIONED_LAYERS[-1])
 
-    landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
+    defs = build_definitions(settings)
+    landing, lake = open_store(settings.landing), open_store(settings.lake)
     pending, n_files = _pending_partitions(landing, lake, through_partitioned)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
     instance = open_instance(home)
@@ -152,7 +150,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     for layer in later:
         if failed:
             break
-        for job_name in _layer_jobs(layer):
+        for job_name in _layer_jobs(layer, settings):
             started = time.perf_counter()
             result = defs.resolve_job_def(job_name).execute_in_process(
                 instance=instance, tags=cli_run_tags(), raise_on_error=False)
@@ -182,17 +180,18 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layer_jobs(layer: str) -> list[str]:
+def _layer_jobs(layer: str, settings: Settings) -> list[str]:
     """The jobs that build a layer after the partitioned ones (they span partitions)."""
     if layer == "datasets":
-        from robolake_assets.datasets import DATASET_ASSETS, specs_dir
+        from robolake_assets.datasets import load_specs
 
-        print(f"datasets: {len(DATASET_ASSETS)} spec(s) in {specs_dir()}")
+        print(f"datasets: {len(load_specs(settings.specs_dir))} spec(s) in {settings.specs_dir}")
         return ["build_datasets"]
-    from robolake_assets.models import MODEL_JOBS, config_dir
+    from robolake_assets.models import train_job_name, training_configs
 
-    print(f"models: {len(MODEL_JOBS)} training config(s) in {config_dir()}")
-    return [job.name for job in MODEL_JOBS]
+    configs = training_configs(settings.training_configs_dir).values()
+    print(f"models: {len(configs)} training config(s) in {settings.training_configs_dir}")
+    return [train_job_name(config) for config in configs]
 
 
 def print_summary(lake, dagster_home: Path | None = None) -> None:
@@ -247,14 +246,13 @@ def print_summary(lake, dagster_home: Path | None = None) -> None:
     print("UI:    make ui   (then open http://127.0.0.1:3000)")
 
 
-def _cmd_datasets(args: argparse.Namespace) -> int:
+def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
 
     from robolake.datasets.build import compare_versions, list_versions
-    from robolake.settings import ensure_env_defaults
     from robolake.storage import open_store
 
-    lake = open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"])
+    lake = open_store(args.lake or settings.lake)
     with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_width_chars=120,
                    fmt_str_lengths=40):
         if args.action == "list":
@@ -270,11 +268,10 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_summary(args: argparse.Namespace) -> int:
-    from robolake.settings import ensure_env_defaults
+def _cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.storage import open_store
 
-    print_summary(open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"]))
+    print_summary(open_store(args.lake or settings.lake))
     return 0
 
 
@@ -346,7 +343,8 @@ def _explain(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # read once per command: the environment plus this command's flags
+        return args.func(args, Settings.from_env())
     except KeyboardInterrupt:
         print("robolake: interrupted; re-run the command to finish (writes are idempotent)",
               file=sys.stderr)

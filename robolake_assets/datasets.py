@@ -1,7 +1,8 @@
 """Datasets layer: corner-case scores and one asset per dataset spec in the specs folder.
 
-A new YAML file in `ROBOLAKE_SPECS` (default ./specs) becomes an asset
-`datasets/<name>` when the code location reloads; no code changes. A spec that
+A new YAML file in the specs folder (`ROBOLAKE_SPECS`, default ./specs; see
+`robolake.settings`) becomes an asset `datasets/<name>` when the code location
+reloads; no code changes. A spec that
 does not validate stops the code location from loading with the spec's error,
 so a typo never silently drops a dataset.
 """
@@ -21,7 +22,6 @@ from robolake.datasets.build import (
 )
 from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
 from robolake.datasets.spec import DatasetSpec, load_spec
-from robolake.settings import ensure_env_defaults
 
 GROUP = "datasets"
 # the cleaned asset each source table comes from
@@ -32,13 +32,8 @@ CLEANED_ASSET_OF = {
 }
 
 
-def specs_dir() -> Path:
-    return Path(ensure_env_defaults()["ROBOLAKE_SPECS"])
-
-
-def load_specs(folder: Path | None = None) -> list[tuple[Path, DatasetSpec]]:
+def load_specs(folder: Path) -> list[tuple[Path, DatasetSpec]]:
     """Every spec in the folder (sorted by file name); two specs with one name are an error."""
-    folder = folder or specs_dir()
     specs = [(p, load_spec(p)) for p in sorted(folder.glob("*.y*ml"))] if folder.is_dir() else []
     seen: dict[str, Path] = {}
     for path, spec in specs:
@@ -158,4 +153,6 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     return _dataset
 
 
-DATASET_ASSETS = [build_dataset_asset(path, spec) for path, spec in load_specs()]
+def build_dataset_assets(folder: Path) -> list[dg.AssetsDefinition]:
+    """One asset per spec in `folder` (the settings' specs_dir)."""
+    return [build_dataset_asset(path, spec) for path, spec in load_specs(folder)]

@@ -1,6 +1,7 @@
 """Models layer: one training asset and one evaluation asset per training config.
 
-For every `configs/training/*.yaml`:
+For every training config (`configs/training/*.yaml`, or the settings'
+training_configs_dir):
 
 - `model_<name>` trains on the config's dataset version (it depends on the
   dataset asset `["datasets", <dataset name>]`), resuming from the lake's
@@ -25,23 +26,21 @@ from resources import pools
 from resources.lake import LakeResource
 from resources.mlflow import MlflowResource
 from robolake.models.config import TrainingConfig, load_config
-from robolake.settings import ensure_env_defaults
 
 GROUP = "models"
 
 
-def config_dir() -> Path:
-    return Path(ensure_env_defaults()["ROBOLAKE_TRAINING_CONFIGS"])
-
-
-def training_configs(directory: Path | None = None) -> dict[Path, TrainingConfig]:
+def training_configs(directory: Path) -> dict[Path, TrainingConfig]:
     """Every training config in `directory`, validated (a bad one fails loudly at load)."""
-    return {path: load_config(path) for path in sorted((directory or config_dir())
-                                                        .glob("*.y*ml"))}
+    return {path: load_config(path) for path in sorted(directory.glob("*.y*ml"))}
 
 
 def asset_suffix(config: TrainingConfig) -> str:
     return config.name.replace("-", "_")
+
+
+def train_job_name(config: TrainingConfig) -> str:
+    return f"train_{asset_suffix(config)}"
 
 
 def dataset_key(config: TrainingConfig) -> dg.AssetKey:
@@ -177,8 +176,7 @@ def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def build_models_layer(directory: Path | None = None
-                       ) -> tuple[list[dg.AssetsDefinition], list]:
+def build_models_layer(directory: Path) -> tuple[list[dg.AssetsDefinition], list]:
     """Assets and jobs (`train_<name>`: a config's training and evaluation, training queue)."""
     assets: list[dg.AssetsDefinition] = []
     jobs = []
@@ -186,10 +184,8 @@ def build_models_layer(directory: Path | None = None
         pair = build_model_assets(path, config)
         assets += pair
         jobs.append(dg.define_asset_job(
-            f"train_{asset_suffix(config)}", selection=dg.AssetSelection.assets(*pair),
+            train_job_name(config), selection=dg.AssetSelection.assets(*pair),
             tags=pools.queue_tags("training"),
             description=f"Train, register, evaluate and maybe promote {config.name}."))
     return assets, jobs
 
-
-MODEL_ASSETS, MODEL_JOBS = build_models_layer()

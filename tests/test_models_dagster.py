@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import yaml
@@ -12,9 +13,13 @@ from resources.mlflow import MlflowResource
 from robolake.models.synthetic import small_config, write_synthetic_dataset
 from robolake.storage import open_store
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def test_shipped_configs_make_training_and_evaluation_assets():
-    from robolake_assets.models import MODEL_ASSETS, MODEL_JOBS
+    from robolake_assets.models import build_models_layer
+
+    MODEL_ASSETS, MODEL_JOBS = build_models_layer(REPO / "configs" / "training")
 
     keys = {key.to_user_string() for a in MODEL_ASSETS for key in a.keys}
     assert {"model_imu_gps_demo", "evaluation_imu_gps_demo"} <= keys
