@@ -22,14 +22,14 @@ from robolake.datasets.build import (
 )
 from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
 from robolake.datasets.spec import DatasetSpec, load_spec
+from robolake_assets.helpers import (
+    DATASETS_GROUP,
+    cleaned_asset_of_table,
+    dataset_asset_key,
+    markdown_table,
+)
 
-GROUP = "datasets"
-# the cleaned asset each source table comes from
-CLEANED_ASSET_OF = {
-    TABLES["aligned"]: "cleaned_aligned_frames", TABLES["imu"]: "cleaned_imu",
-    TABLES["gps"]: "cleaned_gps", TABLES["lidar"]: "cleaned_lidar",
-    TABLES["camera"]: "cleaned_camera_frames",
-}
+GROUP = DATASETS_GROUP
 
 
 def load_specs(folder: Path) -> list[tuple[Path, DatasetSpec]]:
@@ -42,10 +42,6 @@ def load_specs(folder: Path) -> list[tuple[Path, DatasetSpec]]:
                              f"{seen[spec.name]}")
         seen[spec.name] = path
     return specs
-
-
-def dataset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey([GROUP, name])
 
 
 @dg.asset(
@@ -72,16 +68,10 @@ def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
         "delta_version": version,
         "aligned_frames_version": source,
         "corner_cases": int((scored["corner_case_score"] >= contract.CORNER_CASE_THRESHOLD).sum()),
-        "scenarios": dg.MetadataValue.md(_table(
+        "scenarios": dg.MetadataValue.md(markdown_table(
             ["scenario", "frames"], [(r["scenario"], r["len"]) for r in counts.to_dicts()])),
         "scored": dg.MetadataValue.text(", ".join(SCENARIOS)),
     })
-
-
-def _table(header: list[str], rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _metadata(manifest: dict, created: bool, store) -> dict:
@@ -98,11 +88,11 @@ def _metadata(manifest: dict, created: bool, store) -> dict:
         "missing_rate": float(manifest["quality"]["missing_rate"]),
         "cache_hits": manifest["cache"]["hits"],
         "cache_misses": manifest["cache"]["misses"],
-        "samples": dg.MetadataValue.md(_table(
+        "samples": dg.MetadataValue.md(markdown_table(
             ["split", "samples", "recordings", "shards", *groups],
             [(name, s["samples"], s["recordings"], len(s["shards"]),
               *(s["groups"].get(g, 0) for g in groups)) for name, s in splits.items()])),
-        "scenarios": dg.MetadataValue.md(_table(
+        "scenarios": dg.MetadataValue.md(markdown_table(
             ["split", *scenarios],
             [(name, *(s["scenarios"].get(g, 0) for g in scenarios))
              for name, s in splits.items()])),
@@ -117,18 +107,19 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     tables |= {TABLES["imu"]} if spec.features.imu_window else set()
     tables |= {TABLES["lidar"]} if spec.features.lidar else set()
     tables |= {TABLES["camera"]} if spec.features.camera else set()
+    key = dataset_asset_key(spec.name)
     deps = ["corner_case_scores", "cleaned_quality_reports",
-            *sorted(CLEANED_ASSET_OF[t] for t in tables)]
+            *sorted(cleaned_asset_of_table(t) for t in tables)]
 
     @dg.asset(
-        key=dataset_key(spec.name),
+        key=key,
         group_name=GROUP,
         deps=deps,
         kinds={"webdataset", "pytorch"},
         code_version=spec.spec_hash[:16],  # the UI marks the asset changed when the spec does
         description=f"{spec.description or spec.name} (spec {path.name}, version "
                     f"{spec.version})",
-        check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=dataset_key(spec.name),
+        check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=key,
                                        description="train, val and test all hold samples")],
         metadata={"spec_file": str(path)},
         **pools.cpu_spot(),

@@ -26,6 +26,7 @@ from resources import pools
 from resources.lake import LakeResource
 from resources.mlflow import MlflowResource
 from robolake.models.config import TrainingConfig, load_config
+from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
 
 GROUP = "models"
 
@@ -41,14 +42,6 @@ def asset_suffix(config: TrainingConfig) -> str:
 
 def train_job_name(config: TrainingConfig) -> str:
     return f"train_{asset_suffix(config)}"
-
-
-def dataset_key(config: TrainingConfig) -> dg.AssetKey:
-    return dg.AssetKey(["datasets", config.dataset.name])
-
-
-def _md_list(lines: list[str]) -> dg.MetadataValue:
-    return dg.MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none")
 
 
 def _float(value) -> float | None:
@@ -70,7 +63,7 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
     @dg.asset(
         name=model_name,
         group_name=GROUP,
-        deps=[dataset_key(config)],
+        deps=[dataset_asset_key(config.dataset.name)],
         kinds={"pytorch", "mlflow"},
         description=f"{config.model.architecture} trained on {config.dataset.name} "
                     f"{config.dataset.version} ({config_path.name}); checkpoints in the lake, "
@@ -138,7 +131,7 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
         metadata = {
             "decision": decision["verdict"],
             "promoted": decision["promote"],
-            "reasons": _md_list(decision["reasons"]),
+            "reasons": markdown_list(decision["reasons"]),
             "model_version": result["version"],
             "production_version": str(result.get("production_version") or ""),
             "baseline_version": str(decision.get("baseline_version") or ""),
@@ -168,12 +161,9 @@ def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
     if not per_scenario:
         return "no samples"
     columns = sorted({k for values in per_scenario.values() for k in values})
-    lines = ["| scenario | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for name, values in per_scenario.items():
-        cells = [f"{values[c]:.4g}" if c in values else "" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(["scenario", *columns],
+                          [(name, *(f"{values[c]:.4g}" if c in values else "" for c in columns))
+                           for name, values in per_scenario.items()])
 
 
 def build_models_layer(directory: Path) -> tuple[list[dg.AssetsDefinition], list]:
