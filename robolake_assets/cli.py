@@ -112,7 +112,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(landing=args.landing, lake=args.lake)
     home = ensure_dagster_home(settings)
 
-    from partitions import partition_key, robot_type_partitions
+    from partitions import robot_type_partitions
     from robolake.storage import open_store
     from robolake_assets.definitions import build_definitions
     from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
@@ -133,7 +133,30 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     new_types = sorted({rt for _, rt in pending} - known)
     if new_types:
         instance.add_dynamic_partitions(robot_type_partitions.name, new_types)
-    job = defs.resolve_job_def(ingest_job_name(through_partitioned))
+    failed = _run_partitions(defs.resolve_job_def(ingest_job_name(through_partitioned)),
+                             instance, pending)
+    later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
+    for layer in later:
+        if failed:
+            break
+        for job_name in _layer_jobs(layer, settings):
+            if not _run_layer_job(defs, instance, layer, job_name):
+                failed.append(job_name)
+    print_summary(lake, home)
+    if "models" in later:
+        from robolake.models.tracking import ui_command
+
+        print(f"MLflow: make mlflow  (or {ui_command(lake)}; then open http://127.0.0.1:5000)")
+    if failed:
+        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_partitions(job, instance, pending: list[tuple[str, str]]) -> list[str]:
+    """Run `job` once per (date, robot type) partition; the partitions that failed."""
+    from partitions import partition_key
+
     failed = []
     for i, (day, robot_type) in enumerate(pending, 1):
         started = time.perf_counter()
@@ -146,38 +169,29 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
               f"{time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         if not result.success:
             failed.append(f"{day}|{robot_type}")
-    later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
-    for layer in later:
-        if failed:
-            break
-        for job_name in _layer_jobs(layer, settings):
-            started = time.perf_counter()
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, tags=cli_run_tags(), raise_on_error=False)
-            state = "ok" if result.success else "FAILED"
-            print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
-                  f"(run {result.run_id[:8]})")
-            for event in result.get_asset_materialization_events():
-                meta = event.materialization.metadata
-                if "decision" in meta:  # an evaluation: say what the gate decided and why
-                    print(f"  {event.asset_key.to_user_string()}: model version "
-                          f"{meta['model_version'].value} {meta['decision'].value}\n    "
-                          + meta["reasons"].value.replace("\n", "\n    "))
-            if not result.success:
-                failed.append(job_name)
-                for event in result.all_events:
-                    if event.is_step_failure:
-                        print(f"  {event.step_key}: "
-                              f"{event.step_failure_data.error.message.strip()}", file=sys.stderr)
-    print_summary(lake, home)
-    if "models" in later:
-        from robolake.models.tracking import ui_command
+    return failed
 
-        print(f"MLflow: make mlflow  (or {ui_command(lake)}; then open http://127.0.0.1:5000)")
-    if failed:
-        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
-        return 1
-    return 0
+
+def _run_layer_job(defs, instance, layer: str, job_name: str) -> bool:
+    """Run one job of a layer after the partitioned ones; print what an evaluation decided
+    and why a step failed. True when it succeeded."""
+    started = time.perf_counter()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, tags=cli_run_tags(), raise_on_error=False)
+    state = "ok" if result.success else "FAILED"
+    print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
+          f"(run {result.run_id[:8]})")
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        if "decision" in meta:  # an evaluation: say what the gate decided and why
+            print(f"  {event.asset_key.to_user_string()}: model version "
+                  f"{meta['model_version'].value} {meta['decision'].value}\n    "
+                  + meta["reasons"].value.replace("\n", "\n    "))
+    for event in result.all_events if not result.success else []:
+        if event.is_step_failure:
+            print(f"  {event.step_key}: {event.step_failure_data.error.message.strip()}",
+                  file=sys.stderr)
+    return result.success
 
 
 def _layer_jobs(layer: str, settings: Settings) -> list[str]:

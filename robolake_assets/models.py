@@ -51,17 +51,93 @@ def _float(value) -> float | None:
         return None
 
 
-def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
-    """The training and evaluation assets of one config."""
+def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
+    """The training asset's metadata: the registered version, its lineage, last metrics."""
+    from robolake.models import tracking
+
+    last = summary["history"][-1] if summary.get("history") else {}
+    metadata = {
+        "model_name": config.name,
+        "model_version": str(summary.get("version", "")),
+        "mlflow_run_id": summary.get("run_id") or "",
+        "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
+        "dataset": f"{config.dataset.name} {config.dataset.version}",
+        "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
+        "code_version": tracking.code_version(),
+        "config_hash": config.config_hash,
+        "task": summary["task"],
+        "global_step": summary["global_step"],
+        "epochs": summary["epochs_completed"],
+        "stopped_early": summary["stopped_early"],
+        "resumed_from": summary.get("resumed_from") or "",
+        "checkpoint": summary.get("checkpoint_key") or "",
+        "onnx": summary.get("onnx_key") or "",
+        "weights_sha256": summary["weights_sha256"],
+        "world_size": summary["world_size"],
+    }
+    metadata |= {k: v for k, v in last.items()
+                 if isinstance(v, float) and k not in ("epoch", "step")}
+    metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
+    if summary.get("onnx_max_abs_diff") is not None:
+        metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
+    return metadata
+
+
+def evaluation_metadata(result: dict) -> dict:
+    """The evaluation asset's metadata: the gate's decision and reasons, test metrics."""
+    decision, report = result["decision"], result["report"]
+    metadata = {
+        "decision": decision["verdict"],
+        "promoted": decision["promote"],
+        "reasons": markdown_list(decision["reasons"]),
+        "model_version": result["version"],
+        "production_version": str(result.get("production_version") or ""),
+        "baseline_version": str(decision.get("baseline_version") or ""),
+        "main_metric": decision["main_metric"],
+        "main_metric_value": float(decision["candidate"]),
+        "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
+        "test_samples": report["samples"],
+        "device": report["device"],
+        "mlflow_evaluation_run_id": result["evaluation_run_id"],
+        "mlflow_ui": result["ui"],
+        "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
+    }
+    if decision.get("baseline") is not None:
+        metadata["baseline_value"] = float(decision["baseline"])
+        metadata["improvement"] = float(decision["improvement"])
+    metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
+    metadata |= {k: float(v) for k, v in report["speed"].items()}
+    metadata |= {k: v for k, v in report["onnx"].items()}
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
+    if not per_scenario:
+        return "no samples"
+    columns = sorted({k for values in per_scenario.values() for k in values})
+    return markdown_table(["scenario", *columns],
+                          [(name, *(f"{values[c]:.4g}" if c in values else "" for c in columns))
+                           for name, values in per_scenario.items()])
+
+
+def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey) -> str | None:
+    """The model version the training asset registered last (its `model_version`)."""
+    event = instance.get_latest_materialization_event(model_key)
+    if event is None or event.asset_materialization is None:
+        return None
+    entry = event.asset_materialization.metadata.get("model_version")
+    return str(entry.value) if entry is not None and entry.value else None
+
+
+def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.AssetsDefinition:
+    """`model_<name>`: train, register and export one config's model."""
     from robolake.models import pipeline
 
-    suffix = asset_suffix(config)
-    model_name = f"model_{suffix}"
     # several processes per node need the multi-GPU pool; compute routing sets the k8s tags
     placement = pools.gpu(high=config.distributed.nproc_per_node > 1)
 
     @dg.asset(
-        name=model_name,
+        name=f"model_{asset_suffix(config)}",
         group_name=GROUP,
         deps=[dataset_asset_key(config.dataset.name)],
         kinds={"pytorch", "mlflow"},
@@ -73,42 +149,23 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
     )
     def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
-        from robolake.models import tracking
-
         mlflow.activate()
         store = lake.store()
         summary = pipeline.train_model(store, config_path, log=context.log.info)
-        last = summary["history"][-1] if summary.get("history") else {}
-        metadata = {
-            "model_name": config.name,
-            "model_version": str(summary.get("version", "")),
-            "mlflow_run_id": summary.get("run_id") or "",
-            "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
-            "dataset": f"{config.dataset.name} {config.dataset.version}",
-            "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
-            "code_version": tracking.code_version(),
-            "config_hash": config.config_hash,
-            "task": summary["task"],
-            "global_step": summary["global_step"],
-            "epochs": summary["epochs_completed"],
-            "stopped_early": summary["stopped_early"],
-            "resumed_from": summary.get("resumed_from") or "",
-            "checkpoint": summary.get("checkpoint_key") or "",
-            "onnx": summary.get("onnx_key") or "",
-            "weights_sha256": summary["weights_sha256"],
-            "world_size": summary["world_size"],
-        }
-        metadata |= {k: v for k, v in last.items()
-                     if isinstance(v, float) and k not in ("epoch", "step")}
-        metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
-        if summary.get("onnx_max_abs_diff") is not None:
-            metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=training_metadata(config, summary, store))
+
+    return model_asset
+
+
+def build_evaluation_asset(config_path: Path, config: TrainingConfig,
+                           model_key: dg.AssetKey) -> dg.AssetsDefinition:
+    """`evaluation_<name>`: score the latest trained version and maybe promote it."""
+    from robolake.models import pipeline
 
     @dg.asset(
-        name=f"evaluation_{suffix}",
+        name=f"evaluation_{asset_suffix(config)}",
         group_name=GROUP,
-        deps=[model_asset],
+        deps=[model_key],
         kinds={"pytorch", "mlflow"},
         description=f"{config.name} on the test split and its corner cases, against the "
                     f"production model; promotes it when it wins by "
@@ -120,50 +177,19 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
     def evaluation_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
         mlflow.activate()
-        version = None
-        event = context.instance.get_latest_materialization_event(dg.AssetKey(model_name))
-        if event is not None and event.asset_materialization is not None:
-            entry = event.asset_materialization.metadata.get("model_version")
-            version = str(entry.value) if entry is not None and entry.value else None
+        version = latest_model_version(context.instance, model_key)
         result = pipeline.evaluate_and_promote(lake.store(), config_path, version,
                                                log=context.log.info)
-        decision, report = result["decision"], result["report"]
-        metadata = {
-            "decision": decision["verdict"],
-            "promoted": decision["promote"],
-            "reasons": markdown_list(decision["reasons"]),
-            "model_version": result["version"],
-            "production_version": str(result.get("production_version") or ""),
-            "baseline_version": str(decision.get("baseline_version") or ""),
-            "main_metric": decision["main_metric"],
-            "main_metric_value": float(decision["candidate"]),
-            "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
-            "test_samples": report["samples"],
-            "device": report["device"],
-            "mlflow_evaluation_run_id": result["evaluation_run_id"],
-            "mlflow_ui": result["ui"],
-            "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
-        }
-        if decision.get("baseline") is not None:
-            metadata["baseline_value"] = float(decision["baseline"])
-            metadata["improvement"] = float(decision["improvement"])
-        metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
-        metadata |= {k: float(v) for k, v in report["speed"].items()}
-        metadata |= {k: v for k, v in report["onnx"].items()}
-        metadata = {k: v for k, v in metadata.items() if v is not None}
-        return dg.MaterializeResult(metadata=metadata,
-                                    tags={"robolake/promotion": decision["verdict"]})
+        return dg.MaterializeResult(metadata=evaluation_metadata(result),
+                                    tags={"robolake/promotion": result["decision"]["verdict"]})
 
-    return [model_asset, evaluation_asset]
+    return evaluation_asset
 
 
-def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
-    if not per_scenario:
-        return "no samples"
-    columns = sorted({k for values in per_scenario.values() for k in values})
-    return markdown_table(["scenario", *columns],
-                          [(name, *(f"{values[c]:.4g}" if c in values else "" for c in columns))
-                           for name, values in per_scenario.items()])
+def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
+    """The training and evaluation assets of one config."""
+    training = build_training_asset(config_path, config)
+    return [training, build_evaluation_asset(config_path, config, training.key)]
 
 
 def build_models_layer(directory: Path) -> tuple[list[dg.AssetsDefinition], list]:
