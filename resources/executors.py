@@ -3,7 +3,7 @@
 The deployment (`robolake.settings`, `ROBOLAKE_DEPLOYMENT=local|k8s`) decides:
 `k8s` selects `k8s_job_executor`: each step runs as its
 own Kubernetes Job, placed by the `dagster-k8s/config` op tags that
-`resources.pools` attaches to every asset (node selector, tolerations,
+`robolake_resources.pools` attaches to every asset (node selector, tolerations,
 resources, GPU limit); `local` (the default) keeps Dagster's default
 executor (multiprocess; in-process for `dagster asset materialize` and tests).
 The run launcher (K8sRunLauncher, see deploy/helm/values.yaml) supplies the

@@ -33,7 +33,7 @@ class LandingResource(dg.ConfigurableResource):
 
 
 def storage_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
-    from resources.mlflow import mlflow_resource
+    from robolake_resources.mlflow import mlflow_resource
 
     settings = settings or get_settings()
     return {

@@ -6,11 +6,11 @@ partition; quality thresholds and Great Expectations suites are its checks.
 
 import dagster as dg
 
-from partitions import daily_robot_type_partitions, split_key
-from resources import pools
-from resources.lake import LakeResource
 from robolake import cleaned, contract, expectations
 from robolake_assets.helpers import CLEANED_ASSET_KINDS, column_schema, markdown_list
+from robolake_partitions import daily_robot_type_partitions, split_key
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
 DESCRIPTIONS = {
     "cleaned_imu": f"IMU samples: duplicates and |a| > {contract.IMU_OUTLIER_NORM:g} m/s² "

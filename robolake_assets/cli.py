@@ -112,10 +112,10 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(landing=args.landing, lake=args.lake)
     home = ensure_dagster_home(settings)
 
-    from partitions import robot_type_partitions
     from robolake.storage import open_store
     from robolake_assets.definitions import build_definitions
     from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
+    from robolake_partitions import robot_type_partitions
 
     if args.through not in LAYERS:
         raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
@@ -155,7 +155,7 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_partitions(job, instance, pending: list[tuple[str, str]]) -> list[str]:
     """Run `job` once per (date, robot type) partition; the partitions that failed."""
-    from partitions import partition_key
+    from robolake_partitions import partition_key
 
     failed = []
     for i, (day, robot_type) in enumerate(pending, 1):

@@ -11,8 +11,6 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
 from robolake import contract
 from robolake.cleaned import TABLES
 from robolake.datasets.build import (
@@ -28,6 +26,8 @@ from robolake_assets.helpers import (
     dataset_asset_key,
     markdown_table,
 )
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
 GROUP = DATASETS_GROUP
 

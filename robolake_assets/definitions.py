@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from resources.executors import robolake_executor
-from resources.lake import storage_resources
 from robolake.settings import Settings, get_settings
 from robolake_assets import cleaned, datasets, models, raw
 from robolake_assets.jobs import INGEST_JOBS, PARTITIONED_LAYERS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
-from sensors.run_status import failed_runs_sensor
-from sensors.uploads import build_new_uploads_sensor
+from robolake_resources.executors import robolake_executor
+from robolake_resources.lake import storage_resources
+from robolake_sensors.run_status import failed_runs_sensor
+from robolake_sensors.uploads import build_new_uploads_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

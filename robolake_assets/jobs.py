@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from resources import pools
+from robolake_resources import pools
 
 # Layers in pipeline order; each is an asset group. The first ones are partitioned by
 # (date, robot type) and run per partition; later ones span partitions and run once.

@@ -9,10 +9,10 @@ safe to repeat, but there is no point paying a Spot interruption for it.
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
 from robolake import maintenance
 from robolake_assets.helpers import markdown_table
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
 
 class MaintenanceConfig(dg.Config):

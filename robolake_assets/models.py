@@ -22,11 +22,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
-from resources.mlflow import MlflowResource
 from robolake.models.config import TrainingConfig, load_config
 from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
+from robolake_resources.mlflow import MlflowResource
 
 GROUP = "models"
 

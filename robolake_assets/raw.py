@@ -3,12 +3,12 @@
 
 import dagster as dg
 
-from partitions import daily_robot_type_partitions, split_key
-from resources import pools
-from resources.lake import LakeResource, LandingResource
 from robolake import contract, raw
 from robolake.tables import read_table
 from robolake_assets.helpers import column_schema, markdown_table
+from robolake_partitions import daily_robot_type_partitions, split_key
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource, LandingResource
 
 _CHECKS = [
     dg.AssetCheckSpec("unique_uploads", asset="raw_uploads", blocking=True,

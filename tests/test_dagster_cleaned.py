@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from partitions import partition_key
 from robolake.settings import Settings
 from robolake.simulate import simulate_fleet
 from robolake_assets.definitions import build_definitions
+from robolake_partitions import partition_key
 
 
 def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):

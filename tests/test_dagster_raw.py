@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from partitions import partition_key
-from resources.lake import LakeResource, LandingResource
 from robolake_assets.definitions import defs
 from robolake_assets.raw import raw_uploads
+from robolake_partitions import partition_key
+from robolake_resources.lake import LakeResource, LandingResource
 from tests.conftest import land
 
 HUSKY = {"robot_id": "husky-01", "robot_type": "husky", "region": "us-east"}

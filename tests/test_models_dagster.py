@@ -8,10 +8,10 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from resources.lake import LakeResource
-from resources.mlflow import MlflowResource
 from robolake.models.synthetic import small_config, write_synthetic_dataset
 from robolake.storage import open_store
+from robolake_resources.lake import LakeResource
+from robolake_resources.mlflow import MlflowResource
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -26,9 +26,9 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from resources import executors, pools
 from robolake.settings import Settings
 from robolake_assets.definitions import defs
+from robolake_resources import executors, pools
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_CONFIG = DagsterK8sJobConfig(

@@ -51,7 +51,7 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path):
     env.pop("ROBOLAKE_DEPLOYMENT", None)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("robot_type", ROBOT_TYPES)
-    from partitions import daily_partitions
+    from robolake_partitions import daily_partitions
 
     total = len(daily_partitions.get_partition_keys()) * len(ROBOT_TYPES)
     groups = _groups()
