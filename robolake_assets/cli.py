@@ -31,9 +31,11 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, str]], int]:
-    """Partitions holding landing files not indexed yet, or (through cleaned) uploads
-    that the cleaned layer has not reported on yet."""
+    """Partitions holding landing files not indexed yet, (through cleaned) uploads that the
+    cleaned layer has not reported on yet, or (through features) aligned frames without
+    current corner-case scores."""
     from robolake import cleaned, contract, raw
+    from robolake.datasets.scenarios import stale_corner_case_partitions
     from robolake.tables import read_table
 
     files = raw.list_landing(landing)
@@ -54,6 +56,8 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
         pending |= {(r["date"], r["robot_type"]) for r in indexed
                     if r["status"] in contract.USABLE_STATUSES
                     and r["upload_id"] not in reported_ids}
+    if through == "features":
+        pending |= stale_corner_case_partitions(lake)
     return sorted(pending), len(files)
 
 
@@ -139,8 +143,8 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     for layer in later:
         if failed:
             break
-        for job_name in _layer_jobs(layer, settings):
-            if not _run_layer_job(defs, instance, layer, job_name):
+        for job_name, partition in _layer_jobs(layer, settings, lake, instance):
+            if not _run_layer_job(defs, instance, layer, job_name, partition):
                 failed.append(job_name)
     print_summary(lake, home)
     if "models" in later:
@@ -172,14 +176,17 @@ def _run_partitions(job, instance, pending: list[tuple[str, str]]) -> list[str]:
     return failed
 
 
-def _run_layer_job(defs, instance, layer: str, job_name: str) -> bool:
-    """Run one job of a layer after the partitioned ones; print what an evaluation decided
-    and why a step failed. True when it succeeded."""
+def _run_layer_job(defs, instance, layer: str, job_name: str,
+                   partition: str | None = None) -> bool:
+    """Run one job of a layer after the (date, robot type) ones (a model job: one dataset
+    version's partition); print what an evaluation decided and why a step failed. True
+    when it succeeded."""
     started = time.perf_counter()
     result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, tags=cli_run_tags(), raise_on_error=False)
+        instance=instance, tags=cli_run_tags(), raise_on_error=False, partition_key=partition)
     state = "ok" if result.success else "FAILED"
-    print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
+    on = f" on dataset version {partition}" if partition else ""
+    print(f"{layer} ({job_name}{on}): {state} in {time.perf_counter() - started:.1f}s "
           f"(run {result.run_id[:8]})")
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
@@ -194,18 +201,30 @@ def _run_layer_job(defs, instance, layer: str, job_name: str) -> bool:
     return result.success
 
 
-def _layer_jobs(layer: str, settings: Settings) -> list[str]:
-    """The jobs that build a layer after the partitioned ones (they span partitions)."""
+def _layer_jobs(layer: str, settings: Settings, lake,
+                instance) -> list[tuple[str, str | None]]:
+    """The jobs (and partition) that build a layer after the (date, robot type) ones:
+    datasets span those partitions; a model trains on the dataset version its config
+    names (registered as a partition of the model assets if the lake has it)."""
     if layer == "datasets":
         from robolake_assets.datasets import load_specs
 
         print(f"datasets: {len(load_specs(settings.specs_dir))} spec(s) in {settings.specs_dir}")
-        return ["build_datasets"]
+        return [("build_datasets", None)]
+    from robolake.datasets.build import list_versions
     from robolake_assets.models import train_job_name, training_configs
+    from robolake_partitions import dataset_version_partitions
 
     configs = training_configs(settings.training_configs_dir).values()
     print(f"models: {len(configs)} training config(s) in {settings.training_configs_dir}")
-    return [train_job_name(config) for config in configs]
+    for config in configs:
+        versions = dataset_version_partitions(config.dataset.name)
+        registered = config.dataset.version in list_versions(lake, config.dataset.name)[
+            "version"].to_list()
+        if registered and not instance.has_dynamic_partition(versions.name,
+                                                             config.dataset.version):
+            instance.add_dynamic_partitions(versions.name, [config.dataset.version])
+    return [(train_job_name(config), config.dataset.version) for config in configs]
 
 
 def print_summary(lake, dagster_home: Path | None = None) -> None:
@@ -314,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="scan the landing zone once and materialize the affected "
                               "partitions in-process")
     ing.add_argument("--through", default="cleaned",
-                     help="last layer to build: raw, cleaned (default), datasets or models")
+                     help="last layer to build: raw, cleaned (default), features, datasets or "
+                          "models")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)

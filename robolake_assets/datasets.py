@@ -1,4 +1,4 @@
-"""Datasets layer: corner-case scores and one asset per dataset spec in the specs folder.
+"""Datasets layer: one asset per dataset spec in the specs folder.
 
 A new YAML file in the specs folder (`ROBOLAKE_SPECS`, default ./specs; see
 `robolake.settings`) becomes an asset `datasets/<name>` when the code location
@@ -11,14 +11,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from robolake import contract
 from robolake.cleaned import TABLES
 from robolake.datasets.build import (
     DatasetVersionExists,
     QualityGateFailed,
     build_dataset,
 )
-from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
 from robolake.datasets.spec import DatasetSpec, load_spec
 from robolake_assets.helpers import (
     DATASETS_GROUP,
@@ -26,6 +24,7 @@ from robolake_assets.helpers import (
     dataset_asset_key,
     markdown_table,
 )
+from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
 
@@ -42,36 +41,6 @@ def load_specs(folder: Path) -> list[tuple[Path, DatasetSpec]]:
                              f"{seen[spec.name]}")
         seen[spec.name] = path
     return specs
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=["cleaned_aligned_frames"],
-    kinds={"delta", "polars"},
-    description="Corner-case scores per aligned frame (hard braking, sharp turns, GPS loss, "
-                f"sensor faults, rare robot types) in {CORNER_CASES}",
-    **pools.cpu_spot(),
-)
-def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
-    import polars as pl
-
-    from robolake.tables import read_table
-
-    store = lake.store()
-    source, version = refresh_corner_cases(store)
-    scored = pl.from_arrow(read_table(store, CORNER_CASES, columns=["scenario",
-                                                                    "corner_case_score"]))
-    counts = scored.group_by("scenario").len().sort("scenario")
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": scored.height,
-        "dagster/uri": store.table_uri(CORNER_CASES),
-        "delta_version": version,
-        "aligned_frames_version": source,
-        "corner_cases": int((scored["corner_case_score"] >= contract.CORNER_CASE_THRESHOLD).sum()),
-        "scenarios": dg.MetadataValue.md(markdown_table(
-            ["scenario", "frames"], [(r["scenario"], r["len"]) for r in counts.to_dicts()])),
-        "scored": dg.MetadataValue.text(", ".join(SCENARIOS)),
-    })
 
 
 def _metadata(manifest: dict, created: bool, store) -> dict:
@@ -132,6 +101,10 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
         except (DatasetVersionExists, QualityGateFailed) as exc:
             # a refusal is not transient: no retries (the Spot pool's policy retries the rest)
             raise dg.Failure(description=str(exc), allow_retries=False) from None
+        # the version is registered: the model assets get a partition for it
+        versions = dataset_version_partitions(current.name)
+        if not context.instance.has_dynamic_partition(versions.name, current.version):
+            context.instance.add_dynamic_partitions(versions.name, [current.version])
         splits = result.manifest["splits"]
         empty = [s for s, v in splits.items() if not v["samples"]]
         wanted = current.output.splits.model_dump()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import cleaned, datasets, models, raw
-from robolake_assets.jobs import INGEST_JOBS, PARTITIONED_LAYERS, build_datasets
+from robolake_assets import cleaned, datasets, features, models, raw
+from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
 from robolake_resources.lake import storage_resources
@@ -22,12 +22,12 @@ from robolake_sensors.uploads import build_new_uploads_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir)
     return dg.Definitions(
-        assets=[raw.raw_uploads, cleaned.cleaned_layer, datasets.corner_case_scores,
+        assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
                 *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
         jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance],
         schedules=[delta_maintenance_schedule],
-        sensors=[build_new_uploads_sensor(INGEST_JOBS[PARTITIONED_LAYERS[-1]]),
-                 failed_runs_sensor],
+        # new uploads run through the cleaned layer; eager automation scores features after
+        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
         resources=storage_resources(settings),
         executor=robolake_executor(settings.deployment),  # k8s_job_executor on k8s
     )

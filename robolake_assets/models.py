@@ -3,13 +3,19 @@
 For every training config (`configs/training/*.yaml`, or the settings'
 training_configs_dir):
 
-- `model_<name>` trains on the config's dataset version (it depends on the
-  dataset asset `["datasets", <dataset name>]`), resuming from the lake's
+- `model_<name>` is partitioned by dataset version (one dynamic partition per
+  registered version of the config's dataset, added when the dataset asset
+  registers it): a partition trains the config on that version (the file's
+  `dataset.version` is the one `robolake ingest --through models` trains), so the
+  UI shows the model's history per dataset version and a backfill retrains a
+  chosen one. It depends on the dataset asset `["datasets", <dataset name>]`,
+  resumes from the lake's
   checkpoints after a preemption, logs to MLflow, registers the model with its
   lineage and puts the ONNX export beside it. It runs on the GPU pool
   (`pools.gpu()`; `pools.gpu(high=True)` when the config asks for several
   processes, which then run under torchrun).
-- `evaluation_<name>` scores the newly registered version on the test split and
+- `evaluation_<name>` (the same partitions) scores the version its partition of
+  the training asset registered last on that dataset version's test split and
   the corner-case subset, compares it with the production model and promotes
   it (MLflow alias `production`) only if it passes the gate; the decision and
   its reasons are the asset's metadata and tags on the model version.
@@ -24,6 +30,7 @@ import dagster as dg
 
 from robolake.models.config import TrainingConfig, load_config
 from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
+from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
 from robolake_resources.mlflow import MlflowResource
@@ -120,12 +127,14 @@ def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
                            for name, values in per_scenario.items()])
 
 
-def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey) -> str | None:
-    """The model version the training asset registered last (its `model_version`)."""
-    event = instance.get_latest_materialization_event(model_key)
-    if event is None or event.asset_materialization is None:
+def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey,
+                         partition: str) -> str | None:
+    """The model version a partition of the training asset registered last."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=model_key, asset_partitions=[partition]), limit=1).records
+    if not records or records[0].asset_materialization is None:
         return None
-    entry = event.asset_materialization.metadata.get("model_version")
+    entry = records[0].asset_materialization.metadata.get("model_version")
     return str(entry.value) if entry is not None and entry.value else None
 
 
@@ -140,10 +149,12 @@ def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.Assets
         name=f"model_{asset_suffix(config)}",
         group_name=GROUP,
         deps=[dataset_asset_key(config.dataset.name)],
+        partitions_def=dataset_version_partitions(config.dataset.name),
         kinds={"pytorch", "mlflow"},
-        description=f"{config.model.architecture} trained on {config.dataset.name} "
-                    f"{config.dataset.version} ({config_path.name}); checkpoints in the lake, "
-                    f"registered in MLflow as {config.name}",
+        description=f"{config.model.architecture} trained on a version of "
+                    f"{config.dataset.name} (one partition per version; {config_path.name} "
+                    f"names {config.dataset.version}); checkpoints in the lake, registered in "
+                    f"MLflow as {config.name}",
         tags={"robolake/model": config.name},
         **placement,
     )
@@ -151,8 +162,9 @@ def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.Assets
                     mlflow: MlflowResource) -> dg.MaterializeResult:
         mlflow.activate()
         store = lake.store()
-        summary = pipeline.train_model(store, config_path, log=context.log.info)
-        return dg.MaterializeResult(metadata=training_metadata(config, summary, store))
+        trained = config.for_dataset_version(context.partition_key)
+        summary = pipeline.train_model(store, trained, log=context.log.info)
+        return dg.MaterializeResult(metadata=training_metadata(trained, summary, store))
 
     return model_asset
 
@@ -166,6 +178,7 @@ def build_evaluation_asset(config_path: Path, config: TrainingConfig,
         name=f"evaluation_{asset_suffix(config)}",
         group_name=GROUP,
         deps=[model_key],
+        partitions_def=dataset_version_partitions(config.dataset.name),
         kinds={"pytorch", "mlflow"},
         description=f"{config.name} on the test split and its corner cases, against the "
                     f"production model; promotes it when it wins by "
@@ -177,9 +190,10 @@ def build_evaluation_asset(config_path: Path, config: TrainingConfig,
     def evaluation_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
         mlflow.activate()
-        version = latest_model_version(context.instance, model_key)
-        result = pipeline.evaluate_and_promote(lake.store(), config_path, version,
-                                               log=context.log.info)
+        version = latest_model_version(context.instance, model_key, context.partition_key)
+        result = pipeline.evaluate_and_promote(
+            lake.store(), config.for_dataset_version(context.partition_key), version,
+            log=context.log.info)
         return dg.MaterializeResult(metadata=evaluation_metadata(result),
                                     tags={"robolake/promotion": result["decision"]["verdict"]})
 
