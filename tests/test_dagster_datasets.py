@@ -10,9 +10,12 @@ import pytest
 import yaml
 
 from robolake.cleaned import clean_partition
+from robolake.datasets.scenarios import CORNER_CASES
 from robolake.raw import ingest_landing
 from robolake.simulate import simulate_fleet
 from robolake.storage import open_store
+from robolake.tables import read_table
+from robolake_partitions import partition_key
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"
@@ -63,6 +66,21 @@ def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
 
     job = defs.resolve_job_def("build_datasets")
     with dg.instance_for_test() as instance:
+        # the feature layer first, one (date, robot type) partition at a time
+        instance.add_dynamic_partitions("robot_type", ["delivery", "warehouse_amr"])
+        features = defs.resolve_job_def("ingest_through_features")
+        scored = {}
+        for robot_type in ("delivery", "warehouse_amr"):
+            run = features.execute_in_process(instance=instance,
+                                              partition_key=partition_key(DAY, robot_type))
+            assert run.success
+            [mat] = run.asset_materializations_for_node("corner_case_scores")
+            scored[robot_type] = mat.metadata["dagster/row_count"].value
+        scores = read_table(lake, CORNER_CASES, columns=["robot_type"]).to_pylist()
+        assert scored == {rt: sum(r["robot_type"] == rt for r in scores)
+                          for rt in ("delivery", "warehouse_amr")}
+        assert min(scored.values()) > 0
+
         result = job.execute_in_process(instance=instance)
         assert result.success
         mats = {m.asset_key.to_user_string(): m.materialization.metadata
@@ -75,7 +93,8 @@ def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
             s["samples"] for s in manifest["splits"].values())
         assert meta["input_delta_versions"].value == manifest["inputs"]
         assert "| train |" in meta["samples"].value
-        assert mats["corner_case_scores"]["dagster/row_count"].value > 0
+        # the registered version is a partition of the models trained on it
+        assert instance.get_dynamic_partitions("dataset_versions_imu_a") == ["1.0.0"]
         checks = {(e.asset_key.to_user_string(), e.check_name): e.passed
                   for e in result.get_asset_check_evaluations()}
         assert checks[("datasets/imu_a", "every_split_has_samples")] is True
