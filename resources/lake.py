@@ -2,11 +2,13 @@
 
 Which one is chosen by ROBOLAKE_LANDING / ROBOLAKE_LAKE (`robolake.settings`):
 set, they are read through `dagster.EnvVar`; unset, the resources take the
-settings' laptop defaults. An S3 prefix is reached through dagster-aws's
-`S3Resource` (its boto3 client, with Dagster's retry configuration); endpoint
-and region come from AWS_ENDPOINT_URL / AWS_REGION, credentials from boto3's
-default chain (AWS_* variables, an instance or pod role), so none appears in
-config or metadata.
+settings' laptop defaults. An S3 prefix is reached through the boto3 client of
+dagster-aws's `S3Resource` (Dagster's retry configuration); endpoint and region
+come from AWS_ENDPOINT_URL / AWS_REGION, credentials from boto3's default chain
+(AWS_* variables, an instance or pod role), so none appears in config or
+metadata. The S3 settings are plain fields rather than a nested resource: a
+nested resource turns these into context-managed resources, which every
+`build_*_context(resources=…)` caller would then have to open with `with`.
 """
 
 from __future__ import annotations
@@ -20,48 +22,49 @@ from robolake.settings import Settings, get_settings
 from robolake.storage import Store, open_store
 
 
-def _store(uri: str, s3: S3Resource | None) -> Store:
-    if not uri.startswith("s3://"):
-        return open_store(uri)
-    return open_store(uri, s3_client=(s3 or s3_resource()).get_client())
+class _StoreResource(dg.ConfigurableResource):
+    # unset: boto3 reads AWS_ENDPOINT_URL / AWS_DEFAULT_REGION itself
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    def _open(self, uri: str) -> Store:
+        if not uri.startswith("s3://"):
+            return open_store(uri)
+        s3 = S3Resource(endpoint_url=self.s3_endpoint_url, region_name=self.s3_region)
+        return open_store(uri, s3_client=s3.get_client())
 
 
-class LakeResource(dg.ConfigurableResource):
+class LakeResource(_StoreResource):
     """The lake root: Delta tables and copied files live under it."""
 
     root: str
-    s3: S3Resource | None = None  # unset: an S3Resource from the AWS variables
 
     def store(self) -> Store:
-        return _store(self.root, self.s3)
+        return self._open(self.root)
 
 
-class LandingResource(dg.ConfigurableResource):
+class LandingResource(_StoreResource):
     """Where robots upload recordings; read-only for Robolake."""
 
     uri: str
-    s3: S3Resource | None = None
 
     def store(self) -> Store:
-        return _store(self.uri, self.s3)
+        return self._open(self.uri)
 
 
-def s3_resource() -> S3Resource:
-    """dagster-aws's S3 resource: AWS_ENDPOINT_URL and AWS_REGION through EnvVar when set
-    (else boto3's defaults); credentials never in config."""
-    fields = {name: dg.EnvVar(var) for name, var in (("endpoint_url", "AWS_ENDPOINT_URL"),
-                                                     ("region_name", "AWS_REGION"))
-              if os.environ.get(var)}
-    return S3Resource(**fields)
+def s3_fields() -> dict[str, dg.EnvVar]:
+    """The S3 endpoint and region, through EnvVar when set; credentials never in config."""
+    return {name: dg.EnvVar(var) for name, var in (("s3_endpoint_url", "AWS_ENDPOINT_URL"),
+                                                   ("s3_region", "AWS_REGION"))
+            if os.environ.get(var)}
 
 
 def storage_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     from robolake_resources.mlflow import mlflow_resource
 
     settings = settings or get_settings()
-    s3 = s3_resource()
     return {
-        "lake": LakeResource(root=settings.resource_value("lake"), s3=s3),
-        "landing": LandingResource(uri=settings.resource_value("landing"), s3=s3),
+        "lake": LakeResource(root=settings.resource_value("lake"), **s3_fields()),
+        "landing": LandingResource(uri=settings.resource_value("landing"), **s3_fields()),
         "mlflow": mlflow_resource(),
     }
