@@ -205,6 +205,7 @@ def bench_cleaned(minutes: float) -> None:
     from mcap.stream_reader import StreamReader
 
     from robolake.cleaned import Upload, clean_upload
+    from robolake.settings import reset_settings
     from robolake.simulate import RobotIdentity, simulate_recording
     from robolake.storage import open_store
     from robolake.tables import replace_rows
@@ -238,6 +239,7 @@ def bench_cleaned(minutes: float) -> None:
         def ours_on(workers: int):
             def run() -> None:
                 os.environ["ROBOLAKE_DECODE_WORKERS"] = str(workers)
+                reset_settings()
                 ours()
             return run
 

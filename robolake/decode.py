@@ -23,6 +23,7 @@ from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
+from robolake.settings import get_settings
 
 
 @dataclass
@@ -76,6 +77,9 @@ def _bag_sensor_messages(path: Path, start_ns: int | None,
                          end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
     from rosbags.rosbag1 import Reader
 
+    if start_ns is None and end_ns is None:  # the whole file: one scan, 2x rosbags' pace
+        yield from _scanned_bag_messages(path, start_ns, end_ns)
+        return
     try:
         reader = Reader(path)
         reader.open()
@@ -471,8 +475,7 @@ PARALLEL_MIN_MESSAGES = 150_000  # below this, starting worker processes costs m
 
 def decode_workers() -> int:
     """Processes for one large recording: ROBOLAKE_DECODE_WORKERS, else the CPUs (max 4)."""
-    value = os.environ.get("ROBOLAKE_DECODE_WORKERS")
-    return max(1, int(value)) if value else min(os.cpu_count() or 1, 4)
+    return get_settings().decode_workers or min(os.cpu_count() or 1, 4)
 
 
 def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -> Decoded:

@@ -96,11 +96,12 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource):
         store = lake.store()
         current = load_spec(path)  # the file may have changed since the code location loaded
-        try:
-            result = build_dataset(store, current, log=context.log.info)
-        except (DatasetVersionExists, QualityGateFailed) as exc:
-            # a refusal is not transient: no retries (the Spot pool's policy retries the rest)
-            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        with pools.retry_only_transient():  # passes the refusal's dg.Failure through
+            try:
+                result = build_dataset(store, current, log=context.log.info)
+            except (DatasetVersionExists, QualityGateFailed) as exc:
+                # a refusal is not transient: no retries, and its own words
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         # the version is registered: the model assets get a partition for it
         versions = dataset_version_partitions(current.name)
         if not context.instance.has_dynamic_partition(versions.name, current.version):

@@ -163,7 +163,8 @@ def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.Assets
         mlflow.activate()
         store = lake.store()
         trained = config.for_dataset_version(context.partition_key)
-        summary = pipeline.train_model(store, trained, log=context.log.info)
+        with pools.retry_only_transient():
+            summary = pipeline.train_model(store, trained, log=context.log.info)
         return dg.MaterializeResult(metadata=training_metadata(trained, summary, store))
 
     return model_asset
@@ -191,9 +192,10 @@ def build_evaluation_asset(config_path: Path, config: TrainingConfig,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
         mlflow.activate()
         version = latest_model_version(context.instance, model_key, context.partition_key)
-        result = pipeline.evaluate_and_promote(
-            lake.store(), config.for_dataset_version(context.partition_key), version,
-            log=context.log.info)
+        with pools.retry_only_transient():
+            result = pipeline.evaluate_and_promote(
+                lake.store(), config.for_dataset_version(context.partition_key), version,
+                log=context.log.info)
         return dg.MaterializeResult(metadata=evaluation_metadata(result),
                                     tags={"robolake/promotion": result["decision"]["verdict"]})
 
