@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/align.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/fuzz_formats.py
 
 clean:
 	rm -rf $(VENV) lake landing .dagster_home

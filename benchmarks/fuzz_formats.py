@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import functools
+import random
 import resource
 import struct
 import sys
@@ -68,6 +70,7 @@ class Tally:
     unhandled: list[str] = field(default_factory=list)
     by_mutation: Counter = field(default_factory=Counter)
     peak_rss_mb: float = 0.0
+    peak_case: str = ""  # the case that set the peak
 
 
 # --------------------------------------------------------------------------- seeds
@@ -138,23 +141,35 @@ def load_seeds(shared_data: Path, workdir: Path) -> list[Seed]:
 # --------------------------------------------------------------------------- mutations
 
 
-def _bomb(seed: Seed, declared: int) -> bytes:
-    """The seed with a chunk that inflates to 64 MiB of zeros but declares `declared`."""
+@functools.cache
+def _zeros(codec: str, mib: int) -> bytes:
+    """`mib` MiB of zeros compressed, built a MiB at a time (the harness stays small too)."""
+    if codec == "bz2":
+        comp = bz2.BZ2Compressor(9)
+    else:
+        import zstandard
+
+        comp = zstandard.ZstdCompressor(level=3).compressobj()
+    return b"".join(comp.compress(bytes(2**20)) for _ in range(mib)) + comp.flush()
+
+
+def _bomb(seed: Seed, declared: int, mib: int, where: int) -> bytes:
+    """The seed with a chunk that inflates to `mib` MiB of zeros but declares `declared`,
+    before its `where`-th record."""
     data = seed.data
     if seed.name.endswith(".bag"):
-        payload = bz2.compress(bytes(64 * 2**20), 9)
+        payload = _zeros("bz2", mib)
         header = b"".join(struct.pack("<I", len(f)) + f for f in (
             b"op=\x05", b"compression=bz2", b"size=" + struct.pack("<I", declared % 2**32)))
         record = struct.pack("<I", len(header)) + header + struct.pack("<I", len(payload))
-        at = seed.length_fields[2][0] if len(seed.length_fields) > 2 else len(data)
+        starts = seed.length_fields[::2]  # a record's header length field is its start
+        at = starts[where % len(starts)][0] if starts else len(data)
         return data[:at] + record + payload + data[at:]
-    import zstandard
-
-    comp = zstandard.ZstdCompressor(level=3).compressobj()
-    payload = b"".join(comp.compress(bytes(2**20)) for _ in range(64)) + comp.flush()
+    payload = _zeros("zstd", mib)
     body = (struct.pack("<QQQI", 0, 0, declared % 2**64, 0) + struct.pack("<I", 4) + b"zstd"
             + struct.pack("<Q", len(payload)) + payload)
-    at = seed.length_fields[1][0] - 1 if len(seed.length_fields) > 1 else len(data)
+    starts = seed.length_fields[1:]  # after the Header record
+    at = starts[where % len(starts)][0] - 1 if starts else len(data)
     return data[:at] + b"\x06" + struct.pack("<Q", len(body)) + body + data[at:]
 
 
@@ -183,7 +198,8 @@ def mutate(seed: Seed, kind: str, draw) -> bytes:
             value = draw(st.sampled_from(INTERESTING_LENGTHS) | st.integers(0, 2**(8 * width) - 1))
             data[at:at + width] = struct.pack(fmt, value % 2**(8 * width))
     elif kind == "bomb":
-        return _bomb(seed, draw(st.sampled_from([2**20, 64 * 2**20, 2**40, 1000])))
+        declared = draw(st.sampled_from([2**20, 64 * 2**20, 2**40, 1000]) | st.integers(0, 2**32))
+        return _bomb(seed, declared, draw(st.sampled_from([1, 16, 300])), draw(st.integers(0, 50)))
     else:  # splice garbage (also the fallback for seeds without the field kind)
         at = draw(st.integers(0, n))
         garbage = draw(st.binary(min_size=1, max_size=64))
@@ -230,16 +246,20 @@ def run_cases(shared_data: Path, workdir: Path, cases: int, seed: int) -> Tally:
               suppress_health_check=list(HealthCheck))
     @given(st.data())
     def case(data):
-        chosen = data.draw(st.sampled_from(seeds))
-        kind = data.draw(st.sampled_from(MUTATIONS))
+        # uniform over seeds and kinds (hypothesis favours the first of a sampled list)
+        rnd = random.Random(data.draw(st.integers(0, 2**64 - 1)))
+        chosen, kind = rnd.choice(seeds), rnd.choice(MUTATIONS)
         suffix = ".ulg" if chosen.name.endswith(".ulg") else Path(chosen.name).suffix
         path = workdir / f"case{suffix}"
         path.write_bytes(mutate(chosen, kind, data.draw))
         tally.by_mutation[kind] += 1
-        judge(path, tally, f"{chosen.name}/{kind}#{tally.cases}")
+        label = f"{chosen.name}/{kind}#{tally.cases}"
+        judge(path, tally, label)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if rss > tally.peak_rss_mb:
+            tally.peak_rss_mb, tally.peak_case = rss, label
 
     case()
-    tally.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return tally
 
 
@@ -258,10 +278,12 @@ def main() -> None:
     print(f"usable       {tally.usable}  (decode failed, reported per upload: "
           f"{tally.decode_failed})")
     print(f"unhandled    {len(tally.unhandled)}")
-    print(f"peak memory  {tally.peak_rss_mb:.0f} MB")
+    print(f"peak memory  {tally.peak_rss_mb:.0f} MB  (set by {tally.peak_case})")
     print("mutations    " + ", ".join(f"{k} {v}" for k, v in sorted(tally.by_mutation.items())))
-    for line in tally.unhandled[:20]:
-        print("  " + line)
+    kinds = Counter(line.split(": ", 1)[1] for line in tally.unhandled)
+    for what, n in kinds.most_common(20):
+        example = next(line for line in tally.unhandled if line.endswith(what))
+        print(f"  {n:>5} x {what}   e.g. {example.split(': ', 1)[0]}")
 
 
 if __name__ == "__main__":

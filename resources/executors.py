@@ -1,9 +1,10 @@
 """The executor, chosen in one place: Kubernetes Jobs in production, processes on a laptop.
 
-`ROBOLAKE_DEPLOYMENT=k8s` selects `k8s_job_executor`: each step runs as its
+The deployment (`robolake.settings`, `ROBOLAKE_DEPLOYMENT=local|k8s`) decides:
+`k8s` selects `k8s_job_executor`: each step runs as its
 own Kubernetes Job, placed by the `dagster-k8s/config` op tags that
-`resources.pools` attaches to every asset (node selector, tolerations,
-resources, GPU limit). Anything else (unset, `local`) keeps Dagster's default
+`robolake_resources.pools` attaches to every asset (node selector, tolerations,
+resources, GPU limit); `local` (the default) keeps Dagster's default
 executor (multiprocess; in-process for `dagster asset materialize` and tests).
 The run launcher (K8sRunLauncher, see deploy/helm/values.yaml) supplies the
 image, namespace and secrets; the executor adds only what is Robolake's own.
@@ -11,12 +12,13 @@ image, namespace and secrets; the executor adds only what is Robolake's own.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import dagster as dg
 
-DEPLOYMENT_VAR = "ROBOLAKE_DEPLOYMENT"
+from robolake.settings import DEPLOYMENTS, ENV_VARS
+
+DEPLOYMENT_VAR = ENV_VARS["deployment"]
 K8S = "k8s"
 
 # Base Kubernetes config for every step pod; a pool's op tags are merged over it.
@@ -48,17 +50,12 @@ K8S_EXECUTOR_CONFIG: dict[str, Any] = {
 }
 
 
-def deployment() -> str:
-    return os.environ.get(DEPLOYMENT_VAR, "local").strip().lower() or "local"
-
-
-def robolake_executor(name: str | None = None) -> dg.ExecutorDefinition:
-    """`k8s_job_executor` configured for Robolake when ROBOLAKE_DEPLOYMENT=k8s, else the default."""
-    selected = (name or deployment()).strip().lower()
-    if selected == K8S:
+def robolake_executor(deployment: str) -> dg.ExecutorDefinition:
+    """`k8s_job_executor` configured for Robolake for the `k8s` deployment, else the default."""
+    if deployment == K8S:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor.configured(K8S_EXECUTOR_CONFIG, name="robolake_k8s")
-    if selected not in ("local", ""):
-        raise ValueError(f"{DEPLOYMENT_VAR}={selected!r}: expected 'k8s' or 'local'")
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(f"deployment {deployment!r}: expected one of {', '.join(DEPLOYMENTS)}")
     return dg.multi_or_in_process_executor

@@ -109,7 +109,8 @@ GPU_HIGH = Pool("gpu_high", {POOL_LABEL: "gpu-high", CAPACITY_TYPE: "on-demand"}
 
 POOLS = {p.name: p for p in (CPU_ON_DEMAND, CPU_SPOT, GPU_STANDARD, GPU_HIGH)}
 # Steps of a pool running at once across the production instance (`dagster instance
-# concurrency` state, applied by `python -m resources.pools`; laptops use the default limit).
+# concurrency` state, applied by `python -m robolake_resources.pools`; laptops use the
+# default limit).
 POOL_LIMITS = {p.name: p.limit for p in POOLS.values()}
 
 
@@ -206,10 +207,12 @@ def queue_limits(deployment: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m resources.pools`: set the production pool limits on $DAGSTER_HOME's instance."""
+    """`python -m robolake_resources.pools`: set the production pool limits on
+    $DAGSTER_HOME's instance."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m resources.pools", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m robolake_resources.pools",
+                                     description=main.__doc__)
     parser.add_argument("--dry-run", action="store_true", help="print the limits, set nothing")
     args = parser.parse_args(argv)
     if args.dry_run:

@@ -17,11 +17,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from robolake.inflate import FormatProblem, corrupt, inflate, past_end, truncated
+from robolake.inflate import FormatProblem, corrupt, guard_rosbags, inflate, past_end, truncated
+
+guard_rosbags()  # every reader of bags in this process inflates within the guard
 
 MAGIC = b"#ROSBAG V2.0\n"
 OP_MESSAGE, OP_BAG_HEADER, OP_INDEX, OP_CHUNK, OP_CHUNK_INFO, OP_CONNECTION = 2, 3, 4, 5, 6, 7
 _U32 = struct.Struct("<I")
+_TIME = struct.Struct("<II")  # sec, nsec
 
 
 @dataclass(frozen=True)
@@ -75,19 +78,29 @@ class BagScan:
             pos = f.tell()
 
     def _chunk_records(self, plain: bytes, where: str) -> Iterator[tuple[int, int, bytes]]:
-        f = _Buffer(plain)
-        while f.at < len(plain):
-            at = f.at
-            try:
-                header, data = _read_record(f, at, len(plain))
-            except FormatProblem as problem:
-                raise corrupt(f"{where}: a record at offset {at} inside it is broken "
-                              f"({problem})") from problem
-            op = _op(header, f"{where}, offset {at}")
-            if op == OP_CONNECTION:
-                self._connection(header, data, at)
-            elif op == OP_MESSAGE:
-                yield _message(header, data, self.connections, at)
+        # offsets into the inflated chunk, no per-record objects: this is the decode path
+        at, end, unpack = 0, len(plain), _U32.unpack_from
+        while at < end:
+            if end - at < 8:
+                raise corrupt(f"{where}: a record at offset {at} inside it is cut by its end")
+            (header_len,) = unpack(plain, at)
+            data_at = at + 8 + header_len
+            data_len = unpack(plain, data_at - 4)[0] if data_at <= end else 0
+            if data_at > end or data_at + data_len > end:
+                raise corrupt(f"{where}: a record at offset {at} inside it runs past its end")
+            op, conn, time = _message_fields(plain, at + 4, data_at - 4)
+            if op == OP_MESSAGE and conn is not None and time is not None:
+                if conn not in self.connections:
+                    raise corrupt(f"{where}: the message at offset {at} belongs to connection "
+                                  f"{conn}, which no connection record before it defines")
+                yield conn, time, plain[data_at:data_at + data_len]
+            elif op == OP_CONNECTION:
+                header = _fields(plain[at + 4:data_at - 4], f"{where}, offset {at}")
+                self._connection(header, plain[data_at:data_at + data_len], at)
+            elif op is None or op == OP_MESSAGE:
+                raise corrupt(f"{where}: the record at offset {at} inside it has no op, conn "
+                              "or time field")
+            at = data_at + data_len
 
     def _connection(self, header: dict[bytes, bytes], data: bytes, pos: int) -> None:
         conn = _u32(header, b"conn", pos)
@@ -102,19 +115,23 @@ class BagScan:
                                                msgtype.decode("utf-8", "replace"))
 
 
-class _Buffer:
-    """The read/tell interface of a file over bytes already in memory."""
-
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
-
-    def read(self, n: int) -> bytes:
-        out = self.data[self.at:self.at + n]
-        self.at += len(out)
-        return out
-
-    def tell(self) -> int:
-        return self.at
+def _message_fields(buf: bytes, at: int, end: int) -> tuple[int | None, int | None, int | None]:
+    """(op, conn, time ns) of a record header at buf[at:end]; None where a field is absent
+    or malformed (the caller decides)."""
+    op = conn = time = None
+    while at < end:
+        (n,) = _U32.unpack_from(buf, at)
+        field_at, at = at + 4, at + 4 + n
+        if at > end:
+            return None, None, None
+        if n == 4 and buf.startswith(b"op=", field_at):
+            op = buf[field_at + 3]
+        elif n == 9 and buf.startswith(b"conn=", field_at):
+            (conn,) = _U32.unpack_from(buf, field_at + 5)
+        elif n == 13 and buf.startswith(b"time=", field_at):
+            sec, nsec = _TIME.unpack_from(buf, field_at + 5)
+            time = sec * 1_000_000_000 + nsec
+    return op, conn, time
 
 
 def _read_record(f, pos: int, size: int) -> tuple[dict[bytes, bytes], bytes]:

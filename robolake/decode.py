@@ -9,7 +9,6 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import struct
@@ -22,7 +21,9 @@ import numpy as np
 
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
+from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
+from robolake.settings import get_settings
 
 
 @dataclass
@@ -54,37 +55,18 @@ def iter_sensor_messages(path: Path, start_ns: int | None = None,
     through the file's index.
     """
     fmt = detect_format(read_head(path))
-    if fmt == "mcap" and start_ns is None and end_ns is None:
-        from mcap.records import Channel, Message, Schema
-        from mcap.stream_reader import StreamReader
-
-        schemas: dict[int, str] = {}
-        channels: dict[int, tuple[str, str] | None] = {}
-        with open(path, "rb") as f:
-            for rec in StreamReader(f).records:
-                kind = type(rec)
-                if kind is Message:
-                    ch = channels.get(rec.channel_id)
-                    if ch is not None:
-                        yield ch[0], ch[1], rec.log_time, rec.data, "cdr"
-                elif kind is Channel:
-                    msgtype = schemas.get(rec.schema_id, "")
-                    channels[rec.id] = (rec.topic, msgtype) if sensor_kind(msgtype) else None
-                elif kind is Schema:
-                    schemas[rec.id] = normalize_msgtype(rec.name)
-    elif fmt == "mcap":
-        from mcap.reader import make_reader
-
-        with open(path, "rb") as f:
-            known: dict[int, str | None] = {}
-            for schema, channel, msg in make_reader(f).iter_messages(
-                    start_time=start_ns, end_time=end_ns, log_time_order=False):
-                msgtype = known.get(channel.id, "")
-                if msgtype == "":
-                    msgtype = normalize_msgtype(schema.name) if schema else None
-                    known[channel.id] = msgtype = msgtype if sensor_kind(msgtype or "") else None
-                if msgtype is not None:
-                    yield channel.topic, msgtype, msg.log_time, msg.data, "cdr"
+    if fmt == "mcap":
+        sliced = start_ns is not None or end_ns is not None
+        defs = Definitions.from_summary(path) if sliced else Definitions()
+        known: dict[int, tuple[str, str] | None] = {}
+        for channel, log_ns, data in iter_messages(path, defs, start_ns, end_ns):
+            ch = known.get(channel, ())
+            if ch == ():
+                msgtype = normalize_msgtype(defs.msgtype(channel))
+                ch = known[channel] = ((defs.channels[channel][0], msgtype)
+                                       if sensor_kind(msgtype) else None)
+            if ch is not None:
+                yield ch[0], ch[1], log_ns, data, "cdr"
     elif fmt == "bag":
         yield from _bag_sensor_messages(path, start_ns, end_ns)
     else:
@@ -95,6 +77,9 @@ def _bag_sensor_messages(path: Path, start_ns: int | None,
                          end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
     from rosbags.rosbag1 import Reader
 
+    if start_ns is None and end_ns is None:  # the whole file: one scan, 2x rosbags' pace
+        yield from _scanned_bag_messages(path, start_ns, end_ns)
+        return
     try:
         reader = Reader(path)
         reader.open()
@@ -317,7 +302,9 @@ class CloudLayouts:
                                                   data, 4)
         hit = self._known.get((encoding, frame_len))
         if hit is not None and data[16 + frame_len: hit[1].data_at] == hit[0]:
-            return dataclasses.replace(hit[1], stamp_ns=sec * 1_000_000_000 + nsec)
+            known = hit[1]  # (no dataclasses.replace: it costs more than the parse it saves)
+            return CloudLayout(sec * 1_000_000_000 + nsec, known.data_at, known.n_points,
+                               known.point_step, known.xyz, known.bigendian)
         layout = cloud_layout(data, encoding)
         self._known[(encoding, frame_len)] = (data[16 + frame_len: layout.data_at], layout)
         return layout
@@ -488,8 +475,7 @@ PARALLEL_MIN_MESSAGES = 150_000  # below this, starting worker processes costs m
 
 def decode_workers() -> int:
     """Processes for one large recording: ROBOLAKE_DECODE_WORKERS, else the CPUs (max 4)."""
-    value = os.environ.get("ROBOLAKE_DECODE_WORKERS")
-    return max(1, int(value)) if value else min(os.cpu_count() or 1, 4)
+    return get_settings().decode_workers or min(os.cpu_count() or 1, 4)
 
 
 def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -> Decoded:

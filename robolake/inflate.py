@@ -10,11 +10,13 @@ saying whether the file was cut short (`truncated`) or its bytes are wrong
 from __future__ import annotations
 
 import bz2
+import functools
 import io
 
-# One chunk may inflate to at most this many bytes. Real chunks are 1-10 MB (a raw 4K
-# image is 25 MB); a larger declared size is a corrupt field or a decompression bomb.
-MAX_INFLATED_BYTES = 256 * 2**20
+# One chunk may inflate to at most this many bytes. Real chunks are 1-10 MB (one raw 8K
+# image is 100 MB); a larger declared size is a corrupt field or a decompression bomb.
+# Inflating costs up to twice this while the codec's output blocks are joined.
+MAX_INFLATED_BYTES = 128 * 2**20
 
 
 class FormatProblem(Exception):
@@ -43,8 +45,11 @@ def past_end(what: str, at: int, length: int, size: int) -> FormatProblem:
                      f"declares {length} bytes")
 
 
-def inflate(data: bytes, compression: str, declared: int, where: str) -> bytes:
-    """Decompress one chunk to exactly its declared size, never past the guard."""
+def inflate(data: bytes, compression: str, declared: int | None, where: str) -> bytes:
+    """Decompress one chunk to exactly its declared size (or, when the caller knows no
+    size, to at most the guard), never past the guard."""
+    exact = declared is not None
+    declared = MAX_INFLATED_BYTES if declared is None else declared
     if declared > MAX_INFLATED_BYTES:
         raise corrupt(f"{where} declares {declared} bytes uncompressed, over the "
                       f"{MAX_INFLATED_BYTES} byte limit (a decompression bomb or a corrupt "
@@ -55,8 +60,12 @@ def inflate(data: bytes, compression: str, declared: int, where: str) -> bytes:
         elif compression == "zstd":
             import zstandard
 
-            with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-                out = _read_at_most(reader, declared + 1)
+            if 0 <= zstandard.frame_content_size(data) <= declared:
+                # the frame states its size (checked while decoding): one call, no more
+                out = zstandard.ZstdDecompressor().decompress(data, max_output_size=declared)
+            else:
+                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
+                    out = _read_at_most(reader, declared + 1)
         elif compression == "lz4":
             import lz4.frame
 
@@ -72,8 +81,9 @@ def inflate(data: bytes, compression: str, declared: int, where: str) -> bytes:
                       f"({type(exc).__name__}: {str(exc)[:120]})") from exc
     if len(out) > declared:
         raise corrupt(f"{where} inflates past the {declared} bytes it declares "
-                      "(a decompression bomb or a corrupt size field)")
-    if len(out) < declared:
+                      "(a decompression bomb or a corrupt size field)" if exact else
+                      f"{where} inflates past the {declared} byte limit (a decompression bomb)")
+    if exact and len(out) < declared:
         raise corrupt(f"{where} inflates to {len(out)} bytes but declares {declared}")
     return out
 
@@ -87,3 +97,15 @@ def _read_at_most(reader, limit: int) -> bytes:
         parts.append(part)
         total += len(part)
     return b"".join(parts)
+
+
+def guard_rosbags() -> None:
+    """rosbags inflates a bag's chunks with no bound: give it the guarded codecs."""
+    from rosbags.rosbag1 import reader
+
+    for codec in ("bz2", "lz4"):
+        reader.decompressors[codec] = functools.partial(_bounded, codec=codec)
+
+
+def _bounded(data: bytes, codec: str) -> bytes:
+    return inflate(data, codec, None, "a bag chunk")

@@ -202,3 +202,95 @@ def _message(data: bytes, at: int, length: int, walk: McapWalk, where: str) -> N
     if bucket is None:
         bucket = walk.stamps[channel] = []
     bucket.append(log_time)
+
+
+# --------------------------------------------------------------------------- fast messages
+
+_CHUNK_FIXED = struct.Struct("<QQQII")  # start, end, uncompressed size, crc, compression len
+
+
+@dataclass
+class Definitions:
+    """Schemas and channels as they appear (or from the summary, for a time slice)."""
+
+    schemas: dict[int, str] = field(default_factory=dict)
+    channels: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_summary(cls, path: Path) -> Definitions:
+        from mcap.reader import make_reader
+
+        with open(path, "rb") as f:
+            summary = make_reader(f).get_summary()
+        if summary is None:
+            raise ValueError(f"{path.name}: no MCAP summary to slice by")
+        return cls({i: s.name for i, s in summary.schemas.items()},
+                   {i: (c.topic, c.schema_id) for i, c in summary.channels.items()})
+
+    def msgtype(self, channel: int) -> str:
+        topic_schema = self.channels.get(channel)
+        return self.schemas.get(topic_schema[1], "") if topic_schema else ""
+
+
+def iter_messages(path: Path, defs: Definitions, start_ns: int | None = None,
+                  end_ns: int | None = None):
+    """(channel id, log time, serialized message) for every message, in file order.
+
+    The decode path for files the raw layer accepted: chunks are inflated whole with
+    the codec's C library and their records read with `struct` offsets, no record
+    objects. With a time range, chunks outside it are skipped undecompressed (their
+    channels must then come from the summary: `Definitions.from_summary`).
+    """
+    with open(path, "rb") as f:
+        f.seek(len(MAGIC))
+        while True:
+            head = f.read(_HEAD.size)
+            if len(head) < _HEAD.size:
+                return
+            op, length = _HEAD.unpack(head)
+            if op == Opcode.CHUNK:
+                start, end, size, _, name_len = _CHUNK_FIXED.unpack(f.read(_CHUNK_FIXED.size))
+                compression = f.read(name_len).decode()
+                (data_len,) = struct.unpack("<Q", f.read(8))
+                rest = length - _CHUNK_FIXED.size - name_len - 8
+                if (start_ns is not None and end < start_ns) or (
+                        end_ns is not None and start >= end_ns):
+                    f.seek(rest, 1)
+                    continue
+                data = inflate(f.read(data_len), compression, size, "a chunk")
+                f.seek(rest - data_len, 1)
+                yield from _chunk_messages(data, defs, start_ns, end_ns)
+            elif op in (Opcode.DATA_END, Opcode.FOOTER):
+                return
+            else:
+                body = f.read(length)
+                if op == Opcode.MESSAGE:
+                    yield from _chunk_messages(head + body, defs, start_ns, end_ns)
+                elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
+                    _definition_into(op, body, defs)
+
+
+def _chunk_messages(data: bytes, defs: Definitions, start_ns: int | None, end_ns: int | None):
+    at, end, unpack_head, unpack_msg = 0, len(data), _HEAD.unpack_from, _MESSAGE.unpack_from
+    lo = -1 if start_ns is None else start_ns
+    hi = 2**64 if end_ns is None else end_ns
+    while at < end:
+        op, length = unpack_head(data, at)
+        body = at + 9
+        if op == 0x05:  # Message: channel, sequence, log time, publish time, data
+            channel, _, log_time = unpack_msg(data, body)
+            if lo <= log_time < hi:
+                yield channel, log_time, data[body + 22:body + length]
+        elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
+            _definition_into(op, data[body:body + length], defs)
+        at = body + length
+
+
+def _definition_into(op: int, body: bytes, defs: Definitions) -> None:
+    stream = _Bounded(BytesIO(body))
+    if op == Opcode.SCHEMA:
+        schema = Schema.read(stream)
+        defs.schemas[schema.id] = schema.name
+    else:
+        channel = Channel.read(stream)
+        defs.channels[channel.id] = (channel.topic, channel.schema_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 import unicodedata
@@ -37,6 +36,7 @@ from robolake.contract import (
     USABLE_STATUSES,
 )
 from robolake.errors import is_transient
+from robolake.settings import get_settings
 from robolake.storage import Store
 from robolake.tables import Snapshot, Write, append_new_rows, commit_keyed, read_table, replace_rows
 
@@ -54,8 +54,8 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,62}$")
 
 
 def partitions_start() -> str:
-    """First date of the daily partitions (real recordings in tests date from 2015)."""
-    return os.environ.get("ROBOLAKE_PARTITIONS_START", "2015-01-01")
+    """First date of the daily partitions (ROBOLAKE_PARTITIONS_START, robolake/settings.py)."""
+    return get_settings().partitions_start
 
 
 UPLOADS_SCHEMA = pa.schema([

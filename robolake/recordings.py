@@ -252,6 +252,10 @@ def inspect_ulog(path: Path) -> RecordingInfo:
     except Exception as exc:
         raise RecordingError(f"unreadable PX4 ULog: {type(exc).__name__}: {exc}") from exc
     # ULog stamps are microseconds since boot; the GPS receiver's UTC clock gives the offset.
+    untimed = sorted(d.name for d in ulog.data_list if "timestamp" not in d.data)
+    if untimed:
+        raise RecordingError(f"corrupt: the ULog format definition of {untimed[0]!r} has no "
+                             "timestamp field (a damaged definition record)")
     offset_us = None
     for data in ulog.data_list:
         if data.name == "vehicle_gps_position" and "time_utc_usec" in data.data:

@@ -1,40 +1,164 @@
-"""Where things live, chosen in one place.
+"""Where things live and how Robolake runs: one `Settings` object, read once.
 
-Laptop defaults (folders under the working directory) apply when a variable is
-unset; production sets the same variables to S3 prefixes and a PostgreSQL
-instance. Dagster resources read these through `dagster.EnvVar`, so the
-defaults are written into the environment before definitions load.
+Every value comes from an environment variable (table below); an unset one
+takes its laptop default (folders under the working directory, the embedded
+deployment). Production sets the same variables to S3 prefixes and
+`ROBOLAKE_DEPLOYMENT=k8s`. Nothing here writes the environment: a caller that
+needs a value asks `get_settings()`, and Dagster resources take theirs from
+`resource_value` (a `dagster.EnvVar` when the variable is set, so the running
+process reads it; the default otherwise).
+
+| field | variable | default |
+|---|---|---|
+| lake | ROBOLAKE_LAKE | ./lake |
+| landing | ROBOLAKE_LANDING | ./landing |
+| specs_dir | ROBOLAKE_SPECS | ./specs |
+| training_configs_dir | ROBOLAKE_TRAINING_CONFIGS | ./configs/training |
+| partitions_start | ROBOLAKE_PARTITIONS_START | 2015-01-01 |
+| deployment | ROBOLAKE_DEPLOYMENT | local (or k8s) |
+| decode_workers | ROBOLAKE_DECODE_WORKERS | unset: CPUs up to 4 |
+| engine | ROBOLAKE_ENGINE | local |
+| cache_dir | ROBOLAKE_CACHE | ~/.cache/robolake |
+| dagster_home | DAGSTER_HOME | ./.dagster_home |
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster.yaml"
-DEFAULTS = {
-    "ROBOLAKE_LANDING": "landing",
-    "ROBOLAKE_LAKE": "lake",
-    "ROBOLAKE_SPECS": "specs",  # dataset specs: each YAML file becomes a dataset asset
-    # training configs: each YAML file becomes a training and an evaluation asset
-    "ROBOLAKE_TRAINING_CONFIGS": "configs/training",
+
+# field -> environment variable
+ENV_VARS = {
+    "lake": "ROBOLAKE_LAKE",
+    "landing": "ROBOLAKE_LANDING",
+    "specs_dir": "ROBOLAKE_SPECS",
+    "training_configs_dir": "ROBOLAKE_TRAINING_CONFIGS",
+    "partitions_start": "ROBOLAKE_PARTITIONS_START",
+    "deployment": "ROBOLAKE_DEPLOYMENT",
+    "decode_workers": "ROBOLAKE_DECODE_WORKERS",
+    "engine": "ROBOLAKE_ENGINE",
+    "cache_dir": "ROBOLAKE_CACHE",
+    "dagster_home": "DAGSTER_HOME",
 }
+DEPLOYMENTS = ("local", "k8s")  # embedded on a laptop | Kubernetes (k8s_job_executor)
+ENGINES = ("local",)  # robolake/ functions in-process; a Spark engine would add "spark"
+DEFAULT_PARTITIONS_START = "2015-01-01"  # real recordings in the tests date from 2015
 
 
-def ensure_env_defaults(base: Path | None = None) -> dict[str, str]:
-    """Fill unset ROBOLAKE_* variables with folders under `base` (default: cwd)."""
-    base = base or Path.cwd()
-    for name, folder in DEFAULTS.items():
-        if not os.environ.get(name):
-            os.environ[name] = str(base / folder)
-    return {name: os.environ[name] for name in DEFAULTS}
+@dataclass(frozen=True)
+class Settings:
+    lake: str  # a folder or s3://bucket/prefix
+    landing: str  # a folder or s3://bucket/prefix; never modified
+    specs_dir: Path  # dataset specs: each YAML file is a dataset asset
+    training_configs_dir: Path  # each YAML file is a training and an evaluation asset
+    partitions_start: str  # first date of the daily partitions, YYYY-MM-DD
+    deployment: str  # one of DEPLOYMENTS
+    decode_workers: int | None  # processes per large recording; None: CPUs up to 4
+    engine: str  # one of ENGINES
+    cache_dir: Path  # local copies of shards when the lake is on S3
+    dagster_home: Path
+    # fields whose value came from the environment (the rest are defaults or overrides)
+    env_fields: frozenset[str] = field(default=frozenset(), compare=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 base: Path | None = None) -> Settings:
+        """Settings from `environ` (default: os.environ); defaults are folders under `base`
+        (default: the working directory). A bad value raises ValueError naming the variable."""
+        env = os.environ if environ is None else environ
+        base = base or Path.cwd()
+        given = {name: env[var].strip() for name, var in ENV_VARS.items()
+                 if env.get(var, "").strip()}
+
+        def path(name: str, default: Path) -> Path:
+            return Path(given[name]).expanduser() if name in given else default
+
+        return cls(
+            lake=given.get("lake", str(base / "lake")),
+            landing=given.get("landing", str(base / "landing")),
+            specs_dir=path("specs_dir", base / "specs"),
+            training_configs_dir=path("training_configs_dir", base / "configs" / "training"),
+            partitions_start=_date(given.get("partitions_start", DEFAULT_PARTITIONS_START)),
+            deployment=_choice("deployment", given.get("deployment", "local"), DEPLOYMENTS),
+            decode_workers=_workers(given.get("decode_workers")),
+            engine=_choice("engine", given.get("engine", "local"), ENGINES),
+            cache_dir=path("cache_dir", Path.home() / ".cache" / "robolake"),
+            dagster_home=path("dagster_home", base / ".dagster_home").resolve(),
+            env_fields=frozenset(given),
+        )
+
+    def replace(self, **overrides) -> Settings:
+        """A copy with some fields set (e.g. CLI flags); None leaves a field as it is."""
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self, **overrides, env_fields=self.env_fields - set(overrides))
+
+    def resource_value(self, name: str):
+        """A Dagster resource field's value: `dagster.EnvVar` when the environment gave it
+        (Dagster reads it in the process that runs the step, and shows only its name),
+        the value itself otherwise. Imports Dagster lazily: robolake/ never needs it."""
+        if name in self.env_fields:
+            import dagster as dg
+
+            return dg.EnvVar(ENV_VARS[name])
+        return str(getattr(self, name))
 
 
-def ensure_dagster_home(base: Path | None = None) -> Path:
-    """DAGSTER_HOME (default ./.dagster_home), seeded with the project's dagster.yaml."""
-    base = base or Path.cwd()
-    home = Path(os.environ.get("DAGSTER_HOME") or base / ".dagster_home").resolve()
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    value = value.lower()
+    if value not in allowed:
+        expected = " or ".join(repr(a) for a in allowed)
+        raise ValueError(f"{ENV_VARS[name]}={value!r}: expected {expected}")
+    return value
+
+
+def _date(value: str) -> str:
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{ENV_VARS['partitions_start']}={value!r}: expected a date "
+                         "YYYY-MM-DD") from None
+
+
+def _workers(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return max(1, int(value))
+    except ValueError:
+        raise ValueError(f"{ENV_VARS['decode_workers']}={value!r}: expected a whole number "
+                         "of processes") from None
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """This process's settings, read from the environment on first use."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def reset_settings() -> None:
+    """Forget the settings read: the next get_settings() reads the environment again (tests
+    that change the environment between cases)."""
+    global _settings
+    _settings = None
+
+
+def ensure_dagster_home(settings: Settings | None = None) -> Path:
+    """Create the Dagster instance folder, seeded with the project's dagster.yaml, and point
+    DAGSTER_HOME at it (Dagster finds its instance only through that variable). Called by
+    the CLI before it opens the instance; never at import."""
+    home = (settings or get_settings()).dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():

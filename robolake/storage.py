@@ -109,17 +109,24 @@ def s3_options_from_env() -> dict[str, str]:
 
 
 class S3Store:
-    def __init__(self, uri: str, options: dict[str, str] | None = None):
-        import boto3
+    """An s3:// prefix. `client` is a boto3 S3 client (the Dagster code location passes the
+    one from dagster-aws's S3Resource); without one it is built from `options`."""
 
+    def __init__(self, uri: str, options: dict[str, str] | None = None, client=None):
         parsed = urlparse(uri)
         if parsed.scheme != "s3" or not parsed.netloc:
             raise ValueError(f"expected an s3://bucket/prefix URI, got {uri!r}")
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        # deltalake's object store takes the same endpoint and credentials as options
         self._options = dict(options) if options is not None else s3_options_from_env()
-        self.client = boto3.client(
+        self.client = client if client is not None else self._boto3_client()
+
+    def _boto3_client(self):
+        import boto3
+
+        return boto3.client(
             "s3",
             endpoint_url=self._options.get("AWS_ENDPOINT_URL"),
             aws_access_key_id=self._options.get("AWS_ACCESS_KEY_ID"),
@@ -184,11 +191,13 @@ class S3Store:
         return dict(self._options)
 
 
-def open_store(uri: str | Path, options: dict[str, str] | None = None) -> Store:
-    """A store for a local folder (created if missing) or an s3:// prefix."""
+def open_store(uri: str | Path, options: dict[str, str] | None = None,
+               s3_client=None) -> Store:
+    """A store for a local folder (created if missing) or an s3:// prefix (through
+    `s3_client`, a boto3 S3 client, when given)."""
     text = str(uri)
     if text.startswith("s3://"):
-        return S3Store(text, options)
+        return S3Store(text, options, client=s3_client)
     if "://" in text and not text.startswith("file://"):
         raise ValueError(f"unsupported storage URI {text!r}: use a folder or s3://bucket/prefix")
     path = Path(text.removeprefix("file://"))

@@ -6,23 +6,22 @@ partition; quality thresholds and Great Expectations suites are its checks.
 
 import dagster as dg
 
-from partitions import daily_robot_type_partitions, split_key
-from resources import pools
-from resources.lake import LakeResource
 from robolake import cleaned, contract, expectations
-from robolake_assets.raw import column_schema
+from robolake_assets.helpers import CLEANED_ASSET_KINDS, column_schema, markdown_list
+from robolake_partitions import daily_robot_type_partitions, split_key
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
-# asset name -> (table kind in robolake.cleaned, description)
-CLEANED_ASSETS = {
-    "cleaned_imu": ("imu", "IMU samples: duplicates and |a| > "
-                           f"{contract.IMU_OUTLIER_NORM:g} m/s² outliers removed"),
-    "cleaned_gps": ("gps", "GPS fixes: duplicates and invalid fixes (no fix, NaN) removed"),
-    "cleaned_lidar": ("lidar", "LiDAR frames: kept points (<= "
-                               f"{contract.LIDAR_MAX_RANGE_M:g} m), range stats, payload ref"),
-    "cleaned_camera_frames": ("camera", "Camera frame index: size, brightness, black flag, ref"),
-    "cleaned_aligned_frames": ("aligned", "One row per LiDAR frame with camera, IMU and GPS "
-                                          "aligned to it (data contract)"),
-    "cleaned_quality_reports": ("report", "Per-upload quality metrics and rule counts"),
+DESCRIPTIONS = {
+    "cleaned_imu": f"IMU samples: duplicates and |a| > {contract.IMU_OUTLIER_NORM:g} m/s² "
+                   "outliers removed",
+    "cleaned_gps": "GPS fixes: duplicates and invalid fixes (no fix, NaN) removed",
+    "cleaned_lidar": f"LiDAR frames: kept points (<= {contract.LIDAR_MAX_RANGE_M:g} m), range "
+                     "stats, payload ref",
+    "cleaned_camera_frames": "Camera frame index: size, brightness, black flag, ref",
+    "cleaned_aligned_frames": "One row per LiDAR frame with camera, IMU and GPS aligned to it "
+                              "(data contract)",
+    "cleaned_quality_reports": "Per-upload quality metrics and rule counts",
 }
 # quality thresholds: ERROR ones block datasets built on bad data, WARN ones flag
 QUALITY_CHECKS = {
@@ -50,10 +49,10 @@ _CHECK_SPECS = [
 @dg.multi_asset(
     name="cleaned_layer",
     # eager: a raw partition materialized on its own (UI, backfill) is cleaned right after
-    specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned", description=desc,
-                        kinds={"delta", "polars"},
+    specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned",
+                        description=DESCRIPTIONS[name], kinds={"delta", "polars"},
                         automation_condition=dg.AutomationCondition.eager())
-           for name, (_, desc) in CLEANED_ASSETS.items()],
+           for name in CLEANED_ASSET_KINDS],
     check_specs=_CHECK_SPECS,
     partitions_def=daily_robot_type_partitions,
     **pools.cpu_spot(),
@@ -65,7 +64,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
         result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
     metrics = result.metrics
     frames = {}
-    for name, (kind, _) in CLEANED_ASSETS.items():
+    for name, kind in CLEANED_ASSET_KINDS.items():
         frame = result.frames[kind]
         frames[name] = frame
         metadata = {
@@ -94,5 +93,4 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
         yield dg.AssetCheckResult(
             asset_key=name, check_name="great_expectations", passed=suite.success,
             metadata={"expectations": suite.evaluated, "failed": len(suite.failed),
-                      "failures": dg.MetadataValue.md("\n".join(
-                          f"- {f}" for f in suite.failed) or "none")})
+                      "failures": markdown_list(suite.failed)})

@@ -14,8 +14,10 @@ import time
 import traceback
 from pathlib import Path
 
+from robolake.settings import Settings
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+
+def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.simulate import simulate_fleet
 
     faults = [f for part in args.faults for f in part.split(",") if f]
@@ -29,9 +31,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, str]], int]:
-    """Partitions holding landing files not indexed yet, or (through cleaned) uploads
-    that the cleaned layer has not reported on yet."""
+    """Partitions holding landing files not indexed yet, (through cleaned) uploads that the
+    cleaned layer has not reported on yet, or (through features) aligned frames without
+    current corner-case scores."""
     from robolake import cleaned, contract, raw
+    from robolake.datasets.scenarios import stale_corner_case_partitions
     from robolake.tables import read_table
 
     files = raw.list_landing(landing)
@@ -52,6 +56,8 @@ def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, st
         pending |= {(r["date"], r["robot_type"]) for r in indexed
                     if r["status"] in contract.USABLE_STATUSES
                     and r["upload_id"] not in reported_ids}
+    if through == "features":
+        pending |= stale_corner_case_partitions(lake)
     return sorted(pending), len(files)
 
 
@@ -104,28 +110,24 @@ def fail_dead_cli_runs(instance) -> list[str]:
     return dead
 
 
-def _cmd_ingest(args: argparse.Namespace) -> int:
-    from robolake.settings import ensure_dagster_home, ensure_env_defaults
+def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.settings import ensure_dagster_home
 
-    if args.landing:
-        os.environ["ROBOLAKE_LANDING"] = args.landing
-    if args.lake:
-        os.environ["ROBOLAKE_LAKE"] = args.lake
-    env = ensure_env_defaults()
-    home = ensure_dagster_home()
+    settings = settings.replace(landing=args.landing, lake=args.lake)
+    home = ensure_dagster_home(settings)
 
-
-    from partitions import partition_key, robot_type_partitions
     from robolake.storage import open_store
-    from robolake_assets.definitions import defs
+    from robolake_assets.definitions import build_definitions
     from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
+    from robolake_partitions import robot_type_partitions
 
     if args.through not in LAYERS:
         raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
     through_partitioned = (args.through if args.through in PARTITIONED_LAYERS
                            else PARTITIONED_LAYERS[-1])
 
-    landing, lake = open_store(env["ROBOLAKE_LANDING"]), open_store(env["ROBOLAKE_LAKE"])
+    defs = build_definitions(settings)
+    landing, lake = open_store(settings.landing), open_store(settings.lake)
     pending, n_files = _pending_partitions(landing, lake, through_partitioned)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
     instance = open_instance(home)
@@ -135,7 +137,30 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     new_types = sorted({rt for _, rt in pending} - known)
     if new_types:
         instance.add_dynamic_partitions(robot_type_partitions.name, new_types)
-    job = defs.resolve_job_def(ingest_job_name(through_partitioned))
+    failed = _run_partitions(defs.resolve_job_def(ingest_job_name(through_partitioned)),
+                             instance, pending)
+    later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
+    for layer in later:
+        if failed:
+            break
+        for job_name, partition in _layer_jobs(layer, settings, lake, instance):
+            if not _run_layer_job(defs, instance, layer, job_name, partition):
+                failed.append(job_name)
+    print_summary(lake, home)
+    if "models" in later:
+        from robolake.models.tracking import ui_command
+
+        print(f"MLflow: make mlflow  (or {ui_command(lake)}; then open http://127.0.0.1:5000)")
+    if failed:
+        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_partitions(job, instance, pending: list[tuple[str, str]]) -> list[str]:
+    """Run `job` once per (date, robot type) partition; the partitions that failed."""
+    from robolake_partitions import partition_key
+
     failed = []
     for i, (day, robot_type) in enumerate(pending, 1):
         started = time.perf_counter()
@@ -148,51 +173,58 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
               f"{time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         if not result.success:
             failed.append(f"{day}|{robot_type}")
-    later = LAYERS[LAYERS.index(through_partitioned) + 1: LAYERS.index(args.through) + 1]
-    for layer in later:
-        if failed:
-            break
-        for job_name in _layer_jobs(layer):
-            started = time.perf_counter()
-            result = defs.resolve_job_def(job_name).execute_in_process(
-                instance=instance, tags=cli_run_tags(), raise_on_error=False)
-            state = "ok" if result.success else "FAILED"
-            print(f"{layer} ({job_name}): {state} in {time.perf_counter() - started:.1f}s "
-                  f"(run {result.run_id[:8]})")
-            for event in result.get_asset_materialization_events():
-                meta = event.materialization.metadata
-                if "decision" in meta:  # an evaluation: say what the gate decided and why
-                    print(f"  {event.asset_key.to_user_string()}: model version "
-                          f"{meta['model_version'].value} {meta['decision'].value}\n    "
-                          + meta["reasons"].value.replace("\n", "\n    "))
-            if not result.success:
-                failed.append(job_name)
-                for event in result.all_events:
-                    if event.is_step_failure:
-                        print(f"  {event.step_key}: "
-                              f"{event.step_failure_data.error.message.strip()}", file=sys.stderr)
-    print_summary(lake, home)
-    if "models" in later:
-        from robolake.models.tracking import ui_command
-
-        print(f"MLflow: make mlflow  (or {ui_command(lake)}; then open http://127.0.0.1:5000)")
-    if failed:
-        print(f"failed: {', '.join(failed)}; see the runs in the UI", file=sys.stderr)
-        return 1
-    return 0
+    return failed
 
 
-def _layer_jobs(layer: str) -> list[str]:
-    """The jobs that build a layer after the partitioned ones (they span partitions)."""
+def _run_layer_job(defs, instance, layer: str, job_name: str,
+                   partition: str | None = None) -> bool:
+    """Run one job of a layer after the (date, robot type) ones (a model job: one dataset
+    version's partition); print what an evaluation decided and why a step failed. True
+    when it succeeded."""
+    started = time.perf_counter()
+    result = defs.resolve_job_def(job_name).execute_in_process(
+        instance=instance, tags=cli_run_tags(), raise_on_error=False, partition_key=partition)
+    state = "ok" if result.success else "FAILED"
+    on = f" on dataset version {partition}" if partition else ""
+    print(f"{layer} ({job_name}{on}): {state} in {time.perf_counter() - started:.1f}s "
+          f"(run {result.run_id[:8]})")
+    for event in result.get_asset_materialization_events():
+        meta = event.materialization.metadata
+        if "decision" in meta:  # an evaluation: say what the gate decided and why
+            print(f"  {event.asset_key.to_user_string()}: model version "
+                  f"{meta['model_version'].value} {meta['decision'].value}\n    "
+                  + meta["reasons"].value.replace("\n", "\n    "))
+    for event in result.all_events if not result.success else []:
+        if event.is_step_failure:
+            print(f"  {event.step_key}: {event.step_failure_data.error.message.strip()}",
+                  file=sys.stderr)
+    return result.success
+
+
+def _layer_jobs(layer: str, settings: Settings, lake,
+                instance) -> list[tuple[str, str | None]]:
+    """The jobs (and partition) that build a layer after the (date, robot type) ones:
+    datasets span those partitions; a model trains on the dataset version its config
+    names (registered as a partition of the model assets if the lake has it)."""
     if layer == "datasets":
-        from robolake_assets.datasets import DATASET_ASSETS, specs_dir
+        from robolake_assets.datasets import load_specs
 
-        print(f"datasets: {len(DATASET_ASSETS)} spec(s) in {specs_dir()}")
-        return ["build_datasets"]
-    from robolake_assets.models import MODEL_JOBS, config_dir
+        print(f"datasets: {len(load_specs(settings.specs_dir))} spec(s) in {settings.specs_dir}")
+        return [("build_datasets", None)]
+    from robolake.datasets.build import list_versions
+    from robolake_assets.models import train_job_name, training_configs
+    from robolake_partitions import dataset_version_partitions
 
-    print(f"models: {len(MODEL_JOBS)} training config(s) in {config_dir()}")
-    return [job.name for job in MODEL_JOBS]
+    configs = training_configs(settings.training_configs_dir).values()
+    print(f"models: {len(configs)} training config(s) in {settings.training_configs_dir}")
+    for config in configs:
+        versions = dataset_version_partitions(config.dataset.name)
+        registered = config.dataset.version in list_versions(lake, config.dataset.name)[
+            "version"].to_list()
+        if registered and not instance.has_dynamic_partition(versions.name,
+                                                             config.dataset.version):
+            instance.add_dynamic_partitions(versions.name, [config.dataset.version])
+    return [(train_job_name(config), config.dataset.version) for config in configs]
 
 
 def print_summary(lake, dagster_home: Path | None = None) -> None:
@@ -247,14 +279,13 @@ def print_summary(lake, dagster_home: Path | None = None) -> None:
     print("UI:    make ui   (then open http://127.0.0.1:3000)")
 
 
-def _cmd_datasets(args: argparse.Namespace) -> int:
+def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     import polars as pl
 
     from robolake.datasets.build import compare_versions, list_versions
-    from robolake.settings import ensure_env_defaults
     from robolake.storage import open_store
 
-    lake = open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"])
+    lake = open_store(args.lake or settings.lake)
     with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_width_chars=120,
                    fmt_str_lengths=40):
         if args.action == "list":
@@ -270,28 +301,27 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_summary(args: argparse.Namespace) -> int:
-    from robolake.settings import ensure_env_defaults
+def _cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.storage import open_store
 
-    print_summary(open_store(args.lake or ensure_env_defaults()["ROBOLAKE_LAKE"]))
+    print_summary(open_store(args.lake or settings.lake))
     return 0
 
 
-def _cmd_gateway(args: argparse.Namespace) -> int:
+def _cmd_gateway(args: argparse.Namespace, _settings=None) -> int:
     from robolake.gateway.server import serve
 
     serve(args.host, args.port)
     return 0
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
+def _cmd_keys(args: argparse.Namespace, _settings=None) -> int:
     from robolake.gateway.cli import keys_command
 
     return keys_command(args)
 
 
-def _cmd_stream_writer(args: argparse.Namespace) -> int:
+def _cmd_stream_writer(args: argparse.Namespace, _settings=None) -> int:
     from robolake.gateway.cli import stream_writer_command
 
     return stream_writer_command(args)
@@ -322,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="scan the landing zone once and materialize the affected "
                               "partitions in-process")
     ing.add_argument("--through", default="cleaned",
-                     help="last layer to build: raw, cleaned (default), datasets or models")
+                     help="last layer to build: raw, cleaned (default), features, datasets or "
+                          "models")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)
@@ -369,7 +400,8 @@ def _explain(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        # read once per command: the environment plus this command's flags
+        return args.func(args, Settings.from_env())
     except KeyboardInterrupt:
         print("robolake: interrupted; re-run the command to finish (writes are idempotent)",
               file=sys.stderr)

@@ -1,7 +1,8 @@
-"""Datasets layer: corner-case scores and one asset per dataset spec in the specs folder.
+"""Datasets layer: one asset per dataset spec in the specs folder.
 
-A new YAML file in `ROBOLAKE_SPECS` (default ./specs) becomes an asset
-`datasets/<name>` when the code location reloads; no code changes. A spec that
+A new YAML file in the specs folder (`ROBOLAKE_SPECS`, default ./specs; see
+`robolake.settings`) becomes an asset `datasets/<name>` when the code location
+reloads; no code changes. A spec that
 does not validate stops the code location from loading with the spec's error,
 so a typo never silently drops a dataset.
 """
@@ -10,35 +11,28 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
-from robolake import contract
 from robolake.cleaned import TABLES
 from robolake.datasets.build import (
     DatasetVersionExists,
     QualityGateFailed,
     build_dataset,
 )
-from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
 from robolake.datasets.spec import DatasetSpec, load_spec
-from robolake.settings import ensure_env_defaults
+from robolake_assets.helpers import (
+    DATASETS_GROUP,
+    cleaned_asset_of_table,
+    dataset_asset_key,
+    markdown_table,
+)
+from robolake_partitions import dataset_version_partitions
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
-GROUP = "datasets"
-# the cleaned asset each source table comes from
-CLEANED_ASSET_OF = {
-    TABLES["aligned"]: "cleaned_aligned_frames", TABLES["imu"]: "cleaned_imu",
-    TABLES["gps"]: "cleaned_gps", TABLES["lidar"]: "cleaned_lidar",
-    TABLES["camera"]: "cleaned_camera_frames",
-}
-
-
-def specs_dir() -> Path:
-    return Path(ensure_env_defaults()["ROBOLAKE_SPECS"])
+GROUP = DATASETS_GROUP
 
 
-def load_specs(folder: Path | None = None) -> list[tuple[Path, DatasetSpec]]:
+def load_specs(folder: Path) -> list[tuple[Path, DatasetSpec]]:
     """Every spec in the folder (sorted by file name); two specs with one name are an error."""
-    folder = folder or specs_dir()
     specs = [(p, load_spec(p)) for p in sorted(folder.glob("*.y*ml"))] if folder.is_dir() else []
     seen: dict[str, Path] = {}
     for path, spec in specs:
@@ -47,46 +41,6 @@ def load_specs(folder: Path | None = None) -> list[tuple[Path, DatasetSpec]]:
                              f"{seen[spec.name]}")
         seen[spec.name] = path
     return specs
-
-
-def dataset_key(name: str) -> dg.AssetKey:
-    return dg.AssetKey([GROUP, name])
-
-
-@dg.asset(
-    group_name=GROUP,
-    deps=["cleaned_aligned_frames"],
-    kinds={"delta", "polars"},
-    description="Corner-case scores per aligned frame (hard braking, sharp turns, GPS loss, "
-                f"sensor faults, rare robot types) in {CORNER_CASES}",
-    **pools.cpu_spot(),
-)
-def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
-    import polars as pl
-
-    from robolake.tables import read_table
-
-    store = lake.store()
-    source, version = refresh_corner_cases(store)
-    scored = pl.from_arrow(read_table(store, CORNER_CASES, columns=["scenario",
-                                                                    "corner_case_score"]))
-    counts = scored.group_by("scenario").len().sort("scenario")
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": scored.height,
-        "dagster/uri": store.table_uri(CORNER_CASES),
-        "delta_version": version,
-        "aligned_frames_version": source,
-        "corner_cases": int((scored["corner_case_score"] >= contract.CORNER_CASE_THRESHOLD).sum()),
-        "scenarios": dg.MetadataValue.md(_table(
-            ["scenario", "frames"], [(r["scenario"], r["len"]) for r in counts.to_dicts()])),
-        "scored": dg.MetadataValue.text(", ".join(SCENARIOS)),
-    })
-
-
-def _table(header: list[str], rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def _metadata(manifest: dict, created: bool, store) -> dict:
@@ -103,11 +57,11 @@ def _metadata(manifest: dict, created: bool, store) -> dict:
         "missing_rate": float(manifest["quality"]["missing_rate"]),
         "cache_hits": manifest["cache"]["hits"],
         "cache_misses": manifest["cache"]["misses"],
-        "samples": dg.MetadataValue.md(_table(
+        "samples": dg.MetadataValue.md(markdown_table(
             ["split", "samples", "recordings", "shards", *groups],
             [(name, s["samples"], s["recordings"], len(s["shards"]),
               *(s["groups"].get(g, 0) for g in groups)) for name, s in splits.items()])),
-        "scenarios": dg.MetadataValue.md(_table(
+        "scenarios": dg.MetadataValue.md(markdown_table(
             ["split", *scenarios],
             [(name, *(s["scenarios"].get(g, 0) for g in scenarios))
              for name, s in splits.items()])),
@@ -122,18 +76,19 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     tables |= {TABLES["imu"]} if spec.features.imu_window else set()
     tables |= {TABLES["lidar"]} if spec.features.lidar else set()
     tables |= {TABLES["camera"]} if spec.features.camera else set()
+    key = dataset_asset_key(spec.name)
     deps = ["corner_case_scores", "cleaned_quality_reports",
-            *sorted(CLEANED_ASSET_OF[t] for t in tables)]
+            *sorted(cleaned_asset_of_table(t) for t in tables)]
 
     @dg.asset(
-        key=dataset_key(spec.name),
+        key=key,
         group_name=GROUP,
         deps=deps,
         kinds={"webdataset", "pytorch"},
         code_version=spec.spec_hash[:16],  # the UI marks the asset changed when the spec does
         description=f"{spec.description or spec.name} (spec {path.name}, version "
                     f"{spec.version})",
-        check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=dataset_key(spec.name),
+        check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=key,
                                        description="train, val and test all hold samples")],
         metadata={"spec_file": str(path)},
         **pools.cpu_spot(),
@@ -141,11 +96,16 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource):
         store = lake.store()
         current = load_spec(path)  # the file may have changed since the code location loaded
-        try:
-            result = build_dataset(store, current, log=context.log.info)
-        except (DatasetVersionExists, QualityGateFailed) as exc:
-            # a refusal is not transient: no retries (the Spot pool's policy retries the rest)
-            raise dg.Failure(description=str(exc), allow_retries=False) from None
+        with pools.retry_only_transient():  # passes the refusal's dg.Failure through
+            try:
+                result = build_dataset(store, current, log=context.log.info)
+            except (DatasetVersionExists, QualityGateFailed) as exc:
+                # a refusal is not transient: no retries, and its own words
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
+        # the version is registered: the model assets get a partition for it
+        versions = dataset_version_partitions(current.name)
+        if not context.instance.has_dynamic_partition(versions.name, current.version):
+            context.instance.add_dynamic_partitions(versions.name, [current.version])
         splits = result.manifest["splits"]
         empty = [s for s, v in splits.items() if not v["samples"]]
         wanted = current.output.splits.model_dump()
@@ -158,4 +118,6 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     return _dataset
 
 
-DATASET_ASSETS = [build_dataset_asset(path, spec) for path, spec in load_specs()]
+def build_dataset_assets(folder: Path) -> list[dg.AssetsDefinition]:
+    """One asset per spec in `folder` (the settings' specs_dir)."""
+    return [build_dataset_asset(path, spec) for path, spec in load_specs(folder)]

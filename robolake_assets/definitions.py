@@ -1,27 +1,36 @@
-"""The one Definitions object: a thin merge of the per-layer modules."""
+"""The one Definitions object: a thin merge of the per-layer modules.
+
+`build_definitions(settings)` assembles it for a `robolake.settings.Settings`
+(the CLI passes its own, with its flags applied); `defs`, what Dagster loads,
+is built from this process's settings. Importing this module writes nothing.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from robolake.settings import ensure_env_defaults
+from robolake.settings import Settings, get_settings
+from robolake_assets import cleaned, datasets, features, models, raw
+from robolake_assets.jobs import INGEST_JOBS, build_datasets
+from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
+from robolake_resources.executors import robolake_executor
+from robolake_resources.lake import storage_resources
+from robolake_sensors.run_status import failed_runs_sensor
+from robolake_sensors.uploads import build_new_uploads_sensor
 
-ensure_env_defaults()  # laptop defaults for ROBOLAKE_* before EnvVar-based resources resolve
 
-from resources.executors import robolake_executor  # noqa: E402
-from resources.lake import storage_resources  # noqa: E402
-from robolake_assets import cleaned, datasets, models, raw  # noqa: E402
-from robolake_assets.jobs import INGEST_JOBS, PARTITIONED_LAYERS, build_datasets  # noqa: E402
-from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule  # noqa: E402
-from sensors.run_status import failed_runs_sensor  # noqa: E402
-from sensors.uploads import build_new_uploads_sensor  # noqa: E402
+def build_definitions(settings: Settings) -> dg.Definitions:
+    model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir)
+    return dg.Definitions(
+        assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
+                *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
+        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance],
+        schedules=[delta_maintenance_schedule],
+        # new uploads run through the cleaned layer; eager automation scores features after
+        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
+        resources=storage_resources(settings),
+        executor=robolake_executor(settings.deployment),  # k8s_job_executor on k8s
+    )
 
-defs = dg.Definitions(
-    assets=[raw.raw_uploads, cleaned.cleaned_layer, datasets.corner_case_scores,
-            *datasets.DATASET_ASSETS, *models.MODEL_ASSETS],
-    jobs=[*INGEST_JOBS.values(), build_datasets, *models.MODEL_JOBS, delta_maintenance],
-    schedules=[delta_maintenance_schedule],
-    sensors=[build_new_uploads_sensor(INGEST_JOBS[PARTITIONED_LAYERS[-1]]), failed_runs_sensor],
-    resources=storage_resources(),
-    executor=robolake_executor(),  # k8s_job_executor when ROBOLAKE_DEPLOYMENT=k8s
-)
+
+defs = build_definitions(get_settings())

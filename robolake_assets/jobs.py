@@ -5,11 +5,12 @@ from __future__ import annotations
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from resources import pools
+from robolake_resources import pools
 
 # Layers in pipeline order; each is an asset group. The first ones are partitioned by
-# (date, robot type) and run per partition; later ones span partitions and run once.
-PARTITIONED_LAYERS = ("raw", "cleaned")
+# (date, robot type) and run per partition; datasets span those partitions and run once;
+# models are partitioned by dataset version.
+PARTITIONED_LAYERS = ("raw", "cleaned", "features")
 LAYERS = (*PARTITIONED_LAYERS, "datasets", "models")
 
 
@@ -36,6 +37,6 @@ build_datasets = dg.define_asset_job(
     "build_datasets",
     selection=dg.AssetSelection.groups("datasets"),
     tags=pools.queue_tags("batch"),
-    description="Score corner cases and build every dataset spec's version from the cleaned "
-                "tables (a version that exists with the same spec and inputs is kept).",
+    description="Build every dataset spec's version from the cleaned tables and corner-case "
+                "scores (a version that exists with the same spec and inputs is kept).",
 )

@@ -9,9 +9,10 @@ safe to repeat, but there is no point paying a Spot interruption for it.
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
 from robolake import maintenance
+from robolake_assets.helpers import markdown_table
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
 
 
 class MaintenanceConfig(dg.Config):
@@ -35,18 +36,17 @@ def compact_and_vacuum_lake(context: dg.OpExecutionContext, config: MaintenanceC
     results = maintenance.maintain_lake(lake.store(), hours, dry_run=config.dry_run,
                                         log=context.log.info)
     failed = [r for r in results if not r.ok]
-    rows = ["| table | files before | after | compacted | vacuumed | version |",
-            "|---|---|---|---|---|---|"]
-    rows += [f"| {r.table} | {r.files_before} | {r.files_after} | {r.files_removed}→"
-             f"{r.files_added} | {r.files_vacuumed} | {r.version_before}→{r.version_after} |"
-             for r in results]
+    report = markdown_table(
+        ["table", "files before", "after", "compacted", "vacuumed", "version"],
+        [(r.table, r.files_before, r.files_after, f"{r.files_removed}→{r.files_added}",
+          r.files_vacuumed, f"{r.version_before}→{r.version_after}") for r in results])
     metadata = {
         "tables": len(results),
         "files_compacted": sum(r.files_removed for r in results),
         "files_vacuumed": sum(r.files_vacuumed for r in results),
         "retention_hours": config.retention_hours,
         "failed_tables": len(failed),
-        "report": dg.MetadataValue.md("\n".join(rows)),
+        "report": dg.MetadataValue.md(report),
     }
     if failed:
         # the other tables are done; fail so the run shows (and the failure sensor records) it

@@ -1,14 +1,21 @@
 """Models layer: one training asset and one evaluation asset per training config.
 
-For every `configs/training/*.yaml`:
+For every training config (`configs/training/*.yaml`, or the settings'
+training_configs_dir):
 
-- `model_<name>` trains on the config's dataset version (it depends on the
-  dataset asset `["datasets", <dataset name>]`), resuming from the lake's
+- `model_<name>` is partitioned by dataset version (one dynamic partition per
+  registered version of the config's dataset, added when the dataset asset
+  registers it): a partition trains the config on that version (the file's
+  `dataset.version` is the one `robolake ingest --through models` trains), so the
+  UI shows the model's history per dataset version and a backfill retrains a
+  chosen one. It depends on the dataset asset `["datasets", <dataset name>]`,
+  resumes from the lake's
   checkpoints after a preemption, logs to MLflow, registers the model with its
   lineage and puts the ONNX export beside it. It runs on the GPU pool
   (`pools.gpu()`; `pools.gpu(high=True)` when the config asks for several
   processes, which then run under torchrun).
-- `evaluation_<name>` scores the newly registered version on the test split and
+- `evaluation_<name>` (the same partitions) scores the version its partition of
+  the training asset registered last on that dataset version's test split and
   the corner-case subset, compares it with the production model and promotes
   it (MLflow alias `production`) only if it passes the gate; the decision and
   its reasons are the asset's metadata and tags on the model version.
@@ -21,35 +28,27 @@ from pathlib import Path
 
 import dagster as dg
 
-from resources import pools
-from resources.lake import LakeResource
-from resources.mlflow import MlflowResource
 from robolake.models.config import TrainingConfig, load_config
-from robolake.settings import ensure_env_defaults
+from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
+from robolake_partitions import dataset_version_partitions
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
+from robolake_resources.mlflow import MlflowResource
 
 GROUP = "models"
 
 
-def config_dir() -> Path:
-    return Path(ensure_env_defaults()["ROBOLAKE_TRAINING_CONFIGS"])
-
-
-def training_configs(directory: Path | None = None) -> dict[Path, TrainingConfig]:
+def training_configs(directory: Path) -> dict[Path, TrainingConfig]:
     """Every training config in `directory`, validated (a bad one fails loudly at load)."""
-    return {path: load_config(path) for path in sorted((directory or config_dir())
-                                                        .glob("*.y*ml"))}
+    return {path: load_config(path) for path in sorted(directory.glob("*.y*ml"))}
 
 
 def asset_suffix(config: TrainingConfig) -> str:
     return config.name.replace("-", "_")
 
 
-def dataset_key(config: TrainingConfig) -> dg.AssetKey:
-    return dg.AssetKey(["datasets", config.dataset.name])
-
-
-def _md_list(lines: list[str]) -> dg.MetadataValue:
-    return dg.MetadataValue.md("\n".join(f"- {line}" for line in lines) or "none")
+def train_job_name(config: TrainingConfig) -> str:
+    return f"train_{asset_suffix(config)}"
 
 
 def _float(value) -> float | None:
@@ -59,64 +58,128 @@ def _float(value) -> float | None:
         return None
 
 
-def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
-    """The training and evaluation assets of one config."""
+def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
+    """The training asset's metadata: the registered version, its lineage, last metrics."""
+    from robolake.models import tracking
+
+    last = summary["history"][-1] if summary.get("history") else {}
+    metadata = {
+        "model_name": config.name,
+        "model_version": str(summary.get("version", "")),
+        "mlflow_run_id": summary.get("run_id") or "",
+        "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
+        "dataset": f"{config.dataset.name} {config.dataset.version}",
+        "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
+        "code_version": tracking.code_version(),
+        "config_hash": config.config_hash,
+        "task": summary["task"],
+        "global_step": summary["global_step"],
+        "epochs": summary["epochs_completed"],
+        "stopped_early": summary["stopped_early"],
+        "resumed_from": summary.get("resumed_from") or "",
+        "checkpoint": summary.get("checkpoint_key") or "",
+        "onnx": summary.get("onnx_key") or "",
+        "weights_sha256": summary["weights_sha256"],
+        "world_size": summary["world_size"],
+    }
+    metadata |= {k: v for k, v in last.items()
+                 if isinstance(v, float) and k not in ("epoch", "step")}
+    metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
+    if summary.get("onnx_max_abs_diff") is not None:
+        metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
+    return metadata
+
+
+def evaluation_metadata(result: dict) -> dict:
+    """The evaluation asset's metadata: the gate's decision and reasons, test metrics."""
+    decision, report = result["decision"], result["report"]
+    metadata = {
+        "decision": decision["verdict"],
+        "promoted": decision["promote"],
+        "reasons": markdown_list(decision["reasons"]),
+        "model_version": result["version"],
+        "production_version": str(result.get("production_version") or ""),
+        "baseline_version": str(decision.get("baseline_version") or ""),
+        "main_metric": decision["main_metric"],
+        "main_metric_value": float(decision["candidate"]),
+        "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
+        "test_samples": report["samples"],
+        "device": report["device"],
+        "mlflow_evaluation_run_id": result["evaluation_run_id"],
+        "mlflow_ui": result["ui"],
+        "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
+    }
+    if decision.get("baseline") is not None:
+        metadata["baseline_value"] = float(decision["baseline"])
+        metadata["improvement"] = float(decision["improvement"])
+    metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
+    metadata |= {k: float(v) for k, v in report["speed"].items()}
+    metadata |= {k: v for k, v in report["onnx"].items()}
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
+    if not per_scenario:
+        return "no samples"
+    columns = sorted({k for values in per_scenario.values() for k in values})
+    return markdown_table(["scenario", *columns],
+                          [(name, *(f"{values[c]:.4g}" if c in values else "" for c in columns))
+                           for name, values in per_scenario.items()])
+
+
+def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey,
+                         partition: str) -> str | None:
+    """The model version a partition of the training asset registered last."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=model_key, asset_partitions=[partition]), limit=1).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    entry = records[0].asset_materialization.metadata.get("model_version")
+    return str(entry.value) if entry is not None and entry.value else None
+
+
+def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.AssetsDefinition:
+    """`model_<name>`: train, register and export one config's model."""
     from robolake.models import pipeline
 
-    suffix = asset_suffix(config)
-    model_name = f"model_{suffix}"
     # several processes per node need the multi-GPU pool; compute routing sets the k8s tags
     placement = pools.gpu(high=config.distributed.nproc_per_node > 1)
 
     @dg.asset(
-        name=model_name,
+        name=f"model_{asset_suffix(config)}",
         group_name=GROUP,
-        deps=[dataset_key(config)],
+        deps=[dataset_asset_key(config.dataset.name)],
+        partitions_def=dataset_version_partitions(config.dataset.name),
         kinds={"pytorch", "mlflow"},
-        description=f"{config.model.architecture} trained on {config.dataset.name} "
-                    f"{config.dataset.version} ({config_path.name}); checkpoints in the lake, "
-                    f"registered in MLflow as {config.name}",
+        description=f"{config.model.architecture} trained on a version of "
+                    f"{config.dataset.name} (one partition per version; {config_path.name} "
+                    f"names {config.dataset.version}); checkpoints in the lake, registered in "
+                    f"MLflow as {config.name}",
         tags={"robolake/model": config.name},
         **placement,
     )
     def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
-        from robolake.models import tracking
-
         mlflow.activate()
         store = lake.store()
-        summary = pipeline.train_model(store, config_path, log=context.log.info)
-        last = summary["history"][-1] if summary.get("history") else {}
-        metadata = {
-            "model_name": config.name,
-            "model_version": str(summary.get("version", "")),
-            "mlflow_run_id": summary.get("run_id") or "",
-            "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
-            "dataset": f"{config.dataset.name} {config.dataset.version}",
-            "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
-            "code_version": tracking.code_version(),
-            "config_hash": config.config_hash,
-            "task": summary["task"],
-            "global_step": summary["global_step"],
-            "epochs": summary["epochs_completed"],
-            "stopped_early": summary["stopped_early"],
-            "resumed_from": summary.get("resumed_from") or "",
-            "checkpoint": summary.get("checkpoint_key") or "",
-            "onnx": summary.get("onnx_key") or "",
-            "weights_sha256": summary["weights_sha256"],
-            "world_size": summary["world_size"],
-        }
-        metadata |= {k: v for k, v in last.items()
-                     if isinstance(v, float) and k not in ("epoch", "step")}
-        metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
-        if summary.get("onnx_max_abs_diff") is not None:
-            metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
-        return dg.MaterializeResult(metadata=metadata)
+        trained = config.for_dataset_version(context.partition_key)
+        with pools.retry_only_transient():
+            summary = pipeline.train_model(store, trained, log=context.log.info)
+        return dg.MaterializeResult(metadata=training_metadata(trained, summary, store))
+
+    return model_asset
+
+
+def build_evaluation_asset(config_path: Path, config: TrainingConfig,
+                           model_key: dg.AssetKey) -> dg.AssetsDefinition:
+    """`evaluation_<name>`: score the latest trained version and maybe promote it."""
+    from robolake.models import pipeline
 
     @dg.asset(
-        name=f"evaluation_{suffix}",
+        name=f"evaluation_{asset_suffix(config)}",
         group_name=GROUP,
-        deps=[model_asset],
+        deps=[model_key],
+        partitions_def=dataset_version_partitions(config.dataset.name),
         kinds={"pytorch", "mlflow"},
         description=f"{config.name} on the test split and its corner cases, against the "
                     f"production model; promotes it when it wins by "
@@ -128,57 +191,24 @@ def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.Ass
     def evaluation_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
         mlflow.activate()
-        version = None
-        event = context.instance.get_latest_materialization_event(dg.AssetKey(model_name))
-        if event is not None and event.asset_materialization is not None:
-            entry = event.asset_materialization.metadata.get("model_version")
-            version = str(entry.value) if entry is not None and entry.value else None
-        result = pipeline.evaluate_and_promote(lake.store(), config_path, version,
-                                               log=context.log.info)
-        decision, report = result["decision"], result["report"]
-        metadata = {
-            "decision": decision["verdict"],
-            "promoted": decision["promote"],
-            "reasons": _md_list(decision["reasons"]),
-            "model_version": result["version"],
-            "production_version": str(result.get("production_version") or ""),
-            "baseline_version": str(decision.get("baseline_version") or ""),
-            "main_metric": decision["main_metric"],
-            "main_metric_value": float(decision["candidate"]),
-            "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
-            "test_samples": report["samples"],
-            "device": report["device"],
-            "mlflow_evaluation_run_id": result["evaluation_run_id"],
-            "mlflow_ui": result["ui"],
-            "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
-        }
-        if decision.get("baseline") is not None:
-            metadata["baseline_value"] = float(decision["baseline"])
-            metadata["improvement"] = float(decision["improvement"])
-        metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
-        metadata |= {k: float(v) for k, v in report["speed"].items()}
-        metadata |= {k: v for k, v in report["onnx"].items()}
-        metadata = {k: v for k, v in metadata.items() if v is not None}
-        return dg.MaterializeResult(metadata=metadata,
-                                    tags={"robolake/promotion": decision["verdict"]})
+        version = latest_model_version(context.instance, model_key, context.partition_key)
+        with pools.retry_only_transient():
+            result = pipeline.evaluate_and_promote(
+                lake.store(), config.for_dataset_version(context.partition_key), version,
+                log=context.log.info)
+        return dg.MaterializeResult(metadata=evaluation_metadata(result),
+                                    tags={"robolake/promotion": result["decision"]["verdict"]})
 
-    return [model_asset, evaluation_asset]
+    return evaluation_asset
 
 
-def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
-    if not per_scenario:
-        return "no samples"
-    columns = sorted({k for values in per_scenario.values() for k in values})
-    lines = ["| scenario | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for name, values in per_scenario.items():
-        cells = [f"{values[c]:.4g}" if c in values else "" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
+    """The training and evaluation assets of one config."""
+    training = build_training_asset(config_path, config)
+    return [training, build_evaluation_asset(config_path, config, training.key)]
 
 
-def build_models_layer(directory: Path | None = None
-                       ) -> tuple[list[dg.AssetsDefinition], list]:
+def build_models_layer(directory: Path) -> tuple[list[dg.AssetsDefinition], list]:
     """Assets and jobs (`train_<name>`: a config's training and evaluation, training queue)."""
     assets: list[dg.AssetsDefinition] = []
     jobs = []
@@ -186,10 +216,8 @@ def build_models_layer(directory: Path | None = None
         pair = build_model_assets(path, config)
         assets += pair
         jobs.append(dg.define_asset_job(
-            f"train_{asset_suffix(config)}", selection=dg.AssetSelection.assets(*pair),
+            train_job_name(config), selection=dg.AssetSelection.assets(*pair),
             tags=pools.queue_tags("training"),
             description=f"Train, register, evaluate and maybe promote {config.name}."))
     return assets, jobs
 
-
-MODEL_ASSETS, MODEL_JOBS = build_models_layer()

@@ -2,13 +2,13 @@
 
 
 import dagster as dg
-import pyarrow as pa
 
-from partitions import daily_robot_type_partitions, split_key
-from resources import pools
-from resources.lake import LakeResource, LandingResource
 from robolake import contract, raw
 from robolake.tables import read_table
+from robolake_assets.helpers import column_schema, markdown_table
+from robolake_partitions import daily_robot_type_partitions, split_key
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource, LandingResource
 
 _CHECKS = [
     dg.AssetCheckSpec("unique_uploads", asset="raw_uploads", blocking=True,
@@ -21,17 +21,12 @@ _CHECKS = [
 ]
 
 
-def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
-
-
 def _uploads_markdown(rows: list[dict]) -> str:
-    lines = ["| file | robot | status | score | first reason |", "|---|---|---|---|---|"]
-    for r in rows[:200]:
-        reason = (r["reasons"][0] if r["reasons"] else "").replace("|", "/")[:160]
-        lines.append(f"| {r['file_name']} | {r['robot_id'] or '-'} | {r['status']} | "
-                     f"{r['quality_score']:.0f} | {reason} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["file", "robot", "status", "score", "first reason"],
+        [(r["file_name"], r["robot_id"] or "-", r["status"], f"{r['quality_score']:.0f}",
+          (r["reasons"][0] if r["reasons"] else "").replace("|", "/")[:160])
+         for r in rows[:200]])
 
 
 def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:

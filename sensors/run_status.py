@@ -11,8 +11,8 @@ import time
 
 import dagster as dg
 
-from resources.lake import LakeResource
 from robolake import maintenance
+from robolake_resources.lake import LakeResource
 
 _TRIGGER_TAGS = ("dagster/sensor_name", "dagster/schedule_name", "dagster/backfill",
                  "robolake/trigger")

@@ -7,9 +7,9 @@ import json
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from partitions import partition_key, robot_type_partitions
-from resources.lake import LakeResource, LandingResource
 from robolake import raw
+from robolake_partitions import partition_key, robot_type_partitions
+from robolake_resources.lake import LakeResource, LandingResource
 
 
 def _changed_ns(f: raw.LandingFile) -> int:

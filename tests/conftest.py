@@ -21,6 +21,17 @@ def require_service(available: bool, why: str) -> None:
     pytest.skip(why)
 
 
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Each test reads the settings from its own environment (monkeypatched or not): the
+    process-wide object is read once, on first use, so forget it around each test."""
+    from robolake.settings import reset_settings
+
+    reset_settings()
+    yield
+    reset_settings()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     require_service(SHARED_DATA.is_dir(), f"real recordings not found at {SHARED_DATA}")

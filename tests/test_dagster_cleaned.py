@@ -6,9 +6,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from partitions import partition_key
+from robolake.settings import Settings
 from robolake.simulate import simulate_fleet
-from robolake_assets.definitions import defs
+from robolake_assets.definitions import build_definitions
+from robolake_partitions import partition_key
 
 
 def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
@@ -16,6 +17,8 @@ def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ROBOLAKE_LAKE", str(tmp_path / "lake"))
     simulate_fleet(tmp_path / "landing", robots=3, date="2026-11-20", minutes=0.2, seed=3,
                    faults=["duplicate_messages:2", "black_frames:1"])
+    # the code location as it loads in this environment (resources read ROBOLAKE_*)
+    defs = build_definitions(Settings.from_env())
     job = defs.resolve_job_def("ingest_through_cleaned")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("robot_type", ["delivery", "warehouse_amr"])

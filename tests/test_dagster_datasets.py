@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -11,9 +10,12 @@ import pytest
 import yaml
 
 from robolake.cleaned import clean_partition
+from robolake.datasets.scenarios import CORNER_CASES
 from robolake.raw import ingest_landing
 from robolake.simulate import simulate_fleet
 from robolake.storage import open_store
+from robolake.tables import read_table
+from robolake_partitions import partition_key
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"
@@ -45,11 +47,10 @@ def lake_with_cleaned(tmp_path: Path, monkeypatch):
 def _definitions(specs: Path, monkeypatch):
     """The code location as it loads with ROBOLAKE_SPECS pointing at `specs`."""
     monkeypatch.setenv("ROBOLAKE_SPECS", str(specs))
-    from robolake_assets import datasets, definitions, jobs
+    from robolake.settings import Settings
+    from robolake_assets.definitions import build_definitions
 
-    importlib.reload(datasets)
-    importlib.reload(jobs)
-    return importlib.reload(definitions).defs
+    return build_definitions(Settings.from_env())
 
 
 def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
@@ -58,49 +59,61 @@ def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
     specs.mkdir()
     (specs / "a.yaml").write_text(yaml.safe_dump(_spec("imu_a")))
     (specs / "b.yml").write_text(yaml.safe_dump(_spec("imu_b", balancing={"by": "region"})))
-    try:
-        defs = _definitions(specs, monkeypatch)
-        keys = {k.to_user_string() for k in defs.get_repository_def().asset_graph
-                .get_all_asset_keys()}
-        assert {"datasets/imu_a", "datasets/imu_b", "corner_case_scores"} <= keys
+    defs = _definitions(specs, monkeypatch)
+    keys = {k.to_user_string() for k in defs.get_repository_def().asset_graph
+            .get_all_asset_keys()}
+    assert {"datasets/imu_a", "datasets/imu_b", "corner_case_scores"} <= keys
 
-        job = defs.resolve_job_def("build_datasets")
-        with dg.instance_for_test() as instance:
-            result = job.execute_in_process(instance=instance)
-            assert result.success
-            mats = {m.asset_key.to_user_string(): m.materialization.metadata
-                    for m in result.get_asset_materialization_events()}
-            manifest = json.loads(lake.read_bytes("datasets/imu_a/1.0.0/manifest.json"))
-            meta = mats["datasets/imu_a"]
-            assert meta["built_now"].value is True
-            assert meta["spec_hash"].value == manifest["spec_hash"]
-            assert meta["dagster/row_count"].value == sum(
-                s["samples"] for s in manifest["splits"].values())
-            assert meta["input_delta_versions"].value == manifest["inputs"]
-            assert "| train |" in meta["samples"].value
-            assert mats["corner_case_scores"]["dagster/row_count"].value > 0
-            checks = {(e.asset_key.to_user_string(), e.check_name): e.passed
-                      for e in result.get_asset_check_evaluations()}
-            assert checks[("datasets/imu_a", "every_split_has_samples")] is True
+    job = defs.resolve_job_def("build_datasets")
+    with dg.instance_for_test() as instance:
+        # the feature layer first, one (date, robot type) partition at a time
+        instance.add_dynamic_partitions("robot_type", ["delivery", "warehouse_amr"])
+        features = defs.resolve_job_def("ingest_through_features")
+        scored = {}
+        for robot_type in ("delivery", "warehouse_amr"):
+            run = features.execute_in_process(instance=instance,
+                                              partition_key=partition_key(DAY, robot_type))
+            assert run.success
+            [mat] = run.asset_materializations_for_node("corner_case_scores")
+            scored[robot_type] = mat.metadata["dagster/row_count"].value
+        scores = read_table(lake, CORNER_CASES, columns=["robot_type"]).to_pylist()
+        assert scored == {rt: sum(r["robot_type"] == rt for r in scores)
+                          for rt in ("delivery", "warehouse_amr")}
+        assert min(scored.values()) > 0
 
-            # a second run keeps the versions; a changed spec under the same version fails
-            again = job.execute_in_process(instance=instance)
-            assert again.success
-            assert {m.asset_key.to_user_string(): m.materialization.metadata["built_now"].value
-                    for m in again.get_asset_materialization_events()
-                    if m.asset_key.path[0] == "datasets"} == {"datasets/imu_a": False,
-                                                              "datasets/imu_b": False}
-            (specs / "a.yaml").write_text(yaml.safe_dump(_spec("imu_a", description="new")))
-            refused = job.execute_in_process(instance=instance, raise_on_error=False)
-            assert not refused.success
-            failures = [e.step_failure_data.error.message for e in refused.all_events
-                        if e.is_step_failure]
-            assert len(failures) == 1
-            assert "imu_a version 1.0.0 already exists" in failures[0]
-            assert "bump `version`" in failures[0]
-    finally:
-        monkeypatch.delenv("ROBOLAKE_SPECS")
-        _definitions(REPO / "specs", monkeypatch)
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        mats = {m.asset_key.to_user_string(): m.materialization.metadata
+                for m in result.get_asset_materialization_events()}
+        manifest = json.loads(lake.read_bytes("datasets/imu_a/1.0.0/manifest.json"))
+        meta = mats["datasets/imu_a"]
+        assert meta["built_now"].value is True
+        assert meta["spec_hash"].value == manifest["spec_hash"]
+        assert meta["dagster/row_count"].value == sum(
+            s["samples"] for s in manifest["splits"].values())
+        assert meta["input_delta_versions"].value == manifest["inputs"]
+        assert "| train |" in meta["samples"].value
+        # the registered version is a partition of the models trained on it
+        assert instance.get_dynamic_partitions("dataset_versions_imu_a") == ["1.0.0"]
+        checks = {(e.asset_key.to_user_string(), e.check_name): e.passed
+                  for e in result.get_asset_check_evaluations()}
+        assert checks[("datasets/imu_a", "every_split_has_samples")] is True
+
+        # a second run keeps the versions; a changed spec under the same version fails
+        again = job.execute_in_process(instance=instance)
+        assert again.success
+        assert {m.asset_key.to_user_string(): m.materialization.metadata["built_now"].value
+                for m in again.get_asset_materialization_events()
+                if m.asset_key.path[0] == "datasets"} == {"datasets/imu_a": False,
+                                                          "datasets/imu_b": False}
+        (specs / "a.yaml").write_text(yaml.safe_dump(_spec("imu_a", description="new")))
+        refused = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not refused.success
+        failures = [e.step_failure_data.error.message for e in refused.all_events
+                    if e.is_step_failure]
+        assert len(failures) == 1
+        assert "imu_a version 1.0.0 already exists" in failures[0]
+        assert "bump `version`" in failures[0]
 
 
 def test_a_bad_spec_stops_the_code_location_with_its_error(tmp_path: Path, monkeypatch):
@@ -111,13 +124,9 @@ def test_a_bad_spec_stops_the_code_location_with_its_error(tmp_path: Path, monke
     (specs / "bad.yaml").write_text(yaml.safe_dump(bad))
     from robolake.datasets.spec import SpecError
 
-    try:
-        with pytest.raises(SpecError, match=r"bad\.yaml: output\.splits: train \+ val \+ test "
-                                            r"must sum to 1"):
-            _definitions(specs, monkeypatch)
-    finally:
-        monkeypatch.delenv("ROBOLAKE_SPECS")
-        _definitions(REPO / "specs", monkeypatch)
+    with pytest.raises(SpecError, match=r"bad\.yaml: output\.splits: train \+ val \+ test "
+                                        r"must sum to 1"):
+        _definitions(specs, monkeypatch)
 
 
 def test_dataset_on_an_s3_lake(tmp_path: Path, s3_endpoint, monkeypatch):

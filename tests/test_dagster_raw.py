@@ -10,10 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from partitions import partition_key
-from resources.lake import LakeResource, LandingResource
 from robolake_assets.definitions import defs
 from robolake_assets.raw import raw_uploads
+from robolake_partitions import partition_key
+from robolake_resources.lake import LakeResource, LandingResource
 from tests.conftest import land
 
 HUSKY = {"robot_id": "husky-01", "robot_type": "husky", "region": "us-east"}
@@ -148,3 +148,40 @@ def test_cli_rejects_unsupported_storage(bad, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert main(["ingest", "--landing", bad, "--lake", str(tmp_path / "lake")]) == 2
     assert "unsupported storage URI 'not-a-uri://x'" in capsys.readouterr().err
+
+
+def test_s3_lake_through_the_dagster_aws_s3_resource(shared_data: Path, s3_endpoint, monkeypatch):
+    """The code location's resources reach an S3 landing zone and lake through dagster-aws's
+    S3Resource (its boto3 client and retry configuration), credentials from the environment."""
+    import boto3
+
+    from robolake.settings import Settings
+    from robolake_resources.lake import storage_resources
+
+    for k, v in s3_endpoint.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("ROBOLAKE_LANDING", "s3://dg-landing/incoming")
+    monkeypatch.setenv("ROBOLAKE_LAKE", "s3://dg-lake/robolake")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    for bucket in ("dg-landing", "dg-lake"):
+        s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(shared_data / "husky_ros2_converted.mcap"), "dg-landing",
+                   "incoming/husky.mcap", ExtraArgs={"Metadata": {
+                       "robot-id": "husky-01", "robot-type": "husky", "region": "us-east"}})
+    resources = storage_resources(Settings.from_env())
+    assert resources["lake"].s3_endpoint_url == dg.EnvVar("AWS_ENDPOINT_URL")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("robot_type", ["husky"])
+        result = dg.materialize([raw_uploads], instance=instance, resources=resources,
+                                partition_key=partition_key("2015-05-21", "husky"))
+    assert result.success
+    [mat] = result.asset_materializations_for_node("raw_uploads")
+    assert mat.metadata["uploads_flagged"].value == 1  # no CRCs: usable, flagged
+    assert mat.metadata["dagster/uri"].value == "s3://dg-lake/robolake/raw/uploads"
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="dg-lake", Prefix="robolake/raw/files/")
+            ["Contents"]]
+    assert len(keys) == 1 and keys[0].endswith(".mcap")
+    # the store's client is the resource's: Dagster's retry configuration (5 retries)
+    with dg.build_resources({"lake": resources["lake"]}) as built:
+        store = built.lake.store()
+    assert store.client.meta.config.retries == {"mode": "standard", "total_max_attempts": 6}

@@ -32,7 +32,9 @@ def _graph() -> dict:
 PARTITIONED = {"partitions": "MultiPartitionsDefinition", "dimensions": ["date", "robot_type"],
                "pool": "cpu_spot"}
 UNPARTITIONED = {"partitions": None, "dimensions": None, "pool": "cpu_spot", "automation": None}
-GPU = {**UNPARTITIONED, "group": "models", "pool": "gpu_standard", "checks": []}
+# models: one partition per registered version of their dataset
+GPU = {**UNPARTITIONED, "group": "models", "pool": "gpu_standard", "checks": [],
+       "partitions": "DynamicPartitionsDefinition"}
 CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"], "automation": "eager"}
 
 
@@ -47,7 +49,8 @@ def test_asset_graph_shape():
         "cleaned_aligned_frames": {**CLEANED, "checks": ["great_expectations"]},
         "cleaned_quality_reports": {**CLEANED, "checks": [
             "duplicate_rate", "latency", "max_gap", "null_rate", "outlier_rate"]},
-        "corner_case_scores": {**UNPARTITIONED, "group": "datasets",
+        # the feature layer: partitioned like the cleaned layer, scored right after it
+        "corner_case_scores": {**PARTITIONED, "group": "features", "automation": "eager",
                                "deps": ["cleaned_aligned_frames"], "checks": []},
         # one asset per spec in specs/ (ego_motion_demo.yaml reads IMU windows)
         "datasets/ego_motion_demo": {
@@ -63,11 +66,24 @@ def test_asset_graph_shape():
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "build_datasets", "delta_maintenance", "ingest_through_cleaned", "ingest_through_raw",
-        "train_imu_gps_demo"]
+        "build_datasets", "delta_maintenance", "ingest_through_cleaned",
+        "ingest_through_features", "ingest_through_raw", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
     assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]
+    # new uploads run through the cleaned layer; the automation sensor scores features after
+    uploads = repo.get_sensor_def("new_uploads_sensor")
+    assert [t.job_name for t in uploads.targets] == ["ingest_through_cleaned"]
+
+
+def test_model_partitions_are_the_dataset_versions():
+    graph = defs.get_repository_def().asset_graph
+    for name in ("model_imu_gps_demo", "evaluation_imu_gps_demo"):
+        partitions = graph.get(dg.AssetKey(name)).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition)
+        assert partitions.name == "dataset_versions_ego_motion_demo"
+    assert graph.get(dg.AssetKey("corner_case_scores")).partitions_def == graph.get(
+        dg.AssetKey("cleaned_aligned_frames")).partitions_def
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

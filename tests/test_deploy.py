@@ -20,7 +20,7 @@ from dagster._core.instance.config import (
 )
 from dagster._core.instance_for_test import instance_for_test
 
-from resources import pools
+from robolake_resources import pools
 from tests.test_pools_k8s import step_manifest, steps_in_defs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,17 +356,22 @@ def test_dockerfile_installs_the_pinned_project_and_serves_the_code_location():
     assert "pip install -c constraints.txt ." in text
     import tomllib
 
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]["find"]["include"]
-    for package in (p.rstrip("*") for p in include):
-        assert f"COPY {package} ./{package}" in text, package
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: setuptools["package-dir"].get(package, package.replace(".", "/"))
+               for package in setuptools["packages"]}
+    # the dependency layer installs an empty skeleton of every package folder
+    skeleton = text.split("for d in ", 1)[1].split("; do", 1)[0].replace("\\", " ").split()
+    assert sorted(skeleton) == sorted(folders.values())
+    for folder in folders.values():
+        top = folder.split("/")[0]
+        assert f"COPY {top} ./{top}" in text, folder
     assert '"-m", "robolake_assets.definitions"' in text
     assert "ROBOLAKE_DEPLOYMENT=k8s" in text and "USER 10001" in text
 
 
 def test_pool_limits_are_applied_to_the_instance():
-    out = subprocess.run([sys.executable, "-m", "resources.pools", "--dry-run"], cwd=REPO,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "robolake_resources.pools", "--dry-run"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert dict(line.split("\t") for line in out.stdout.splitlines()) == {
         k: str(v) for k, v in pools.POOL_LIMITS.items()}
@@ -377,7 +382,7 @@ def test_pool_limits_are_applied_to_the_instance():
             assert instance.event_log_storage.get_concurrency_info(name).slot_count == slots
     job = yaml.safe_load((DEPLOY / "k8s" / "pool-limits-job.yaml").read_text())
     [container] = job["spec"]["template"]["spec"]["containers"]
-    assert container["command"] == ["python", "-m", "resources.pools"]
+    assert container["command"] == ["python", "-m", "robolake_resources.pools"]
 
 
 @pytest.mark.parametrize("doc", ["README.md"])

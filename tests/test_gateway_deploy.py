@@ -37,8 +37,9 @@ def test_gateway_manifest_matches_the_code():
     assert container["command"][:2] == ["robolake", "gateway"]
     port = int(container["command"][container["command"].index("--port") + 1])
     assert container["ports"][0]["containerPort"] == port
-    # variables the code reads (robolake/gateway/config.py, db.py)
-    source = "".join(p.read_text() for p in (REPO / "robolake" / "gateway").glob("*.py"))
+    # variables the code reads (robolake/gateway/*.py, and the lake's in robolake/settings.py)
+    source = "".join(p.read_text() for p in [*(REPO / "robolake" / "gateway").glob("*.py"),
+                                              REPO / "robolake" / "settings.py"])
     for name in env:
         if name.startswith("ROBOLAKE_"):
             assert f'"{name}"' in source, name

@@ -113,6 +113,8 @@ def test_dataset_build_and_training_are_launched_with_the_callers_identity(gw):
         train = c.get(f"/api/v1/runs/{r.json()['run_id']}").json()
         assert train["job_name"] == "train_imu_gps_demo"
         assert train["tags"]["robolake/training-config"] == "imu_gps_demo"
+        # model assets are partitioned by the dataset version the config trains on
+        assert train["tags"]["dagster/partition"] == "1.0.0"
         assert train["tags"]["robolake/queue"] == "training"
 
 

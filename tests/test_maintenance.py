@@ -18,12 +18,12 @@ import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from resources.lake import LakeResource
 from robolake import maintenance, raw
 from robolake.storage import open_store
 from robolake.tables import Snapshot, commit_keyed, open_table, read_table
 from robolake_assets.maintenance import delta_maintenance
-from sensors.run_status import failed_runs_sensor
+from robolake_resources.lake import LakeResource
+from robolake_sensors.run_status import failed_runs_sensor
 from tests.conftest import land
 
 HUSKY = {"robot_id": "husky-01", "robot_type": "husky", "region": "us-east"}

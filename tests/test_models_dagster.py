@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import yaml
 
-from resources.lake import LakeResource
-from resources.mlflow import MlflowResource
 from robolake.models.synthetic import small_config, write_synthetic_dataset
 from robolake.storage import open_store
+from robolake_resources.lake import LakeResource
+from robolake_resources.mlflow import MlflowResource
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_configs_make_training_and_evaluation_assets():
-    from robolake_assets.models import MODEL_ASSETS, MODEL_JOBS
+    from robolake_assets.models import build_models_layer
+
+    MODEL_ASSETS, MODEL_JOBS = build_models_layer(REPO / "configs" / "training")
 
     keys = {key.to_user_string() for a in MODEL_ASSETS for key in a.keys}
     assert {"model_imu_gps_demo", "evaluation_imu_gps_demo"} <= keys
     by_key = {a.key.to_user_string(): a for a in MODEL_ASSETS}
     model = by_key["model_imu_gps_demo"]
+    for asset in by_key.values():  # one partition per registered dataset version
+        assert asset.partitions_def.name == "dataset_versions_ego_motion_demo"
     assert model.asset_deps[model.key] == {dg.AssetKey(["datasets", "ego_motion_demo"])}
     evaluation = by_key["evaluation_imu_gps_demo"]
     assert evaluation.asset_deps[evaluation.key] == {model.key}
@@ -49,10 +56,13 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
     assert [a.key.to_user_string() for a in assets] == ["model_dag_model",
                                                         "evaluation_dag_model"]
 
+    resources = {"lake": LakeResource(root=str(lake.root)),
+                 "mlflow": MlflowResource(tracking_uri=uri)}
     with dg.instance_for_test() as instance:
-        result = dg.materialize(assets, instance=instance,
-                                resources={"lake": LakeResource(root=str(lake.root)),
-                                           "mlflow": MlflowResource(tracking_uri=uri)})
+        # the dataset asset adds a partition when it registers a version; here by hand
+        instance.add_dynamic_partitions("dataset_versions_scenes", ["1.0.0"])
+        result = dg.materialize(assets, instance=instance, resources=resources,
+                                partition_key="1.0.0")
         assert result.success
         trained = result.asset_materializations_for_node("model_dag_model")[0].metadata
         assert trained["model_version"].value == "1"
@@ -74,3 +84,23 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
         assert "| hard_braking |" in meta["per_scenario"].value
         assert meta["onnx_matches"].value is True
         assert evaluated.tags["robolake/promotion"] == "promoted"
+
+        # a new dataset version is a new partition: training it registers a new model
+        # version; each partition keeps its own history
+        write_synthetic_dataset(lake, "scenes", version="1.1.0", kind="scenario", seed=6)
+        instance.add_dynamic_partitions("dataset_versions_scenes", ["1.1.0"])
+        again = dg.materialize(assets, instance=instance, resources=resources,
+                               partition_key="1.1.0")
+        assert again.success
+        trained = again.asset_materializations_for_node("model_dag_model")[0].metadata
+        assert trained["dataset"].value == "scenes 1.1.0"
+        assert trained["model_version"].value == "2"
+        evaluated = again.asset_materializations_for_node("evaluation_dag_model")[0].metadata
+        assert evaluated["model_version"].value == "2"
+        history = {
+            p: [r.asset_materialization.metadata["model_version"].value
+                for r in instance.fetch_materializations(dg.AssetRecordsFilter(
+                    asset_key=dg.AssetKey("model_dag_model"), asset_partitions=[p]),
+                    limit=10).records]
+            for p in ("1.0.0", "1.1.0")}
+        assert history == {"1.0.0": ["1"], "1.1.0": ["2"]}

@@ -26,8 +26,9 @@ from dagster_k8s.job import (
     get_user_defined_k8s_config,
 )
 
-from resources import executors, pools
+from robolake.settings import Settings
 from robolake_assets.definitions import defs
+from robolake_resources import executors, pools
 
 REPO = Path(__file__).resolve().parents[1]
 JOB_CONFIG = DagsterK8sJobConfig(
@@ -142,15 +143,17 @@ def test_each_helper_yields_its_pool(helper, pool, gpus):
     assert any(t.get("value") == "spot" for t in tolerations) == pool.preemptible
 
 
-def test_executor_is_chosen_by_ROBOLAKE_DEPLOYMENT(monkeypatch):
-    monkeypatch.delenv("ROBOLAKE_DEPLOYMENT", raising=False)
-    assert executors.robolake_executor() is dg.multi_or_in_process_executor
-    monkeypatch.setenv("ROBOLAKE_DEPLOYMENT", "k8s")
-    k8s = executors.robolake_executor()
+def test_executor_is_chosen_by_ROBOLAKE_DEPLOYMENT():
+    def executor(env: dict[str, str]) -> dg.ExecutorDefinition:
+        return executors.robolake_executor(Settings.from_env(env).deployment)
+
+    assert executor({}) is dg.multi_or_in_process_executor
+    assert executor({"ROBOLAKE_DEPLOYMENT": "local"}) is dg.multi_or_in_process_executor
+    k8s = executor({"ROBOLAKE_DEPLOYMENT": "k8s"})
     assert k8s.name == "robolake_k8s"
-    monkeypatch.setenv("ROBOLAKE_DEPLOYMENT", "kubernetes-typo")
-    with pytest.raises(ValueError, match="expected 'k8s' or 'local'"):
-        executors.robolake_executor()
+    with pytest.raises(ValueError, match="ROBOLAKE_DEPLOYMENT='kubernetes-typo': expected "
+                                         "'local' or 'k8s'"):
+        executor({"ROBOLAKE_DEPLOYMENT": "kubernetes-typo"})
     # the configured values are valid k8s_job_executor config
     result = process_config(k8s_job_executor.config_schema.config_type,
                             executors.K8S_EXECUTOR_CONFIG)

@@ -146,9 +146,9 @@ def test_runs_event_logs_and_schedules_survive_a_restart(postgres, shared_data, 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
 
-    from partitions import partition_key, robot_type_partitions
-    from resources.lake import storage_resources
     from robolake_assets.raw import raw_uploads
+    from robolake_partitions import partition_key, robot_type_partitions
+    from robolake_resources.lake import storage_resources
 
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"

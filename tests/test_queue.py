@@ -24,7 +24,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import (
     QueuedRunCoordinatorDaemon,
 )
 
-from resources import pools
+from robolake_resources import pools
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = yaml.safe_load((REPO / "dagster.yaml").read_text())

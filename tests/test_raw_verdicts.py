@@ -14,13 +14,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from partitions import partition_key
-from resources.lake import LakeResource, LandingResource
 from robolake import cleaned, raw
 from robolake.simulate import simulate_fleet
 from robolake.storage import open_store
 from robolake.tables import read_table
 from robolake_assets.raw import raw_uploads
+from robolake_partitions import partition_key
+from robolake_resources.lake import LakeResource, LandingResource
 from tests.conftest import land
 
 HUSKY = {"robot_id": "husky-01", "robot_type": "husky", "region": "us-east"}

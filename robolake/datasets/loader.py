@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import simplejpeg
@@ -34,7 +33,7 @@ from wids.wids import IndexedTarSamples
 
 from robolake.datasets.scenarios import SCENARIO_CLASSES
 from robolake.datasets.shards import decode_sample, manifest_key
-from robolake.settings import ensure_env_defaults
+from robolake.settings import get_settings
 from robolake.storage import LocalStore, Store, open_store
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -42,7 +41,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def default_lake() -> Store:
-    return open_store(ensure_env_defaults()["ROBOLAKE_LAKE"])
+    return open_store(get_settings().lake)
 
 
 def read_manifest(name: str, version: str, lake: Store | None = None) -> dict:
@@ -63,7 +62,7 @@ def _local_shards(lake: Store, shards: list[dict]) -> list[str]:
     """Shard paths a tar reader can open; an object-store lake is cached locally once."""
     if isinstance(lake, LocalStore):
         return [str(lake.root / s["key"]) for s in shards]
-    cache = Path(os.environ.get("ROBOLAKE_CACHE", Path.home() / ".cache" / "robolake"))
+    cache = get_settings().cache_dir
     paths = []
     for s in shards:
         path = cache / lake.uri.replace("://", "/") / s["key"]

@@ -51,6 +51,27 @@ CORNER_CASES = "features/corner_cases"
 SCORE_COLUMNS = [f"score_{s}" for s in SCENARIOS]
 
 
+def stale_corner_case_partitions(lake) -> set[tuple[str, str]]:
+    """(date, robot_type) partitions of the aligned frames whose corner-case scores are
+    missing or were computed from an older aligned version (all of them when the scores
+    table does not exist yet)."""
+    from robolake.cleaned import TABLES
+    from robolake.tables import open_table, read_table
+
+    aligned_table = open_table(lake, TABLES["aligned"])
+    if aligned_table is None:
+        return set()
+    aligned = pl.from_arrow(read_table(lake, TABLES["aligned"], columns=["date", "robot_type"]))
+    wanted = set(aligned.unique().iter_rows())
+    scores = read_table(lake, CORNER_CASES, columns=["date", "robot_type", "source_version"])
+    if scores is None:
+        return wanted
+    current = (pl.from_arrow(scores)
+               .filter(pl.col("source_version") == aligned_table.version())
+               .select("date", "robot_type").unique())
+    return wanted - set(current.iter_rows())
+
+
 def refresh_corner_cases(lake) -> tuple[int, int]:
     """Score every aligned frame into `features/corner_cases` (one commit, whole table).
 

@@ -76,12 +76,12 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, broker_url: str | None = None) -> GatewaySettings:
-        from robolake.settings import ensure_env_defaults
+        from robolake.settings import Settings
 
-        env = ensure_env_defaults()
+        lake_settings = Settings.from_env()  # read now: the gateway may start in any folder
         state = state_dir()
         return cls(
-            landing=env["ROBOLAKE_LANDING"], lake=env["ROBOLAKE_LAKE"], state=state,
+            landing=lake_settings.landing, lake=lake_settings.lake, state=state,
             secret=jwt_secret(state),
             token_ttl_s=_env_float("ROBOLAKE_TOKEN_TTL_S", 900.0),
             broker_url=broker_url or os.environ.get("ROBOLAKE_BROKER_URL") or None,

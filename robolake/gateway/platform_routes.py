@@ -121,11 +121,15 @@ def install(app: FastAPI, dagster_url: str | None, location: str) -> None:
     async def start_training(body: TrainingJob, principal: Role("engineer")):
         """Launch a training config's job (train, register, evaluate, maybe promote)."""
         try:
-            if find_training_config(configs_dir(), body.config) is None:
+            config = find_training_config(configs_dir(), body.config)
+            if config is None:
                 raise PlatformError(404, f"no training config named {body.config!r} in "
                                          f"{configs_dir()}")
+            # model assets are partitioned by the dataset version they train on
+            version = config.dataset.version
             run = await dagster().launch(training_job_name(body.config), _tags(
-                principal, **{"robolake/training-config": body.config}))
+                principal, **{"robolake/training-config": body.config,
+                              "dagster/partition": version}))
         except PlatformError as exc:
             return _refusal(exc)
         return Launched(run_id=run["runId"], job_name=run["jobName"], status=run["status"])

@@ -281,7 +281,7 @@ class StreamWriter:
 
 def config_from_env(broker: str | None, regions: str) -> WriterConfig:
     from robolake.gateway.config import _env_float, state_dir
-    from robolake.settings import ensure_env_defaults
+    from robolake.settings import Settings
 
     state = state_dir()
     embedded = state / "broker.url"  # written by `robolake gateway` on the embedded default
@@ -291,7 +291,7 @@ def config_from_env(broker: str | None, regions: str) -> WriterConfig:
         raise ValueError("no broker: pass --broker nats://host:4222, set ROBOLAKE_BROKER_URL, "
                          "or start `robolake gateway` (its embedded broker) first")
     return WriterConfig(
-        broker_url=url, landing=ensure_env_defaults()["ROBOLAKE_LANDING"], state=state,
+        broker_url=url, landing=Settings.from_env().landing, state=state,
         regions=[r for r in regions.split(",") if r],
         window_s=_env_float("ROBOLAKE_STREAM_WINDOW_S", 300.0),
         lateness_s=_env_float("ROBOLAKE_STREAM_LATENESS_S", 10.0),

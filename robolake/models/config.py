@@ -154,6 +154,13 @@ class TrainingConfig(Strict):
     def config_hash(self) -> str:
         return self.canonical_hash()
 
+    def for_dataset_version(self, version: str) -> TrainingConfig:
+        """This config trained on another registered version of its dataset (a partition
+        of the model asset); the version is validated like the file's."""
+        data = self.model_dump(mode="json")
+        data["dataset"]["version"] = version
+        return parse_config(data, f"{self.name} for dataset version {version!r}")
+
     def flat_params(self) -> dict[str, str]:
         """Every setting as `section.field` -> text (MLflow params)."""
         out: dict[str, str] = {}
