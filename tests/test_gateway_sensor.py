@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dagster as dg
 from gateway_fixtures import make_settings, start_gateway
-from test_dagster_raw import _evaluate, _resources
 from test_gateway_uploads import START_NS, UNNAMED
 
 from robolake import raw
@@ -13,7 +12,20 @@ from robolake.sdk import DataUploader
 from robolake.simulate import simulate_recording
 from robolake.storage import open_store
 from robolake.tables import read_table
+from robolake_assets.definitions import defs
 from robolake_assets.raw import raw_uploads
+from robolake_resources.lake import LakeResource, LandingResource
+
+
+def _resources(landing, lake) -> dict:
+    return {"landing": LandingResource(uri=str(landing)), "lake": LakeResource(root=str(lake))}
+
+
+def _evaluate(instance, landing, lake) -> dg.SensorResult:
+    sensor = defs.get_repository_def().get_sensor_def("new_uploads_sensor")
+    with dg.build_sensor_context(instance_ref=instance.get_ref(), definitions=defs,
+                                 resources=_resources(landing, lake)) as ctx:
+        return sensor.evaluate_tick(ctx)
 
 
 def test_sdk_upload_is_picked_up_by_the_sensor_and_indexed_with_the_tokens_identity(tmp_path):
