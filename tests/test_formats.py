@@ -5,6 +5,7 @@ named)."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import struct
@@ -246,7 +247,8 @@ def test_seeded_fuzz_cases_all_get_a_verdict(shared_data):
     out = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "fuzz_formats.py"), "--cases", "200",
          "--seed", "1", "--data", str(shared_data)],
-        capture_output=True, text=True, timeout=600, check=True).stdout
+        capture_output=True, text=True, timeout=600, check=True,
+        env={"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}).stdout
     figures = dict(re.findall(r"^(cases|quarantined|usable|unhandled|peak memory)\s+(\d+)",
                               out, re.M))
     assert figures["cases"] == "200" and figures["unhandled"] == "0", out
