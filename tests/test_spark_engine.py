@@ -1,0 +1,181 @@
+"""The Spark engine (robolake/spark_engine.py) against the local engine: identical tables.
+
+Spark runs `local[2,2]` (two cores, two attempts per task) with its UI off: the machine
+is shared. Each lake is ingested once, copied, and cleaned by each engine, so the raw
+layer (upload ids, arrival times) is the same bytes for both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from robolake import cleaned, raw, spark_engine
+from robolake.simulate import simulate_fleet
+from robolake.storage import open_store
+from robolake.tables import open_table, read_table
+from tests.conftest import land
+
+DAY = "2026-11-20"
+VOLATILE = {"cleaned_ns", "latency_s"}  # when a run cleaned: differs between any two runs
+
+
+@pytest.fixture(scope="module")
+def spark():
+    pyspark_sql = pytest.importorskip("pyspark.sql")
+    from robolake_resources.spark import spark_config
+
+    conf = {**spark_config("local[2,2]", "robolake-tests"), "spark.ui.enabled": "false",
+            "spark.driver.memory": "1g", "spark.sql.shuffle.partitions": "2"}
+    builder = pyspark_sql.SparkSession.builder
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()
+
+
+def _tables(lake_dir: Path) -> dict[str, pl.DataFrame]:
+    lake = open_store(lake_dir)
+    out = {}
+    for kind, key in cleaned.TABLES.items():
+        table = read_table(lake, key)
+        assert table is not None, key
+        frame = pl.from_arrow(table).drop(VOLATILE, strict=False)
+        assert isinstance(frame, pl.DataFrame)
+        keys = [c for c, t in frame.schema.items() if not t.is_nested()]
+        out[kind] = frame.sort(keys)
+    return out
+
+
+def assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = _tables(a), _tables(b)
+    for kind in cleaned.TABLES:
+        assert_frame_equal(ta[kind], tb[kind], check_exact=True), kind
+    lake_a, lake_b = open_store(a), open_store(b)
+    for key in cleaned.TABLES.values():  # same Delta schema, same partitioning
+        da, db = open_table(lake_a, key), open_table(lake_b, key)
+        assert da.schema() == db.schema()
+        assert da.metadata().partition_columns == db.metadata().partition_columns
+
+
+def _ingested(tmp: Path, landing: Path) -> tuple[Path, list[tuple[str, str]]]:
+    lake_dir = tmp / "lake-raw"
+    parts = sorted(raw.ingest_landing(open_store(landing), open_store(lake_dir)))
+    return lake_dir, parts
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _clean_local(lake_dir: Path, parts) -> list[cleaned.PartitionResult]:
+    return [cleaned.clean_partition(open_store(lake_dir), *p) for p in parts]
+
+
+def _clean_spark(spark, lake_dir: Path, parts, hook=None):
+    return [spark_engine.clean_partition_spark(spark, open_store(lake_dir), *p, task_hook=hook)
+            for p in parts]
+
+
+@pytest.fixture(scope="module")
+def fleet_day(tmp_path_factory) -> tuple[Path, list[tuple[str, str]], Path]:
+    """Two simulated robots of one type, a minute each (one partition, two uploads), with
+    duplicate messages and IMU spikes; ingested once, cleaned by the local engine."""
+    tmp = tmp_path_factory.mktemp("fleet")
+    simulate_fleet(tmp / "landing", robots=2, date=DAY, minutes=1.0, seed=3,
+                   faults=["duplicate_messages", "imu_spikes:3"], robot_types=["delivery"])
+    lake_dir, parts = _ingested(tmp, tmp / "landing")
+    local = _copy(lake_dir, tmp / "lake-local")
+    _clean_local(local, parts)
+    return lake_dir, parts, local
+
+
+def test_spark_engine_equals_local_on_a_fleet_day_and_reruns_change_nothing(
+        spark, fleet_day, tmp_path: Path):
+    lake_dir, parts, local = fleet_day
+    assert parts == [(DAY, "delivery")]
+    lake = _copy(lake_dir, tmp_path / "lake-spark")
+    [(result, run)] = _clean_spark(spark, lake, parts)
+    assert (run.tasks, run.retried_tasks) == (2, 0)
+    assert run.input_bytes > 0 and run.rows == sum(
+        result.frames[k].height for k in spark_engine.ROW_TABLES) > 0
+    assert_same_tables(local, lake)
+    # the metrics the asset reports are the local engine's too
+    [local_result] = _clean_local(_copy(lake_dir, tmp_path / "lake-local-2"), parts)
+    assert result.metrics == local_result.metrics
+    assert result.counts == local_result.counts
+    # a re-run replaces the uploads' rows: same rows, one commit per table
+    versions = {k: open_table(open_store(lake), key).version()
+                for k, key in cleaned.TABLES.items()}
+    [(again, _)] = _clean_spark(spark, lake, parts)
+    assert again.versions == {k: v + 1 for k, v in versions.items()}
+    assert_same_tables(local, lake)
+
+
+def test_spark_engine_equals_local_on_real_recordings(spark, shared_data: Path,
+                                                      tmp_path: Path):
+    landing = tmp_path / "landing"
+    husky = {"robot_id": "husky-1", "robot_type": "ugv", "region": "us-east"}
+    # the same drive as a ROS 1 bag and as an MCAP: the second upload overlaps the first
+    land(landing, shared_data / "robot_localization_test1_husky.bag", husky)
+    land(landing, shared_data / "husky_ros2_converted.mcap", husky)
+    land(landing, shared_data / "sick_rms1000_lms1000_movement_off.bag",
+         {"robot_id": "sick-1", "robot_type": "ugv", "region": "us-east"})
+    land(landing, shared_data / "pyulog_sample_log_small_cubeorange.ulg",
+         {"robot_id": "vtol-1", "robot_type": "ugv", "region": "us-east"})
+    lake_dir, parts = _ingested(tmp_path, landing)
+    local = _copy(lake_dir, tmp_path / "lake-local")
+    local_results = _clean_local(local, parts)
+    lake = _copy(lake_dir, tmp_path / "lake-spark")
+    spark_results = _clean_spark(spark, lake, parts)
+    assert sum(r.frames["imu"].height for r in local_results) > 10_000
+    assert sum(r.frames["lidar"].height for r in local_results) > 0
+    assert_same_tables(local, lake)
+    for lr, (sr, _) in zip(local_results, spark_results, strict=True):
+        assert lr.counts == sr.counts
+
+
+def test_a_task_killed_on_its_first_attempt_is_retried_and_its_files_never_committed(
+        spark, fleet_day, tmp_path: Path):
+    lake_dir, parts, local = fleet_day
+    lake = _copy(lake_dir, tmp_path / "lake-spark")
+    victim = cleaned.partition_uploads(open_store(lake), *parts[0])[1][0].upload_id
+
+    def die_on_first_attempt(upload_id: str, attempt: int) -> None:
+        # after the task wrote its part files: the Python worker dies, as on a lost executor
+        if upload_id == victim and attempt == 0:
+            os._exit(17)
+
+    [(_, run)] = _clean_spark(spark, lake, parts, hook=die_on_first_attempt)
+    assert (run.tasks, run.retried_tasks) == (2, 1)
+    assert_same_tables(local, lake)
+    store = open_store(lake)
+    for key in spark_engine.ROW_TABLES:
+        table_dir = lake / cleaned.TABLES[key]
+        on_disk = {p.relative_to(table_dir).as_posix() for p in table_dir.rglob("*.parquet")}
+        committed = set(open_table(store, cleaned.TABLES[key]).files())
+        dead = {p for p in on_disk if f"spark-{victim[:12]}-a0" in p}
+        assert dead, f"the killed attempt wrote no {key} files"  # it died after writing
+        assert not dead & committed
+        assert {p for p in committed if f"spark-{victim[:12]}-a1" in p}
+
+
+def test_engine_choice_and_settings():
+    assert spark_engine.choose_engine("auto", 10, 100) == "local"
+    assert spark_engine.choose_engine("auto", 101, 100) == "spark"
+    assert spark_engine.choose_engine("spark", 0, 100) == "spark"
+    assert spark_engine.choose_engine("local", 10**12, 100) == "local"
+    from robolake.settings import Settings
+
+    s = Settings.from_env({"ROBOLAKE_ENGINE": "Spark", "ROBOLAKE_SPARK_MIN_BYTES": "1000",
+                           "ROBOLAKE_SPARK_MASTER": "local[1,2]"})
+    assert (s.engine, s.spark_min_bytes, s.spark_master) == ("spark", 1000, "local[1,2]")
+    assert sys.executable  # workers run this interpreter (spark.pyspark.python)
