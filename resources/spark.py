@@ -10,6 +10,7 @@ Embedded, the master is `local[*,4]` (every core; 4 attempts per task); producti
 
 from __future__ import annotations
 
+import os
 import sys
 
 import dagster as dg
@@ -26,6 +27,16 @@ class EngineResource(dg.ConfigurableResource):
 
     def min_bytes(self) -> int:
         return int(self.spark_min_bytes)
+
+
+class SparkSessionResource(LazyPySparkResource):
+    """dagster-pyspark's lazy PySparkResource: the session starts on first use only."""
+
+    def _init_session(self) -> None:
+        # PySpark starts its Python workers with PYSPARK_PYTHON (else `python3` on PATH,
+        # which lacks the project's packages), whatever spark.pyspark.python says
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        super()._init_session()
 
 
 def spark_config(master: str, app_name: str = "robolake") -> dict[str, str]:
@@ -47,5 +58,5 @@ def engine_resources(settings: Settings | None = None) -> dict[str, dg.Configura
     return {
         "engine": EngineResource(engine=settings.resource_value("engine"),
                                  spark_min_bytes=settings.resource_value("spark_min_bytes")),
-        "pyspark": LazyPySparkResource(spark_config=spark_config(settings.spark_master)),
+        "pyspark": SparkSessionResource(spark_config=spark_config(settings.spark_master)),
     }

@@ -245,9 +245,10 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
              for u, fmt, size in uploads]
     sc = spark.sparkContext
     # a cluster's block managers count the driver too; local mode runs in the driver
-    managers = len(sc._jsc.sc().getExecutorMemoryStatus())
-    run = SparkRun(tasks=len(tasks), ui_url=sc.uiWebUrl,
-                   executors=1 if sc.master.startswith("local") else max(1, managers - 1))
+    local_mode = sc.master.startswith("local")
+    managers = 1 if local_mode else sc._jsc.sc().getExecutorMemoryStatus().size()
+    run = SparkRun(tasks=len(tasks), ui_url=sc.uiWebUrl, executors=max(1, managers - 1)
+                   if not local_mode else 1)
     if run.ui_url:
         log(f"Spark UI: {run.ui_url}")
     outputs: list[TaskOutput] = []

@@ -330,8 +330,7 @@ def replace_files(lake: Store, key: str, table: DeltaTable, column: str,
     wanted = set(values)
     if not wanted:
         return change
-    adds = pl.from_arrow(table.get_add_actions(flatten=True))
-    assert isinstance(adds, pl.DataFrame)
+    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
     for col, value in scope.items():
         adds = adds.filter(pl.col(f"partition.{col}") == value)
     lo, hi = min(wanted), max(wanted)
@@ -380,7 +379,8 @@ def commit_files(lake: Store, key: str, plan: Callable[[Snapshot], FileCommit | 
             snap.table.create_write_transaction(
                 [*actions, *change.removes], mode="append", schema=snap.table.schema(),
                 partition_by=list(partition_by), commit_properties=props)
-            return snap.table.version()
+            # no retries: the commit took exactly the version after the snapshot's
+            return snap.table.version() + 1
         except (CommitFailedError, DeltaError) as exc:
             if not _is_conflict(exc):
                 raise

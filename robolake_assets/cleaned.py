@@ -13,7 +13,7 @@ from robolake_assets.helpers import CLEANED_ASSET_KINDS, column_schema, markdown
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
-from robolake_resources.spark import EngineResource, LazyPySparkResource
+from robolake_resources.spark import EngineResource, SparkSessionResource
 
 DESCRIPTIONS = {
     "cleaned_imu": f"IMU samples: duplicates and |a| > {contract.IMU_OUTLIER_NORM:g} m/s² "
@@ -61,7 +61,7 @@ _CHECK_SPECS = [
     **pools.cpu_spot(),
 )
 def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
-                  engine: EngineResource, pyspark: LazyPySparkResource):
+                  engine: EngineResource, pyspark: SparkSessionResource):
     day, robot_type = split_key(context.partition_key)
     with pools.retry_only_transient():
         lake_store = lake.store()
