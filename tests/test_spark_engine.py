@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +18,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from robolake import cleaned, raw, spark_engine
-from robolake.simulate import simulate_fleet
+from robolake.simulate import RobotIdentity, simulate_fleet, simulate_recording
 from robolake.storage import open_store
 from robolake.tables import open_table, read_table
 from tests.conftest import land
@@ -70,6 +71,10 @@ def assert_same_tables(a: Path, b: Path) -> None:
         da, db = open_table(lake_a, key), open_table(lake_b, key)
         assert da.schema() == db.schema()
         assert da.metadata().partition_columns == db.metadata().partition_columns
+
+
+def _ns(day: str, hms: str) -> int:
+    return int(datetime.fromisoformat(f"{day}T{hms}+00:00").timestamp()) * 1_000_000_000
 
 
 def _ingested(tmp: Path, landing: Path) -> tuple[Path, list[tuple[str, str]]]:
@@ -126,24 +131,37 @@ def test_spark_engine_equals_local_on_a_fleet_day_and_reruns_change_nothing(
     assert_same_tables(local, lake)
 
 
-def test_spark_engine_equals_local_on_real_recordings(spark, shared_data: Path,
-                                                      tmp_path: Path):
+def test_spark_engine_equals_local_on_real_recordings_and_overlapping_uploads(
+        spark, shared_data: Path, tmp_path: Path):
     landing = tmp_path / "landing"
     husky = {"robot_id": "husky-1", "robot_type": "ugv", "region": "us-east"}
-    # the same drive as a ROS 1 bag and as an MCAP: the second upload overlaps the first
+    # the same drive as a ROS 1 bag and as an MCAP (the raw layer keeps one), a LiDAR
+    # bag, and a ULog (indexed, not decoded)
     land(landing, shared_data / "robot_localization_test1_husky.bag", husky)
     land(landing, shared_data / "husky_ros2_converted.mcap", husky)
     land(landing, shared_data / "sick_rms1000_lms1000_movement_off.bag",
          {"robot_id": "sick-1", "robot_type": "ugv", "region": "us-east"})
     land(landing, shared_data / "pyulog_sample_log_small_cubeorange.ulg",
          {"robot_id": "vtol-1", "robot_type": "ugv", "region": "us-east"})
+    # overlap in one partition: two simulated fleets both hold robot-000 at 08:00
+    for seed in (1, 2):
+        simulate_fleet(landing / f"seed{seed}", robots=1, date=DAY, minutes=0.1, seed=seed,
+                       robot_types=["delivery"])
+    # overlap with rows already in the table: a recording crossing midnight, and one of
+    # the same robot in the next day's partition
+    robot = RobotIdentity("robot-042", "delivery", "eu-west")
+    simulate_recording(landing, robot, _ns(DAY, "23:59:50"), 20.0, seed=9)
+    simulate_recording(landing, robot, _ns("2026-11-21", "00:00:00"), 5.0, seed=9)
     lake_dir, parts = _ingested(tmp_path, landing)
+    assert parts[-2:] == [(DAY, "delivery"), ("2026-11-21", "delivery")]
     local = _copy(lake_dir, tmp_path / "lake-local")
     local_results = _clean_local(local, parts)
     lake = _copy(lake_dir, tmp_path / "lake-spark")
     spark_results = _clean_spark(spark, lake, parts)
     assert sum(r.frames["imu"].height for r in local_results) > 10_000
     assert sum(r.frames["lidar"].height for r in local_results) > 0
+    overlap = [r.counts.get("imu_overlap", 0) for r in local_results]
+    assert overlap[-2] > 0 and overlap[-1] > 0, overlap  # both overlap paths were taken
     assert_same_tables(local, lake)
     for lr, (sr, _) in zip(local_results, spark_results, strict=True):
         assert lr.counts == sr.counts
