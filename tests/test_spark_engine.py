@@ -203,3 +203,34 @@ def test_engine_choice_and_settings():
     s = Settings.from_env({"ROBOLAKE_ENGINE": "Spark", "ROBOLAKE_SPARK_MIN_BYTES": "1000",
                            "ROBOLAKE_SPARK_MASTER": "local[1,2]"})
     assert (s.engine, s.spark_min_bytes, s.spark_master) == ("spark", 1000, "local[1,2]")
+
+
+def test_cleaned_asset_reports_the_engine_that_ran(spark, tmp_path: Path, monkeypatch):
+    """Through Dagster: `auto` above ROBOLAKE_SPARK_MIN_BYTES runs Spark (the session from
+    the code location's PySparkResource: here the test's, already started)."""
+    import dagster as dg
+
+    from robolake.settings import Settings
+    from robolake_assets.definitions import build_definitions
+    from robolake_partitions import partition_key
+
+    monkeypatch.setenv("ROBOLAKE_LANDING", str(tmp_path / "landing"))
+    monkeypatch.setenv("ROBOLAKE_LAKE", str(tmp_path / "lake"))
+    monkeypatch.setenv("ROBOLAKE_ENGINE", "auto")
+    monkeypatch.setenv("ROBOLAKE_SPARK_MIN_BYTES", "1000")
+    simulate_fleet(tmp_path / "landing", robots=1, date=DAY, minutes=0.2, seed=5,
+                   robot_types=["delivery"])
+    job = build_definitions(Settings.from_env()).resolve_job_def("ingest_through_cleaned")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("robot_type", ["delivery"])
+        result = job.execute_in_process(instance=instance,
+                                        partition_key=partition_key(DAY, "delivery"))
+    assert result.success
+    mats = {m.asset_key.to_user_string(): m.materialization.metadata
+            for m in result.get_asset_materialization_events()}
+    aligned = mats["cleaned_aligned_frames"]
+    assert aligned["engine"].value == "spark" and aligned["tasks"].value == 1
+    assert aligned["input_bytes"].value > 1000 and aligned["rows_per_s"].value > 0
+    assert aligned["dagster/row_count"].value == 120
+    assert all(e.passed for e in result.get_asset_check_evaluations()
+               if e.check_name == "great_expectations")
