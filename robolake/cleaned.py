@@ -1,7 +1,9 @@
 """The cleaned layer: cleaning rules, clock correction, alignment to LiDAR, quality.
 
 Everything works on columns (numpy arrays / polars frames) for one upload at
-a time; the Dagster assets (and any other engine) call these functions unchanged.
+a time; the local engine (`clean_partition`) and the Spark engine
+(`robolake/spark_engine.py`, one task per upload through `clean_one`) call these
+functions unchanged.
 Rules are the data contract's (see DESIGN.md) and each counts what it removed.
 """
 
