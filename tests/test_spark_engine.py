@@ -131,6 +131,39 @@ def test_spark_engine_equals_local_on_a_fleet_day_and_reruns_change_nothing(
     assert_same_tables(local, lake)
 
 
+def test_switching_engines_on_one_lake_replaces_the_local_engines_files(spark, fleet_day,
+                                                                       tmp_path: Path):
+    lake_dir, parts, local, _ = fleet_day
+    lake = _copy(local, tmp_path / "lake-both")  # already cleaned by the local engine
+    _clean_spark(spark, lake, parts)
+    assert_same_tables(local, lake)
+    for key in spark_engine.ROW_TABLES:  # every committed file is now the Spark run's
+        files = open_table(open_store(lake), cleaned.TABLES[key]).file_uris()
+        assert files and all("part-spark-" in f for f in files), key
+
+
+def test_replace_files_rewrites_a_file_that_mixes_uploads(tmp_path: Path):
+    from deltalake import write_deltalake
+
+    from robolake.tables import commit_files, replace_files, write_part_files
+
+    lake = open_store(tmp_path)
+    rows = pl.DataFrame({"upload_id": ["a", "a", "b"], "ts_ns": [1, 2, 3],
+                         "robot_type": ["t", "t", "t"]})
+    write_deltalake(lake.table_uri("t"), rows.to_arrow(), partition_by=["robot_type"])
+    new = pl.DataFrame({"upload_id": ["a"], "ts_ns": [9], "robot_type": ["t"]})
+
+    def plan(snap):
+        change = replace_files(lake, "t", snap.table, "upload_id", ["a"], {"robot_type": "t"})
+        assert len(change.removes) == 1 and len(change.adds) == 1  # "b" is rewritten
+        change.adds += write_part_files(lake, "t", new, ["robot_type"], "test")
+        return change
+
+    assert commit_files(lake, "t", plan, rows.to_arrow().schema, ["robot_type"]) == 1
+    got = pl.from_arrow(read_table(lake, "t")).sort("ts_ns")
+    assert got.select("upload_id", "ts_ns").rows() == [("b", 3), ("a", 9)]
+
+
 def test_spark_engine_equals_local_on_real_recordings_and_overlapping_uploads(
         spark, shared_data: Path, tmp_path: Path):
     landing = tmp_path / "landing"
