@@ -154,7 +154,9 @@ class SparkRun:
     input_bytes: int = 0
     rows: int = 0
     seconds: float = 0.0
-    task_seconds: float = 0.0
+    task_seconds: float = 0.0  # summed over tasks (decode, clean, write part files)
+    stage_seconds: float = 0.0  # wall time of the Spark stage
+    commit_seconds: float = 0.0  # the driver's overlap decisions and Delta commits
     ui_url: str | None = None
     orphan_files: list[str] = field(default_factory=list)  # written, never committed
 
@@ -252,10 +254,13 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     if run.ui_url:
         log(f"Spark UI: {run.ui_url}")
     outputs: list[TaskOutput] = []
+    stage_started = time.perf_counter()
     if tasks:
         hook = task_hook
         outputs = (sc.parallelize(tasks, numSlices=len(tasks))
                    .map(lambda t: clean_upload_task(t, hook)).collect())
+    run.stage_seconds = time.perf_counter() - stage_started
+    commit_started = time.perf_counter()
     by_id = {o.upload_id: o for o in outputs}
     outputs = [by_id[t.upload.upload_id] for t in tasks]  # the partition's upload order
     ids = [t.upload.upload_id for t in tasks]
@@ -293,6 +298,7 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     versions["report"] = replace_rows(lake, cl.TABLES["report"], frames["report"].to_arrow(),
                                       "upload_id", ids, partition_by=cl.PARTITION_BY,
                                       scope={"robot_type": robot_type})
+    run.commit_seconds = time.perf_counter() - commit_started
     run.input_bytes = sum(o.input_bytes for o in outputs)
     run.rows = sum(f.rows for files in committed.values() for f in files)
     run.task_seconds = sum(o.seconds for o in outputs)
