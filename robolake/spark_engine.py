@@ -47,6 +47,7 @@ from robolake.tables import (
     write_part_files,
 )
 
+SHIPPED_OPTIONS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP")  # no secrets
 ROW_TABLES = [k for k in cl.TABLES if k != "report"]  # written by tasks; reports by the driver
 
 
@@ -83,6 +84,9 @@ class TaskInput:
     fmt: str
     cleaned_ns: int
     size_bytes: int
+    # S3 endpoint and region (never credentials: executors take theirs from their own
+    # environment or pod role, as boto3's default chain does)
+    store_options: dict[str, str] | None = None
 
 
 @dataclass
@@ -121,7 +125,7 @@ def clean_upload_task(task: TaskInput,
     except ImportError:  # called outside Spark (tests of the task itself)
         attempt = 0
     started = time.perf_counter()
-    lake = open_store(task.lake_uri)
+    lake = open_store(task.lake_uri, task.store_options)
     up = task.upload
     result, report, note = cl.clean_one(lake, up, task.fmt, task.day, task.cleaned_ns)
     parts: dict[str, list[PartFile]] = {}
@@ -243,8 +247,10 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     started = time.perf_counter()
     uploads = _partition_rows(lake, day, robot_type)
     first = cl.first_cleaned_times(lake, robot_type)
-    tasks = [TaskInput(lake.uri, day, u, fmt, first.get(u.upload_id, time.time_ns()), size)
-             for u, fmt, size in uploads]
+    options = ({k: v for k, v in lake.delta_options.items() if k in SHIPPED_OPTIONS}
+               if lake.uri.startswith("s3://") else None)
+    tasks = [TaskInput(lake.uri, day, u, fmt, first.get(u.upload_id, time.time_ns()), size,
+                       options) for u, fmt, size in uploads]
     sc = spark.sparkContext
     # a cluster's block managers count the driver too; local mode runs in the driver
     local_mode = sc.master.startswith("local")
