@@ -20,6 +20,7 @@ process reads it; the default otherwise).
 | engine | ROBOLAKE_ENGINE | auto (local, spark or auto) |
 | spark_min_bytes | ROBOLAKE_SPARK_MIN_BYTES | 4 GiB: `auto` runs a partition on Spark above it |
 | spark_master | ROBOLAKE_SPARK_MASTER | local[*,4] (4 attempts per task); k8s://… in production |
+| spark_image | ROBOLAKE_SPARK_IMAGE | unset; on k8s://, the executors' image |
 | cache_dir | ROBOLAKE_CACHE | ~/.cache/robolake |
 | dagster_home | DAGSTER_HOME | ./.dagster_home |
 """
@@ -48,6 +49,7 @@ ENV_VARS = {
     "engine": "ROBOLAKE_ENGINE",
     "spark_min_bytes": "ROBOLAKE_SPARK_MIN_BYTES",
     "spark_master": "ROBOLAKE_SPARK_MASTER",
+    "spark_image": "ROBOLAKE_SPARK_IMAGE",
     "cache_dir": "ROBOLAKE_CACHE",
     "dagster_home": "DAGSTER_HOME",
 }
@@ -75,6 +77,7 @@ class Settings:
     engine: str  # one of ENGINES
     spark_min_bytes: int  # auto engine: Spark above this many bytes of uploads to decode
     spark_master: str  # the Spark engine's master URL (local[N,F] or k8s://…)
+    spark_image: str  # executors' container image on Kubernetes ("" when unset)
     cache_dir: Path  # local copies of shards when the lake is on S3
     dagster_home: Path
     # fields whose value came from the environment (the rest are defaults or overrides)
@@ -104,6 +107,7 @@ class Settings:
             engine=_choice("engine", given.get("engine", "auto"), ENGINES),
             spark_min_bytes=_bytes(given.get("spark_min_bytes")),
             spark_master=given.get("spark_master", DEFAULT_SPARK_MASTER),
+            spark_image=given.get("spark_image", ""),
             cache_dir=path("cache_dir", Path.home() / ".cache" / "robolake"),
             dagster_home=path("dagster_home", base / ".dagster_home").resolve(),
             env_fields=frozenset(given),
