@@ -203,23 +203,18 @@ def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str
     robots = sorted({o.report["robot_id"] for o in outputs})
 
     def plan(snap: Snapshot) -> FileCommit:
-        existing: list[tuple[str, str, str, int, int]] = []
-        if snap.table is not None and robots:
-            rows = snap.read(["robot_id", topic, "ts_ns", "upload_id"],
-                             filters={"robot_type": robot_type, "robot_id": robots})
-            rows = rows.filter(~pl.col("upload_id").is_in(ids))
-            if rows.height:
-                existing = [tuple(r) for r in rows.group_by("upload_id", "robot_id", topic).agg(
-                    pl.col("ts_ns").min(), pl.col("ts_ns").max().alias("hi")).iter_rows()]
+        # other uploads' keys of these robots (what the local engine reads for the same rule)
+        others = snap.read(["robot_id", topic, "ts_ns", "upload_id"],
+                           filters={"robot_type": robot_type, "robot_id": robots},
+                           schema=cl.SCHEMAS[kind]).filter(~pl.col("upload_id").is_in(ids))
+        existing = [tuple(r) for r in others.group_by("upload_id", "robot_id", topic).agg(
+            pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).iter_rows()]
         touching = _touching(outputs, kind, existing)
         adds: list[PartFile] = []
         dropped: dict[str, int] = {}
         if touching:  # the local engine's rule, on exactly the rows it could apply to
             mine = [f for o in outputs if o.upload_id in touching for f in o.parts[kind]]
             frame = read_part_files(lake, key, mine, cl.SCHEMAS[kind])
-            others = snap.read(["robot_id", topic, "ts_ns", "upload_id"],
-                               filters={"robot_type": robot_type, "robot_id": robots},
-                               schema=cl.SCHEMAS[kind]).filter(~pl.col("upload_id").is_in(ids))
             kept, dropped = cl.drop_overlap(frame, others, topic, ids)
             if dropped:
                 adds += write_part_files(lake, key, kept, cl.PARTITION_BY, "spark-overlap")
