@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/fuzz_formats.py
 	$(BIN)/python benchmarks/spark_scale.py
+	$(BIN)/python benchmarks/gateway.py
 
 clean:
 	rm -rf $(VENV) lake landing .dagster_home

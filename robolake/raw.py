@@ -238,7 +238,11 @@ def read_sidecar(data: bytes, name: str) -> dict[str, object]:
 
 def resolve_identity(file: LandingFile, embedded: dict[str, str] | None,
                      landing: Store) -> Identity:
-    """MCAP 'robot' record, else the sidecar, else upload metadata (S3 object metadata)."""
+    """MCAP 'robot' record, else the sidecar, else upload metadata (S3 object metadata).
+
+    The sidecar or upload metadata is the uploader's word (the gateway writes the token's
+    identity there): when the file's own record says otherwise, neither is believed.
+    """
     sidecar_name = file.name + SIDECAR_SUFFIX
     candidates: list[tuple[str, str, dict[str, object]]] = []
     if embedded:
@@ -250,10 +254,13 @@ def resolve_identity(file: LandingFile, embedded: dict[str, str] | None,
             return Identity(None, "sidecar", str(exc))
         candidates.append(("sidecar", sidecar_name, values))
     head = getattr(landing, "head_metadata", None)
-    if not candidates and head is not None:
+    if len(candidates) < 2 and head is not None and not file.sidecar_key:
         meta = {k.replace("-", "_"): v for k, v in head(file.key).items()}
         if any(f in meta for f in IDENTITY_FIELDS):
             candidates.append(("upload_metadata", "upload metadata", meta))
+    conflict = _identity_conflict(candidates)
+    if conflict:
+        return Identity(None, candidates[0][0], conflict)
     if not candidates:
         return Identity(None, None, (
             f"no robot identity: {file.name} has no MCAP metadata record 'robot', no sidecar "
@@ -264,6 +271,24 @@ def resolve_identity(file: LandingFile, embedded: dict[str, str] | None,
     if problem:
         return Identity(None, source, problem)
     return Identity({f: str(values[f]) for f in IDENTITY_FIELDS}, source, None)
+
+
+def _identity_conflict(candidates: list[tuple[str, str, dict[str, object]]]) -> str | None:
+    """The file's own identity against the uploader's, field by field."""
+    if len(candidates) < 2 or candidates[0][0] != "mcap_metadata":
+        return None
+    (_, own_where, own), (given_source, given_where, given) = candidates[:2]
+    if given_source == "sidecar":
+        given_where = f"sidecar {given_where}"
+    differ = [f for f in IDENTITY_FIELDS
+              if f in own and f in given and str(own[f]) != str(given[f])]
+    if not differ:
+        return None
+    f = differ[0]
+    return (f"identity conflict: the {own_where} says {f} {_shown(own[f])} but the "
+            f"{given_where} (the uploader's word) says {_shown(given[f])}; neither is "
+            "trusted: re-upload with the robot's own credentials or fix the recorder's "
+            "configuration")
 
 
 def partition_for(identity: Identity, start_ns: int | None, arrived_ns: int,

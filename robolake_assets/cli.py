@@ -308,6 +308,25 @@ def _cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_gateway(args: argparse.Namespace, _settings=None) -> int:
+    from robolake.gateway.server import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace, _settings=None) -> int:
+    from robolake.gateway.cli import keys_command
+
+    return keys_command(args)
+
+
+def _cmd_stream_writer(args: argparse.Namespace, _settings=None) -> int:
+    from robolake.gateway.cli import stream_writer_command
+
+    return stream_writer_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -356,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     summ = sub.add_parser("summary", parents=[debug], help="print what the lake holds")
     summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     summ.set_defaults(func=_cmd_summary)
+
+    from robolake.gateway.cli import add_gateway_parsers  # the front door (issue 12)
+
+    add_gateway_parsers(sub, debug, _cmd_gateway, _cmd_keys, _cmd_stream_writer)
     return parser
 
 

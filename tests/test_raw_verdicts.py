@@ -65,6 +65,31 @@ def test_identity_values_are_validated(shared_data: Path, dirs):
         assert len(text) < 500
 
 
+def test_embedded_identity_disagreeing_with_the_uploader_is_quarantined(dirs):
+    """The gateway writes the token's identity into the sidecar: a file whose own 'robot'
+    record names another robot is believed by neither side."""
+    landing_dir, lake_dir = dirs
+    simulate_fleet(landing_dir, robots=2, date="2026-11-20", minutes=0.1, seed=3,
+                   robot_types=["delivery"])
+    own, other = sorted(landing_dir.glob("*.mcap"))
+    Path(f"{own}.meta.json").write_text(json.dumps(  # the same robot: agrees, accepted
+        {"robot_id": "robot-000", "robot_type": "delivery", "region": "eu-west"}))
+    Path(f"{other}.meta.json").write_text(json.dumps(
+        {"robot_id": "robot-000", "robot_type": "delivery", "region": "eu-west"}))
+    landing, lake = open_store(landing_dir), open_store(lake_dir)
+    raw.ingest_landing(landing, lake)
+    rows = _rows(lake)
+    assert rows[own.name]["status"] == "accepted"
+    bad = rows[other.name]
+    assert (bad["status"], bad["robot_type"], bad["robot_id"]) == (
+        "quarantined", "unidentified", None)
+    assert bad["reasons"] == [
+        f"{other.name}: identity conflict: the MCAP metadata record 'robot' says robot_id "
+        f"'robot-001' but the sidecar {other.name}.meta.json (the uploader's word) says "
+        "'robot-000'; neither is trusted: re-upload with the robot's own credentials or fix "
+        "the recorder's configuration"]
+
+
 def test_long_names_symlinks_and_unreadable_files_get_verdicts(shared_data: Path, dirs,
                                                                 tmp_path: Path):
     landing_dir, lake_dir = dirs
