@@ -224,6 +224,10 @@ def test_a_task_killed_on_its_first_attempt_is_retried_and_its_files_never_commi
         assert dead, f"the killed attempt wrote no {key} files"  # it died after writing
         assert not dead & committed
         assert {p for p in committed if f"spark-{victim[:12]}-a1" in p}
+        # maintenance's full VACUUM deletes them once past its retention (here: now)
+        doomed = open_table(store, cleaned.TABLES[key]).vacuum(
+            retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True)
+        assert {Path(d).name for d in dead} <= {Path(d).name for d in doomed}
 
 
 def test_engine_choice_and_settings():
