@@ -47,6 +47,7 @@ bench: install
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/fuzz_formats.py
+	$(BIN)/python benchmarks/spark_scale.py
 	$(BIN)/python benchmarks/gateway.py
 
 clean:

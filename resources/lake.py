@@ -61,10 +61,12 @@ def s3_fields() -> dict[str, dg.EnvVar]:
 
 def storage_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     from robolake_resources.mlflow import mlflow_resource
+    from robolake_resources.spark import engine_resources
 
     settings = settings or get_settings()
     return {
         "lake": LakeResource(root=settings.resource_value("lake"), **s3_fields()),
         "landing": LandingResource(uri=settings.resource_value("landing"), **s3_fields()),
         "mlflow": mlflow_resource(),
+        **engine_resources(settings),
     }

@@ -1,7 +1,9 @@
 """The cleaned layer: cleaning rules, clock correction, alignment to LiDAR, quality.
 
 Everything works on columns (numpy arrays / polars frames) for one upload at
-a time; the Dagster assets (and any other engine) call these functions unchanged.
+a time; the local engine (`clean_partition`) and the Spark engine
+(`robolake/spark_engine.py`, one task per upload through `clean_one`) call these
+functions unchanged.
 Rules are the data contract's (see DESIGN.md) and each counts what it removed.
 """
 
@@ -510,6 +512,38 @@ def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[U
     return version, decided[0], decided[1]
 
 
+def first_cleaned_times(lake, robot_type: str) -> dict[str, int]:
+    """When each upload of the robot type was first cleaned: a re-run keeps that time, so
+    an upload's latency is measured once (and re-runs write identical reports)."""
+    first: dict[str, int] = {}
+    previous = read_table(lake, TABLES["report"], columns=["upload_id", "cleaned_ns"],
+                          filters={"robot_type": robot_type})
+    if previous is not None:
+        for r in previous.to_pylist():
+            first[r["upload_id"]] = min(r["cleaned_ns"], first.get(r["upload_id"], r["cleaned_ns"]))
+    return first
+
+
+def clean_one(lake, upload: Upload, fmt: str, day: str,
+              cleaned_ns: int) -> tuple[Cleaned | None, dict, str]:
+    """One upload through the rules, whichever engine runs it: (the cleaned tables or None,
+    its quality report, a note when it was not decoded). A file that fails to decode is
+    its own verdict (an empty report saying why); a transient error (storage, network)
+    is raised so the step or task is retried."""
+    if fmt not in DECODABLE_FORMATS:
+        note = f"{fmt}: indexed only, not decoded"
+        return None, _empty_report(upload, day, cleaned_ns, note), note
+    try:
+        with lake.local_path(upload.raw_key) as path:
+            cleaned = clean_upload(path, upload, day, cleaned_ns)
+    except Exception as exc:  # one bad upload must not stop the partition
+        if is_transient(exc):
+            raise
+        note = f"decode failed: {type(exc).__name__}: {exc}"
+        return None, _empty_report(upload, day, cleaned_ns, note), note
+    return cleaned, cleaned.report, ""
+
+
 def clean_partition(lake, day: str, robot_type: str,
                     log=lambda _msg: None) -> PartitionResult:
     """Decode, clean and align every usable upload of a (date, robot_type) partition.
@@ -521,34 +555,20 @@ def clean_partition(lake, day: str, robot_type: str,
     that fails to decode is reported, not fatal to the others.
     """
     uploads = partition_uploads(lake, day, robot_type)
-    first_cleaned: dict[str, int] = {}
-    previous = read_table(lake, TABLES["report"], columns=["upload_id", "cleaned_ns"],
-                          filters={"robot_type": robot_type})
-    if previous is not None:
-        for r in previous.to_pylist():
-            first_cleaned[r["upload_id"]] = min(r["cleaned_ns"],
-                                                first_cleaned.get(r["upload_id"], r["cleaned_ns"]))
+    first_cleaned = first_cleaned_times(lake, robot_type)
     frames: dict[str, list[pl.DataFrame]] = {k: [] for k in TABLES if k != "report"}
     reports = []
     counts: dict[str, int] = {}
     for i, (upload, fmt) in enumerate(uploads, 1):
         now = first_cleaned.get(upload.upload_id, time.time_ns())
-        if fmt not in DECODABLE_FORMATS:
-            reports.append(_empty_report(upload, day, now, f"{fmt}: indexed only, not decoded"))
-            continue
-        try:
-            with lake.local_path(upload.raw_key) as path:
-                cleaned = clean_upload(path, upload, day, now)
-        except Exception as exc:  # one bad upload must not stop the partition
-            if is_transient(exc):
-                raise
-            note = f"decode failed: {type(exc).__name__}: {exc}"
-            reports.append(_empty_report(upload, day, now, note))
-            log(f"[{i}/{len(uploads)}] {upload.raw_key}: {note}")
+        cleaned, report, note = clean_one(lake, upload, fmt, day, now)
+        reports.append(report)
+        if cleaned is None:
+            if note.startswith("decode failed"):
+                log(f"[{i}/{len(uploads)}] {upload.raw_key}: {note}")
             continue
         for name in frames:
             frames[name].append(getattr(cleaned, name))
-        reports.append(cleaned.report)
         for k, v in cleaned.counts.items():
             counts[k] = counts.get(k, 0) + v
         log(f"[{i}/{len(uploads)}] {upload.robot_id} {upload.upload_id[:12]}: "
@@ -560,7 +580,7 @@ def clean_partition(lake, day: str, robot_type: str,
                for name, frame in tables.items()}
     versions = {name: w[0] for name, w in written.items()}
     tables = {name: w[1] for name, w in written.items()}
-    _count_overlap(reports, {name: w[2] for name, w in written.items()}, counts, log)
+    count_overlap(reports, {name: w[2] for name, w in written.items()}, counts, log)
     tables["report"] = pl.DataFrame(reports, schema=REPORT_SCHEMA)
     versions["report"] = replace_rows(lake, TABLES["report"], tables["report"].to_arrow(),
                                       "upload_id", [u.upload_id for u in only],
@@ -568,7 +588,7 @@ def clean_partition(lake, day: str, robot_type: str,
     return PartitionResult(day, robot_type, only, tables, versions, reports, counts)
 
 
-def _count_overlap(reports: list[dict], dropped: dict[str, dict[str, int]],
+def count_overlap(reports: list[dict], dropped: dict[str, dict[str, int]],
                    counts: dict[str, int], log) -> None:
     """Overlap counts into each upload's report (and the partition's totals)."""
     for report in reports:

@@ -17,7 +17,10 @@ process reads it; the default otherwise).
 | partitions_start | ROBOLAKE_PARTITIONS_START | 2015-01-01 |
 | deployment | ROBOLAKE_DEPLOYMENT | local (or k8s) |
 | decode_workers | ROBOLAKE_DECODE_WORKERS | unset: CPUs up to 4 |
-| engine | ROBOLAKE_ENGINE | local |
+| engine | ROBOLAKE_ENGINE | auto (local, spark or auto) |
+| spark_min_bytes | ROBOLAKE_SPARK_MIN_BYTES | 4 GiB: `auto` runs a partition on Spark above it |
+| spark_master | ROBOLAKE_SPARK_MASTER | local[*,4] (4 attempts per task); k8s://… in production |
+| spark_image | ROBOLAKE_SPARK_IMAGE | unset; on k8s://, the executors' image |
 | cache_dir | ROBOLAKE_CACHE | ~/.cache/robolake |
 | dagster_home | DAGSTER_HOME | ./.dagster_home |
 """
@@ -44,11 +47,21 @@ ENV_VARS = {
     "deployment": "ROBOLAKE_DEPLOYMENT",
     "decode_workers": "ROBOLAKE_DECODE_WORKERS",
     "engine": "ROBOLAKE_ENGINE",
+    "spark_min_bytes": "ROBOLAKE_SPARK_MIN_BYTES",
+    "spark_master": "ROBOLAKE_SPARK_MASTER",
+    "spark_image": "ROBOLAKE_SPARK_IMAGE",
     "cache_dir": "ROBOLAKE_CACHE",
     "dagster_home": "DAGSTER_HOME",
 }
 DEPLOYMENTS = ("local", "k8s")  # embedded on a laptop | Kubernetes (k8s_job_executor)
-ENGINES = ("local",)  # robolake/ functions in-process; a Spark engine would add "spark"
+# local: robolake/ functions in-process; spark: the same functions in Spark tasks
+# (robolake/spark_engine.py); auto: Spark for a partition whose uploads exceed spark_min_bytes
+ENGINES = ("local", "spark", "auto")
+# Spark's start-up (~10 s) and per-task cost pay off only past a few GB per partition
+# (about 21 s/GB per core locally): the demo's partitions (tens of MB) stay local
+DEFAULT_SPARK_MIN_BYTES = 4 * 1024**3
+# local mode gives a task one attempt unless the master says more: 4, as spark.task.maxFailures
+DEFAULT_SPARK_MASTER = "local[*,4]"
 DEFAULT_PARTITIONS_START = "2015-01-01"  # real recordings in the tests date from 2015
 
 
@@ -62,6 +75,9 @@ class Settings:
     deployment: str  # one of DEPLOYMENTS
     decode_workers: int | None  # processes per large recording; None: CPUs up to 4
     engine: str  # one of ENGINES
+    spark_min_bytes: int  # auto engine: Spark above this many bytes of uploads to decode
+    spark_master: str  # the Spark engine's master URL (local[N,F] or k8s://…)
+    spark_image: str  # executors' container image on Kubernetes ("" when unset)
     cache_dir: Path  # local copies of shards when the lake is on S3
     dagster_home: Path
     # fields whose value came from the environment (the rest are defaults or overrides)
@@ -88,7 +104,10 @@ class Settings:
             partitions_start=_date(given.get("partitions_start", DEFAULT_PARTITIONS_START)),
             deployment=_choice("deployment", given.get("deployment", "local"), DEPLOYMENTS),
             decode_workers=_workers(given.get("decode_workers")),
-            engine=_choice("engine", given.get("engine", "local"), ENGINES),
+            engine=_choice("engine", given.get("engine", "auto"), ENGINES),
+            spark_min_bytes=_bytes(given.get("spark_min_bytes")),
+            spark_master=given.get("spark_master", DEFAULT_SPARK_MASTER),
+            spark_image=given.get("spark_image", ""),
             cache_dir=path("cache_dir", Path.home() / ".cache" / "robolake"),
             dagster_home=path("dagster_home", base / ".dagster_home").resolve(),
             env_fields=frozenset(given),
@@ -134,6 +153,16 @@ def _workers(value: str | None) -> int | None:
     except ValueError:
         raise ValueError(f"{ENV_VARS['decode_workers']}={value!r}: expected a whole number "
                          "of processes") from None
+
+
+def _bytes(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_SPARK_MIN_BYTES
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ValueError(f"{ENV_VARS['spark_min_bytes']}={value!r}: expected a whole number "
+                         "of bytes") from None
 
 
 _settings: Settings | None = None

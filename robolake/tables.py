@@ -12,13 +12,18 @@ on S3), with the conflict rule "any commit since my read".
 
 from __future__ import annotations
 
+import io
+import json
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
@@ -230,3 +235,155 @@ def replace_rows(lake: Store, key: str, data: pa.Table | Callable[[Snapshot], pa
     version = commit_keyed(lake, key, plan, partition_by)
     assert version is not None
     return version
+
+
+# ------------------------------------------------------------------- files written elsewhere
+# The Spark engine's tasks write Parquet part files straight into a table's folder; the
+# driver commits them with delta-rs. A file is in the table only once a commit adds it, so
+# files of failed or superseded attempts are never read (maintenance's VACUUM deletes them).
+
+
+@dataclass(frozen=True)
+class PartFile:
+    """A Parquet file written into a table's folder, not yet committed."""
+
+    path: str  # relative to the table root, as stored (partition folders / file name)
+    size: int
+    partition_values: dict[str, str]
+    stats: str  # Delta's per-file statistics (JSON)
+    rows: int
+
+    def add_action(self):
+        from deltalake.transaction import AddAction
+
+        return AddAction(quote(self.path, safe="/="), self.size, self.partition_values,
+                         int(time.time() * 1000), True, self.stats)
+
+
+def _stats(data: pa.Table) -> str:
+    """numRecords, nullCount and min/max of the plain columns (what delta-rs writes, so
+    readers prune files the same way whichever engine wrote them)."""
+    frame = pl.from_arrow(data)
+    assert isinstance(frame, pl.DataFrame)
+    mins, maxs, nulls = {}, {}, {}
+    for name, dtype in frame.schema.items():
+        col = frame[name]
+        if dtype.is_nested():
+            continue
+        nulls[name] = col.null_count()
+        if dtype.is_float() and (col.is_nan().any() or col.is_infinite().any()):
+            continue  # JSON has no NaN; without bounds a reader just does not prune
+        if dtype.is_numeric() or dtype == pl.String:
+            lo, hi = col.min(), col.max()
+            if lo is not None:
+                mins[name], maxs[name] = lo, hi
+    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs,
+                       "nullCount": nulls})
+
+
+def write_part_files(lake: Store, key: str, frame: pl.DataFrame, partition_by: Sequence[str],
+                     tag: str) -> list[PartFile]:
+    """Write `frame` as one Parquet file per partition under the table's folder (partition
+    columns in the path, not in the file, as Delta lays them out); commits nothing."""
+    if frame.is_empty():
+        return []
+    files = []
+    for values, part in frame.group_by(list(partition_by), maintain_order=True):
+        pv = {c: str(v) for c, v in zip(partition_by, values, strict=True)}
+        folder = "/".join(f"{c}={v}" for c, v in pv.items())
+        rel = f"{folder}/part-{tag}-{uuid.uuid4().hex}.snappy.parquet"
+        data = part.drop(list(partition_by)).to_arrow()
+        buf = io.BytesIO()
+        pq.write_table(data, buf, compression="snappy")
+        lake.write_bytes(f"{key}/{rel}", buf.getvalue())
+        files.append(PartFile(rel, buf.tell(), pv, _stats(data), data.num_rows))
+    return files
+
+
+def read_part_files(lake: Store, key: str, files: Sequence[PartFile],
+                    schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """Rows of uncommitted part files, partition columns restored, in `schema`'s order."""
+    parts = [pl.read_parquet(io.BytesIO(lake.read_bytes(f"{key}/{f.path}"))).with_columns(
+        *[pl.lit(v).alias(c) for c, v in f.partition_values.items()]) for f in files]
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(parts).select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+@dataclass
+class FileCommit:
+    """What a files commit does: add these part files, remove these committed files."""
+
+    adds: list[PartFile]
+    removes: list  # deltalake RemoveAction
+
+
+def replace_files(lake: Store, key: str, table: DeltaTable, column: str,
+                  values: Sequence[str], scope: dict[str, str]) -> FileCommit:
+    """The actions that take every row whose `column` is in `values` (within `scope`'s
+    partitions) out of the table: files holding only such rows are removed; a file mixing
+    them with other rows is rewritten without them (new file added, old one removed), as
+    a predicate delete would. Files are pruned by their statistics, then `column` is read."""
+    from deltalake.transaction import RemoveAction
+
+    change = FileCommit([], [])
+    wanted = set(values)
+    if not wanted:
+        return change
+    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+    for col, value in scope.items():
+        adds = adds.filter(pl.col(f"partition.{col}") == value)
+    lo, hi = min(wanted), max(wanted)
+    if f"min.{column}" in adds.columns:
+        adds = adds.filter(pl.col(f"min.{column}").is_null() | pl.col(f"max.{column}").is_null()
+                           | ((pl.col(f"min.{column}") <= hi) & (pl.col(f"max.{column}") >= lo)))
+    part_cols = [c for c in adds.columns if c.startswith("partition.")]
+    now_ms = int(time.time() * 1000)
+    for row in adds.iter_rows(named=True):
+        raw = lake.read_bytes(f"{key}/{unquote(row['path'])}")
+        held = set(pq.read_table(io.BytesIO(raw), columns=[column]).column(column).to_pylist())
+        if not held & wanted:
+            continue
+        pv = {c.removeprefix("partition."): row[c] for c in part_cols}
+        change.removes.append(RemoveAction(row["path"], True, now_ms, row["size_bytes"], pv))
+        if not held <= wanted:
+            rest = pl.read_parquet(io.BytesIO(raw)).filter(~pl.col(column).is_in(list(wanted)))
+            rest = rest.with_columns(*[pl.lit(v).alias(c) for c, v in pv.items()])
+            change.adds.extend(write_part_files(lake, key, rest, list(pv), "rewrite"))
+    return change
+
+
+def commit_files(lake: Store, key: str, plan: Callable[[Snapshot], FileCommit | None],
+                 schema: pa.Schema, partition_by: Sequence[str],
+                 attempts: int = COMMIT_ATTEMPTS) -> int | None:
+    """Commit files written elsewhere in one Delta transaction, decided on the latest
+    snapshot and committed against exactly that version (as `commit_keyed`): when another
+    writer commits first, `plan` runs again on the new snapshot. Returns the version."""
+    from deltalake import Schema as DeltaSchema
+    from deltalake.transaction import create_table_with_add_actions
+
+    for attempt in range(attempts):
+        snap = Snapshot(lake, key, open_table(lake, key))
+        change = plan(snap)
+        if change is None:
+            return snap.version
+        props = CommitProperties(max_commit_retries=0)
+        actions = [f.add_action() for f in change.adds]
+        try:
+            if snap.table is None:
+                create_table_with_add_actions(
+                    lake.table_uri(key), DeltaSchema.from_arrow(schema), actions, mode="error",
+                    partition_by=list(partition_by),
+                    storage_options=lake.delta_options or None, commit_properties=props)
+                return 0
+            snap.table.create_write_transaction(
+                [*actions, *change.removes], mode="append", schema=snap.table.schema(),
+                partition_by=list(partition_by), commit_properties=props)
+            # no retries: the commit took exactly the version after the snapshot's
+            return snap.table.version() + 1
+        except (CommitFailedError, DeltaError) as exc:
+            if not _is_conflict(exc):
+                raise
+            time.sleep(min(2.0, 0.02 * 1.5**attempt) * (0.5 + random.random()))
+    raise CommitConflict(f"{lake.table_uri(key)}: other writers committed first {attempts} "
+                         "times in a row; try again later")

@@ -4,13 +4,16 @@ One multi-asset decodes each upload once and writes all six tables of the
 partition; quality thresholds and Great Expectations suites are its checks.
 """
 
+import time
+
 import dagster as dg
 
-from robolake import cleaned, contract, expectations
+from robolake import cleaned, contract, expectations, spark_engine
 from robolake_assets.helpers import CLEANED_ASSET_KINDS, column_schema, markdown_list
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
+from robolake_resources.spark import EngineResource, SparkSessionResource
 
 DESCRIPTIONS = {
     "cleaned_imu": f"IMU samples: duplicates and |a| > {contract.IMU_OUTLIER_NORM:g} m/s² "
@@ -57,11 +60,27 @@ _CHECK_SPECS = [
     partitions_def=daily_robot_type_partitions,
     **pools.cpu_spot(),
 )
-def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
+def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
+                  engine: EngineResource, pyspark: SparkSessionResource):
     day, robot_type = split_key(context.partition_key)
     with pools.retry_only_transient():
         lake_store = lake.store()
-        result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
+        input_bytes = spark_engine.partition_input_bytes(lake_store, day, robot_type)
+        chosen = spark_engine.choose_engine(engine.engine, input_bytes, engine.min_bytes())
+        context.log.info(f"engine {chosen} ({engine.engine}): {input_bytes} bytes to decode")
+        started = time.perf_counter()
+        if chosen == "spark":
+            result, run = spark_engine.clean_partition_spark(
+                pyspark.spark_session, lake_store, day, robot_type, log=context.log.info)
+            engine_metadata = {"tasks": run.tasks, "retried_tasks": run.retried_tasks,
+                               "executors": run.executors}
+        else:
+            result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
+            engine_metadata = {"tasks": 1, "executors": 1}
+        seconds = time.perf_counter() - started
+    rows = sum(result.frames[k].height for k in spark_engine.ROW_TABLES)
+    engine_metadata.update({"engine": chosen, "input_bytes": input_bytes,
+                            "rows_per_s": rows / seconds if seconds else 0.0})
     metrics = result.metrics
     frames = {}
     for name, kind in CLEANED_ASSET_KINDS.items():
@@ -73,6 +92,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource):
             "dagster/uri": lake_store.table_uri(cleaned.TABLES[kind]),
             "delta_version": result.versions[kind],
             "uploads": len(result.uploads),
+            **engine_metadata,
         }
         if kind == "report":
             metadata.update({k: float(v) for k, v in metrics.items()})

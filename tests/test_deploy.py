@@ -389,5 +389,40 @@ def test_pool_limits_are_applied_to_the_instance():
 def test_deploy_readme_names_every_file(doc):
     text = (DEPLOY / doc).read_text()
     for path in ("Dockerfile", "helm/values.yaml", "karpenter/nodepools.yaml",
-                 "k8s/pool-limits-job.yaml", "dagster-postgres.yaml"):
+                 "k8s/pool-limits-job.yaml", "k8s/spark-rbac.yaml", "dagster-postgres.yaml"):
         assert path in text, path
+
+
+def test_spark_executors_on_kubernetes_follow_the_cpu_spot_pool(tmp_path):
+    from robolake_resources.spark import executor_pod_template, k8s_driver_config, spark_config
+
+    conf = spark_config("k8s://https://kubernetes.default.svc:443", image="img:1")
+    spot = pools.CPU_SPOT
+    selector = {k.removeprefix("spark.kubernetes.executor.node.selector."): v
+                for k, v in conf.items() if k.startswith("spark.kubernetes.executor.node.sel")}
+    assert selector == spot.node_selector
+    assert conf["spark.executor.cores"] == spot.requests["cpu"]
+    heap, overhead = (int(conf[k].removesuffix("g")) for k in
+                      ("spark.executor.memory", "spark.executor.memoryOverhead"))
+    assert f"{heap + overhead}Gi" == spot.requests["memory"]
+    assert conf["spark.dynamicAllocation.enabled"] == "true"
+    assert conf["spark.decommission.enabled"] == "true"
+    assert conf["spark.kubernetes.container.image"] == "img:1"
+    # tolerations only through the pod template; it is a valid Pod
+    template = executor_pod_template(spot)
+    assert template["spec"]["tolerations"] == spot.tolerations
+    path = tmp_path / "executor-pod.yaml"
+    path.write_text(yaml.safe_dump(template))
+    kubernetes_validate(path)
+    driver = k8s_driver_config(conf)
+    assert Path(driver["spark.kubernetes.executor.podTemplateFile"]).exists()
+    assert driver["spark.driver.host"]
+    # a laptop's master gets none of it
+    assert not any(k.startswith(("spark.kubernetes", "spark.dynamic"))
+                   for k in spark_config("local[*,4]"))
+    # the chart's values start executors from the code location's own image
+    [deployment] = HELM_VALUES["dagster-user-deployments"]["deployments"]
+    env = {e["name"]: e["value"] for e in deployment["env"]}
+    assert env["ROBOLAKE_SPARK_MASTER"].startswith("k8s://")
+    image = deployment["image"]
+    assert env["ROBOLAKE_SPARK_IMAGE"] == f"{image['repository']}:{image['tag']}"

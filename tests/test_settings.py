@@ -23,7 +23,8 @@ def test_laptop_defaults_are_folders_under_the_working_directory(tmp_path: Path)
     assert s.training_configs_dir == tmp_path / "configs" / "training"
     assert s.dagster_home == (tmp_path / ".dagster_home").resolve()
     assert (s.partitions_start, s.deployment, s.engine, s.decode_workers) == (
-        "2015-01-01", "local", "local", None)
+        "2015-01-01", "local", "auto", None)
+    assert (s.spark_min_bytes, s.spark_master) == (4 * 1024**3, "local[*,4]")
     assert s.env_fields == frozenset()
 
 
@@ -38,7 +39,8 @@ def test_values_from_the_environment_are_checked(tmp_path: Path):
                           "specs_dir"}
     for var, value, expected in [
         ("ROBOLAKE_DEPLOYMENT", "kubernetes", "expected 'local' or 'k8s'"),
-        ("ROBOLAKE_ENGINE", "spark", "expected 'local'"),
+        ("ROBOLAKE_ENGINE", "ray", "expected 'local' or 'spark' or 'auto'"),
+        ("ROBOLAKE_SPARK_MIN_BYTES", "4G", "expected a whole number of bytes"),
         ("ROBOLAKE_DECODE_WORKERS", "many", "expected a whole number"),
         ("ROBOLAKE_PARTITIONS_START", "2024/02/01", "expected a date YYYY-MM-DD"),
     ]:

@@ -1,0 +1,135 @@
+"""The cleaned layer on one simulated fleet day: local engine vs Spark local[1] and local[2].
+
+One partition (one robot type) of `--robots` recordings of `--minutes` each is simulated,
+ingested once, and cleaned by each engine on its own copy of the lake, in one run:
+
+- local: `cleaned.clean_partition` in this process, one core (ROBOLAKE_DECODE_WORKERS=1);
+- Spark `local[1]` and `local[2]`: `spark_engine.clean_partition_spark`, one task per
+  upload (each task decodes on one core too). Spark's start-up (JVM, context) is timed
+  apart from the partition.
+
+Prints seconds, MB/s and messages/s for each, the speed-up from 1 to 2 Spark cores and
+Spark's overhead over the local engine at one core, and checks that the three lakes hold
+identical cleaned tables. Targets (issue 11): >= 1.8x from 1 to 2 cores, overhead <= 15 %
+at 1 core. Not a test: it never fails on time.
+
+Usage: python benchmarks/spark_scale.py [--robots 8] [--minutes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# every decode on one core, in this process and in Spark's Python workers (they inherit
+# the environment when the JVM starts), so a Spark core is a core
+os.environ["ROBOLAKE_DECODE_WORKERS"] = "1"
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import polars as pl  # noqa: E402
+
+from robolake import cleaned, raw, spark_engine  # noqa: E402
+from robolake.simulate import simulate_fleet  # noqa: E402
+from robolake.storage import open_store  # noqa: E402
+from robolake.tables import read_table  # noqa: E402
+from robolake_resources.spark import spark_config  # noqa: E402
+
+DAY = "2026-11-20"
+
+
+def start_spark(master: str):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    conf = {**spark_config(master, "robolake-bench"), "spark.ui.enabled": "false"}
+    for k, v in conf.items():
+        builder = builder.config(k, v)
+    started = time.perf_counter()
+    session = builder.getOrCreate()
+    # Python workers up, with robolake imported (a long-lived executor's workers are
+    # reused across partitions: importing is start-up, not per-partition work)
+    cores = session.sparkContext.defaultParallelism
+    session.sparkContext.parallelize(range(cores), cores).map(_warm).collect()
+    return session, time.perf_counter() - started
+
+
+def _warm(_: int) -> int:
+    import robolake.spark_engine  # noqa: F401
+
+    time.sleep(0.5)  # hold this worker so the next task starts another
+    return os.getpid()
+
+
+def tables(lake_dir: Path) -> dict[str, pl.DataFrame]:
+    out = {}
+    for kind, key in cleaned.TABLES.items():
+        frame = pl.from_arrow(read_table(open_store(lake_dir), key))
+        frame = frame.drop("cleaned_ns", "latency_s", strict=False)
+        out[kind] = frame.sort([c for c, t in frame.schema.items() if not t.is_nested()])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--robots", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="spark-scale-") as tmp_name:
+        tmp = Path(tmp_name)
+        t = time.perf_counter()
+        simulate_fleet(tmp / "landing", robots=args.robots, date=DAY, minutes=args.minutes,
+                       seed=args.seed, robot_types=["delivery"])
+        base = tmp / "lake-raw"
+        [part] = sorted(raw.ingest_landing(open_store(tmp / "landing"), open_store(base)))
+        mb = spark_engine.partition_input_bytes(open_store(base), *part) / 1e6
+        print(f"{args.robots} robots x {args.minutes:g} min, one partition {part}: "
+              f"{mb:.0f} MB of uploads (simulated and ingested in {time.perf_counter() - t:.0f} s)")
+
+        results: dict[str, tuple[float, float]] = {}  # name -> (seconds, start-up seconds)
+        lake = shutil.copytree(base, tmp / "lake-local")
+        t = time.perf_counter()
+        local = cleaned.clean_partition(open_store(lake), *part)
+        results["local engine (1 core)"] = (time.perf_counter() - t, 0.0)
+        messages = sum(local.counts.get(k, 0) for k in ("imu_samples", "gps_fixes",
+                                                        "lidar_frames", "camera_frames"))
+        lakes = [lake]
+        for cores in (1, 2):
+            session, startup = start_spark(f"local[{cores}]")
+            lake = shutil.copytree(base, tmp / f"lake-spark{cores}")
+            t = time.perf_counter()
+            _, run = spark_engine.clean_partition_spark(session, open_store(lake), *part)
+            results[f"Spark local[{cores}]"] = (time.perf_counter() - t, startup)
+            print(f"  Spark local[{cores}]: stage {run.stage_seconds:.2f} s (tasks' own work "
+                  f"{run.task_seconds:.2f} s summed), driver commits {run.commit_seconds:.2f} s")
+            session.stop()
+            lakes.append(lake)
+            assert run.tasks == args.robots
+
+        print(f"{'engine':<24}{'seconds':>9}{'MB/s':>8}{'msg/s':>10}{'start-up s':>12}")
+        for name, (secs, startup) in results.items():
+            print(f"{name:<24}{secs:>9.2f}{mb / secs:>8.1f}{messages / secs:>10.0f}"
+                  f"{startup:>12.1f}")
+        local_s = results["local engine (1 core)"][0]
+        one, two = results["Spark local[1]"][0], results["Spark local[2]"][0]
+        print(f"speed-up 1 -> 2 Spark cores: {one / two:.2f}x (target >= 1.8x; "
+              f"{os.cpu_count()} CPUs on this machine)")
+        print(f"Spark overhead over the local engine at 1 core: {one / local_s - 1:+.1%} "
+              f"(target <= 15 %), {(one + results['Spark local[1]'][1]) / local_s - 1:+.1%} "
+              "with Spark's start-up")
+        reference = tables(lakes[0])
+        same = all(tables(lk)[k].equals(reference[k]) for lk in lakes[1:] for k in reference)
+        print(f"identical cleaned tables from all three: {same}")
+
+
+if __name__ == "__main__":
+    main()

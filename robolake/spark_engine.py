@@ -1,0 +1,314 @@
+"""The Spark engine for the cleaned layer: the same rules, one upload per Spark task.
+
+The local engine (`cleaned.clean_partition`) decodes a partition's uploads in one
+process. This engine runs `cleaned.clean_one` (decode, clean, align, report: the very
+functions the local engine calls) in Spark tasks over `(upload_id, raw_key, …)` rows. Each
+task reads its raw file through the lake store (a folder, or S3 through boto3: no Hadoop
+S3A jars), writes Parquet part files straight into the cleaned tables' folders, and
+returns their descriptions, its quality report and per-(robot, topic) time ranges. The
+driver then commits each table once with delta-rs (`create_write_transaction`: the new
+files added, the files holding those uploads' earlier rows removed), decided on a snapshot
+and committed against exactly its version, as every keyed write in Robolake is
+(`tables.commit_files`). Exactly once therefore holds as in the local engine: a re-run
+replaces the uploads' rows; a concurrent writer makes the commit re-plan.
+
+Rows that another upload of the same robot already holds (same topic and time) are
+dropped exactly as the local engine does (`cleaned.drop_overlap`); the driver only reads
+the part files of uploads whose time ranges touch another upload's, which on a real
+fleet is rare, so the rows themselves never travel to the driver.
+
+A task that dies (executor lost, Python worker killed) is retried by Spark; the part
+files of its failed attempt are never named in a commit, so they are not in the table,
+and maintenance's VACUUM deletes them once older than its retention.
+
+This module imports pyspark only inside functions; it never imports Dagster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from robolake import cleaned as cl
+from robolake.raw import RAW_UPLOADS
+from robolake.storage import Store, open_store
+from robolake.tables import (
+    FileCommit,
+    PartFile,
+    Snapshot,
+    commit_files,
+    read_part_files,
+    read_table,
+    replace_files,
+    replace_rows,
+    write_part_files,
+)
+
+SHIPPED_OPTIONS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP")  # no secrets
+ROW_TABLES = [k for k in cl.TABLES if k != "report"]  # written by tasks; reports by the driver
+
+
+def choose_engine(engine: str, input_bytes: int, min_bytes: int) -> str:
+    """'local' or 'spark' for a partition: `auto` picks Spark once the bytes to decode
+    exceed `min_bytes` (below that, starting Spark costs more than it saves)."""
+    if engine == "auto":
+        return "spark" if input_bytes > min_bytes else "local"
+    return engine
+
+
+def partition_input_bytes(lake: Store, day: str, robot_type: str) -> int:
+    """Bytes of the partition's usable uploads: what a run decodes."""
+    table = read_table(lake, RAW_UPLOADS, columns=["upload_id", "size_bytes", "status"],
+                       filters={"date": day, "robot_type": robot_type})
+    if table is None:
+        return 0
+    frame = pl.from_arrow(table)
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.filter(pl.col("status").is_in(list(cl.USABLE_STATUSES))).unique("upload_id")
+    return int(frame["size_bytes"].sum() or 0)
+
+
+# --------------------------------------------------------------------------- the task
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One upload for one Spark task (plain values: shipped to executors)."""
+
+    lake_uri: str
+    day: str
+    upload: cl.Upload
+    fmt: str
+    cleaned_ns: int
+    size_bytes: int
+    # S3 endpoint and region (never credentials: executors take theirs from their own
+    # environment or pod role, as boto3's default chain does)
+    store_options: dict[str, str] | None = None
+
+
+@dataclass
+class TaskOutput:
+    upload_id: str
+    report: dict
+    counts: dict[str, int]
+    note: str
+    parts: dict[str, list[PartFile]]  # table kind -> part files written (uncommitted)
+    # table kind -> (robot_id, topic, min ts_ns, max ts_ns) of the rows in its part files
+    ranges: dict[str, list[tuple[str, str, int, int]]]
+    input_bytes: int
+    rows: int
+    seconds: float
+    attempt: int
+
+
+def _ranges(frame: pl.DataFrame, topic: str) -> list[tuple[str, str, int, int]]:
+    if frame.is_empty():
+        return []
+    agg = frame.group_by("robot_id", topic).agg(pl.col("ts_ns").min().alias("lo"),
+                                                pl.col("ts_ns").max().alias("hi"))
+    return [tuple(r) for r in agg.iter_rows()]  # type: ignore[misc]
+
+
+def clean_upload_task(task: TaskInput,
+                      hook: Callable[[str, int], None] | None = None) -> TaskOutput:
+    """Run in a Spark task: one upload through `cleaned.clean_one`, its rows written as part
+    files. `hook(upload_id, attempt)` runs after the files are written (fault injection in
+    tests: a task that dies here leaves files that no commit names)."""
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        attempt = context.attemptNumber() if context is not None else 0
+    except ImportError:  # called outside Spark (tests of the task itself)
+        attempt = 0
+    started = time.perf_counter()
+    lake = open_store(task.lake_uri, task.store_options)
+    up = task.upload
+    result, report, note = cl.clean_one(lake, up, task.fmt, task.day, task.cleaned_ns)
+    parts: dict[str, list[PartFile]] = {}
+    ranges: dict[str, list[tuple[str, str, int, int]]] = {}
+    rows = 0
+    tag = f"spark-{up.upload_id[:12]}-a{attempt}"
+    for kind in ROW_TABLES:
+        frame = getattr(result, kind) if result is not None else pl.DataFrame(
+            schema=cl.SCHEMAS[kind])
+        rows += frame.height
+        parts[kind] = write_part_files(lake, cl.TABLES[kind], frame, cl.PARTITION_BY, tag)
+        ranges[kind] = _ranges(frame, cl.OVERLAP_TOPIC[kind])
+    if hook is not None:
+        hook(up.upload_id, attempt)
+    return TaskOutput(up.upload_id, report, dict(result.counts) if result else {}, note,
+                      parts, ranges, task.size_bytes, rows, time.perf_counter() - started,
+                      attempt)
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+@dataclass
+class SparkRun:
+    """What the Spark engine did, for the asset's metadata."""
+
+    tasks: int = 0
+    retried_tasks: int = 0
+    executors: int = 0
+    input_bytes: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    task_seconds: float = 0.0  # summed over tasks (decode, clean, write part files)
+    stage_seconds: float = 0.0  # wall time of the Spark stage
+    commit_seconds: float = 0.0  # the driver's overlap decisions and Delta commits
+    ui_url: str | None = None
+    orphan_files: list[str] = field(default_factory=list)  # written, never committed
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds else 0.0
+
+
+def _partition_rows(lake: Store, day: str, robot_type: str) -> list[tuple[cl.Upload, str, int]]:
+    uploads = cl.partition_uploads(lake, day, robot_type)
+    table = read_table(lake, RAW_UPLOADS, columns=["upload_id", "size_bytes"],
+                       filters={"date": day, "robot_type": robot_type})
+    sizes = dict(zip(table.column("upload_id").to_pylist(),
+                     table.column("size_bytes").to_pylist(), strict=True)) if table else {}
+    return [(u, fmt, int(sizes.get(u.upload_id) or 0)) for u, fmt in uploads]
+
+
+def _touching(outputs: list[TaskOutput], kind: str,
+              existing: list[tuple[str, str, str, int, int]]) -> set[str]:
+    """Uploads whose (robot, topic) time range meets another upload's, in this batch or in
+    the table: only their rows can be dropped as overlap."""
+    spans = [(r, t, lo, hi, o.upload_id) for o in outputs for r, t, lo, hi in o.ranges[kind]]
+    others = spans + [(r, t, lo, hi, u) for u, r, t, lo, hi in existing]
+    touching = set()
+    by_key: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+    for r, t, lo, hi, u in others:
+        by_key.setdefault((r, t), []).append((lo, hi, u))
+    for r, t, lo, hi, u in spans:
+        for lo2, hi2, u2 in by_key[(r, t)]:
+            if u2 != u and lo <= hi2 and lo2 <= hi:
+                touching.add(u)
+                break
+    return touching
+
+
+def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str],
+                robot_type: str, decided: dict) -> Callable[[Snapshot], FileCommit]:
+    """The commit of one table, decided on a snapshot (again after a conflict)."""
+    key, topic = cl.TABLES[kind], cl.OVERLAP_TOPIC[kind]
+    robots = sorted({o.report["robot_id"] for o in outputs})
+
+    def plan(snap: Snapshot) -> FileCommit:
+        # other uploads' keys of these robots (what the local engine reads for the same rule)
+        others = snap.read(["robot_id", topic, "ts_ns", "upload_id"],
+                           filters={"robot_type": robot_type, "robot_id": robots},
+                           schema=cl.SCHEMAS[kind]).filter(~pl.col("upload_id").is_in(ids))
+        existing = [tuple(r) for r in others.group_by("upload_id", "robot_id", topic).agg(
+            pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).iter_rows()]
+        touching = _touching(outputs, kind, existing)
+        adds: list[PartFile] = []
+        dropped: dict[str, int] = {}
+        if touching:  # the local engine's rule, on exactly the rows it could apply to
+            mine = [f for o in outputs if o.upload_id in touching for f in o.parts[kind]]
+            frame = read_part_files(lake, key, mine, cl.SCHEMAS[kind])
+            kept, dropped = cl.drop_overlap(frame, others, topic, ids)
+            if dropped:
+                adds += write_part_files(lake, key, kept, cl.PARTITION_BY, "spark-overlap")
+            else:
+                touching = set()
+        adds += [f for o in outputs if o.upload_id not in touching for f in o.parts[kind]]
+        change = FileCommit(adds, [])
+        if snap.table is not None:
+            old = replace_files(lake, key, snap.table, "upload_id", ids,
+                                {"robot_type": robot_type})
+            change = FileCommit(adds + old.adds, old.removes)
+        decided.update(adds=adds, dropped=dropped)
+        return change
+
+    return plan
+
+
+def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
+                          log=lambda _msg: None,
+                          task_hook: Callable[[str, int], None] | None = None,
+                          ) -> tuple[cl.PartitionResult, SparkRun]:
+    """`cleaned.clean_partition` with the uploads decoded in Spark tasks: same rows, same
+    reports, each table committed once. `spark` is a SparkSession (from dagster-pyspark's
+    PySparkResource in the Dagster code location)."""
+    started = time.perf_counter()
+    uploads = _partition_rows(lake, day, robot_type)
+    first = cl.first_cleaned_times(lake, robot_type)
+    options = ({k: v for k, v in lake.delta_options.items() if k in SHIPPED_OPTIONS}
+               if lake.uri.startswith("s3://") else None)
+    tasks = [TaskInput(lake.uri, day, u, fmt, first.get(u.upload_id, time.time_ns()), size,
+                       options) for u, fmt, size in uploads]
+    sc = spark.sparkContext
+    # a cluster's block managers count the driver too; local mode runs in the driver
+    local_mode = sc.master.startswith("local")
+    managers = 1 if local_mode else sc._jsc.sc().getExecutorMemoryStatus().size()
+    run = SparkRun(tasks=len(tasks), ui_url=sc.uiWebUrl, executors=max(1, managers - 1)
+                   if not local_mode else 1)
+    if run.ui_url:
+        log(f"Spark UI: {run.ui_url}")
+    outputs: list[TaskOutput] = []
+    stage_started = time.perf_counter()
+    if tasks:
+        hook = task_hook
+        outputs = (sc.parallelize(tasks, numSlices=len(tasks))
+                   .map(lambda t: clean_upload_task(t, hook)).collect())
+    run.stage_seconds = time.perf_counter() - stage_started
+    commit_started = time.perf_counter()
+    by_id = {o.upload_id: o for o in outputs}
+    outputs = [by_id[t.upload.upload_id] for t in tasks]  # the partition's upload order
+    ids = [t.upload.upload_id for t in tasks]
+    for i, o in enumerate(outputs, 1):
+        if o.note.startswith("decode failed"):
+            log(f"[{i}/{len(outputs)}] {tasks[i - 1].upload.raw_key}: {o.note}")
+        elif not o.note:
+            log(f"[{i}/{len(outputs)}] {o.report['robot_id']} {o.upload_id[:12]}: "
+                f"{o.report['aligned_frames']} aligned frames; {o.report['notes'][0]}")
+    run.retried_tasks = sum(1 for o in outputs if o.attempt > 0)
+    counts: dict[str, int] = {}
+    for o in outputs:
+        for k, v in o.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    versions: dict[str, int] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    committed: dict[str, list[PartFile]] = {}
+    for kind in ROW_TABLES:
+        decided: dict = {}
+        schema = pl.DataFrame(schema=cl.SCHEMAS[kind]).to_arrow().schema
+        version = commit_files(lake, cl.TABLES[kind],
+                               _plan_table(lake, kind, outputs, ids, robot_type, decided),
+                               schema, cl.PARTITION_BY)
+        assert version is not None
+        versions[kind] = version
+        dropped[kind] = decided["dropped"]
+        committed[kind] = decided["adds"]
+        kept = {f.path for f in decided["adds"]}
+        run.orphan_files += [f"{cl.TABLES[kind]}/{f.path}" for o in outputs
+                             for f in o.parts[kind] if f.path not in kept]
+    reports = [o.report for o in outputs]
+    cl.count_overlap(reports, dropped, counts, log)
+    frames = {kind: _committed_rows(lake, kind, committed[kind]) for kind in ROW_TABLES}
+    frames["report"] = pl.DataFrame(reports, schema=cl.REPORT_SCHEMA)
+    versions["report"] = replace_rows(lake, cl.TABLES["report"], frames["report"].to_arrow(),
+                                      "upload_id", ids, partition_by=cl.PARTITION_BY,
+                                      scope={"robot_type": robot_type})
+    run.commit_seconds = time.perf_counter() - commit_started
+    run.input_bytes = sum(o.input_bytes for o in outputs)
+    run.rows = sum(f.rows for files in committed.values() for f in files)
+    run.task_seconds = sum(o.seconds for o in outputs)
+    run.seconds = time.perf_counter() - started
+    result = cl.PartitionResult(day, robot_type, [t.upload for t in tasks], frames, versions,
+                                reports, counts)
+    return result, run
+
+
+def _committed_rows(lake: Store, kind: str, files: list[PartFile]) -> pl.DataFrame:
+    """The rows this run committed (the asset's checks validate them)."""
+    return read_part_files(lake, cl.TABLES[kind], files, cl.SCHEMAS[kind])
