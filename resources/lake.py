@@ -18,9 +18,17 @@ import os
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from robolake.settings import Settings, get_settings
+from robolake.settings import ENV_VARS, Settings, get_settings
 from robolake.storage import Store, open_store
 
+
+def resource_value(settings: Settings, name: str):
+    """A resource field's value: `dagster.EnvVar` when the environment gave it (Dagster
+    reads it in the process that runs the step, and shows only its name), the value
+    itself otherwise (a default or a CLI flag)."""
+    if name in settings.env_fields:
+        return dg.EnvVar(ENV_VARS[name])
+    return str(getattr(settings, name))
 
 class _StoreResource(dg.ConfigurableResource):
     # unset: boto3 reads AWS_ENDPOINT_URL / AWS_DEFAULT_REGION itself
@@ -65,8 +73,8 @@ def storage_resources(settings: Settings | None = None) -> dict[str, dg.Configur
 
     settings = settings or get_settings()
     return {
-        "lake": LakeResource(root=settings.resource_value("lake"), **s3_fields()),
-        "landing": LandingResource(uri=settings.resource_value("landing"), **s3_fields()),
+        "lake": LakeResource(root=resource_value(settings, "lake"), **s3_fields()),
+        "landing": LandingResource(uri=resource_value(settings, "landing"), **s3_fields()),
         "mlflow": mlflow_resource(),
         **engine_resources(settings),
     }

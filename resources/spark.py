@@ -23,6 +23,7 @@ from dagster_pyspark import LazyPySparkResource
 from dagster_pyspark.resources import spark_session_from_config
 
 from robolake.settings import Settings, get_settings
+from robolake_resources.lake import resource_value
 from robolake_resources.pools import CPU_SPOT, POOL_LABEL, Pool
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -134,8 +135,8 @@ def k8s_driver_config(conf: dict[str, Any], pool: Pool = CPU_SPOT) -> dict[str, 
 def engine_resources(settings: Settings | None = None) -> dict[str, dg.ConfigurableResource]:
     settings = settings or get_settings()
     return {
-        "engine": EngineResource(engine=settings.resource_value("engine"),
-                                 spark_min_bytes=settings.resource_value("spark_min_bytes")),
+        "engine": EngineResource(engine=resource_value(settings, "engine"),
+                                 spark_min_bytes=resource_value(settings, "spark_min_bytes")),
         "pyspark": SparkSessionResource(spark_config=spark_config(
             settings.spark_master, image=settings.spark_image or None)),
     }

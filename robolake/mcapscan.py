@@ -148,23 +148,13 @@ def _record(op: int, body: bytes, pos: int, walk: McapWalk) -> None:
     elif op == Opcode.CHUNK:
         _chunk(Chunk.read(_Bounded(BytesIO(body))), pos, walk)
     elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
-        _definition(op, body, walk)
+        _definition_into(op, body, walk)
     elif op == Opcode.METADATA:
         meta = Metadata.read(_Bounded(BytesIO(body)))
         if meta.name == "robot":
             walk.identity = dict(meta.metadata)
     elif op == Opcode.STATISTICS:
         walk.statistics = Statistics.read(_Bounded(BytesIO(body)))
-
-
-def _definition(op: int, body: bytes, walk: McapWalk) -> None:
-    stream = _Bounded(BytesIO(body))
-    if op == Opcode.SCHEMA:
-        schema = Schema.read(stream)
-        walk.schemas[schema.id] = schema.name
-    else:
-        channel = Channel.read(stream)
-        walk.channels[channel.id] = (channel.topic, channel.schema_id)
 
 
 def _chunk(chunk: Chunk, pos: int, walk: McapWalk) -> None:
@@ -189,7 +179,7 @@ def _chunk(chunk: Chunk, pos: int, walk: McapWalk) -> None:
         if op == Opcode.MESSAGE:
             _message(data, body_at, length, walk, f"{where} (offset {at})")
         elif op in (Opcode.SCHEMA, Opcode.CHANNEL):
-            _definition(op, data[body_at:body_at + length], walk)
+            _definition_into(op, data[body_at:body_at + length], walk)
         at = body_at + length
 
 
@@ -286,7 +276,8 @@ def _chunk_messages(data: bytes, defs: Definitions, start_ns: int | None, end_ns
         at = body + length
 
 
-def _definition_into(op: int, body: bytes, defs: Definitions) -> None:
+def _definition_into(op: int, body: bytes, defs: Definitions | McapWalk) -> None:
+    """A Schema or Channel record into `defs.schemas` / `defs.channels`."""
     stream = _Bounded(BytesIO(body))
     if op == Opcode.SCHEMA:
         schema = Schema.read(stream)

@@ -4,9 +4,9 @@ Every value comes from an environment variable (table below); an unset one
 takes its laptop default (folders under the working directory, the embedded
 deployment). Production sets the same variables to S3 prefixes and
 `ROBOLAKE_DEPLOYMENT=k8s`. Nothing here writes the environment: a caller that
-needs a value asks `get_settings()`, and Dagster resources take theirs from
-`resource_value` (a `dagster.EnvVar` when the variable is set, so the running
-process reads it; the default otherwise).
+needs a value asks `get_settings()`; `env_fields` says which values the
+environment gave (Dagster resources read those through the variable:
+`robolake_resources.lake.resource_value`).
 
 | field | variable | default |
 |---|---|---|
@@ -117,16 +117,6 @@ class Settings:
         """A copy with some fields set (e.g. CLI flags); None leaves a field as it is."""
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(self, **overrides, env_fields=self.env_fields - set(overrides))
-
-    def resource_value(self, name: str):
-        """A Dagster resource field's value: `dagster.EnvVar` when the environment gave it
-        (Dagster reads it in the process that runs the step, and shows only its name),
-        the value itself otherwise. Imports Dagster lazily: robolake/ never needs it."""
-        if name in self.env_fields:
-            import dagster as dg
-
-            return dg.EnvVar(ENV_VARS[name])
-        return str(getattr(self, name))
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:

@@ -236,6 +236,7 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
                           log=lambda _msg: None,
                           task_hook: Callable[[str, int], None] | None = None,
                           ) -> tuple[cl.PartitionResult, SparkRun]:
+    # one sequence read top to bottom: plan, run the tasks, commit each table, report
     """`cleaned.clean_partition` with the uploads decoded in Spark tasks: same rows, same
     reports, each table committed once. `spark` is a SparkSession (from dagster-pyspark's
     PySparkResource in the Dagster code location)."""

@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from robolake.settings import Settings, get_settings, reset_settings
+from robolake_resources.lake import resource_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,11 +51,11 @@ def test_values_from_the_environment_are_checked(tmp_path: Path):
 
 def test_resources_read_set_variables_through_envvar_and_defaults_otherwise(tmp_path: Path):
     s = Settings.from_env({"ROBOLAKE_LAKE": "s3://b/lake"}, base=tmp_path)
-    assert s.resource_value("lake") == dg.EnvVar("ROBOLAKE_LAKE")
-    assert s.resource_value("landing") == str(tmp_path / "landing")
+    assert resource_value(s, "lake") == dg.EnvVar("ROBOLAKE_LAKE")
+    assert resource_value(s, "landing") == str(tmp_path / "landing")
     # a CLI flag replaces the variable: the resource takes the flag's value
     flagged = s.replace(lake="/data/lake", landing=None)
-    assert flagged.resource_value("lake") == "/data/lake"
+    assert resource_value(flagged, "lake") == "/data/lake"
     assert flagged.landing == s.landing and flagged.env_fields == frozenset()
 
 

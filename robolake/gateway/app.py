@@ -59,6 +59,7 @@ class KeyInfo(BaseModel):
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    # long only by its nested route handlers (each short); they close over the app's state
     db = open_database(settings.state)
     keys = KeyStore(db)
 

@@ -81,6 +81,7 @@ def _tags(p: Principal, **extra: str) -> dict[str, str]:
 
 
 def install(app: FastAPI, dagster_url: str | None, location: str) -> None:
+    # long only by its nested route handlers (each short); they close over the app's state
     client = DagsterGraphQL(dagster_url, location) if dagster_url else None
 
     def dagster() -> DagsterGraphQL:

@@ -40,6 +40,7 @@ def _schema_ref() -> dict:
 
 def install(app: FastAPI, broker: Broker | None, max_bytes: int, robot_rate: float,
             tenant_rate: float) -> None:
+    # long only by its nested route handlers (each short); they close over the app's state
     per_robot, per_tenant = TokenBuckets(robot_rate), TokenBuckets(tenant_rate)
 
     @app.post(

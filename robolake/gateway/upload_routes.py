@@ -116,6 +116,14 @@ _ERRORS = {401: {"description": "no valid token"}, 403: {"description": "role or
 
 
 def install(app: FastAPI, uploads: Uploads, lake: str, public_url: str | None = None) -> None:
+    _install_part_routes(app, uploads, public_url)
+    _install_upload_routes(app, uploads, lake)
+
+
+def _install_part_routes(app: FastAPI, uploads: Uploads, public_url: str | None) -> None:
+    # long only by its nested route handlers (each short); they close over the app's state
+    """Opening an upload, its part URLs and the parts' bytes."""
+
     def base(request: Request) -> str:
         return public_url or str(request.base_url)
 
@@ -176,6 +184,10 @@ def install(app: FastAPI, uploads: Uploads, lake: str, public_url: str | None = 
         except UploadError as exc:
             return _refusal(exc)
         return Response(status_code=200, headers={"ETag": f'"{etag}"'})
+
+
+def _install_upload_routes(app: FastAPI, uploads: Uploads, lake: str) -> None:
+    """Completing, aborting and asking after an upload."""
 
     @app.post(f"{API}/uploads/{{upload_id}}/complete", tags=["uploads"],
               response_model=UploadStatus, responses={**_ERRORS, 409: {"description": "aborted"}})
