@@ -52,6 +52,9 @@ def test_asset_graph_shape():
         # the feature layer: partitioned like the cleaned layer, scored right after it
         "corner_case_scores": {**PARTITIONED, "group": "features", "automation": "eager",
                                "deps": ["cleaned_aligned_frames"], "checks": []},
+        # corner-case frames as Label Studio tasks, queued once each after new scores
+        "annotation_queue": {**UNPARTITIONED, "group": "annotations", "automation": "eager",
+                             "deps": ["corner_case_scores"], "checks": []},
         # one asset per spec in specs/ (ego_motion_demo.yaml reads IMU windows)
         "datasets/ego_motion_demo": {
             **UNPARTITIONED, "group": "datasets", "checks": ["every_split_has_samples"],

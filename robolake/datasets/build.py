@@ -34,6 +34,7 @@ import pyarrow as pa
 import simplejpeg
 from PIL import Image
 
+from robolake.annotations import ANNOTATIONS
 from robolake.cleaned import TABLES
 from robolake.contract import (
     ACCEPTED,
@@ -432,6 +433,8 @@ class BuildResult:
 
 def input_tables(spec: DatasetSpec) -> list[str]:
     tables = [TABLES["aligned"], CORNER_CASES, TABLES["report"], RAW_UPLOADS]
+    if spec.labels.source == "annotations":
+        tables.append(ANNOTATIONS)
     if spec.features.imu_window:
         tables.append(TABLES["imu"])
     if spec.features.lidar:
@@ -629,6 +632,8 @@ def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log,
                 spark=None) -> _Recordings:
     stride = spec.features.imu_window.stride if spec.features.imu_window else 1
     frames = _main_topic_frames(_select_recordings(lake, spec, versions, spark), stride)
+    if spec.labels.source == "annotations":
+        frames = _annotated(lake, frames, versions[ANNOTATIONS])
     by_upload = {key[0]: rows for key, rows in frames.partition_by(
         "upload_id", as_dict=True, maintain_order=True).items()}
     log(f"{spec.name} {spec.version}: {len(by_upload)} recordings, "
@@ -654,14 +659,26 @@ def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log,
     return _Recordings(frames, by_upload, imu, cache_keys, fingerprint)
 
 
+def _annotated(lake: Store, frames: pl.DataFrame, version: int) -> pl.DataFrame:
+    """Frames with people's labels as their scenario; only labelled frames are sampled."""
+    labels = pl.from_arrow(read_table(lake, ANNOTATIONS, columns=["upload_id", "ts_ns", "label"],
+                                      version=version))
+    joined = frames.join(labels, on=["upload_id", "ts_ns"], how="left")
+    return joined.with_columns(pl.coalesce("label", "scenario").alias("scenario"),
+                               pl.col("label").is_not_null().alias("_sampled")).drop("label")
+
+
 def _main_imu_rows(lake: Store, spec: DatasetSpec, version: int, upload_ids: list[str],
                    spark=None) -> dict[str, pl.DataFrame]:
     """Each recording's main IMU rows (ts_ns and IMU_COLUMNS, by time), in one scan (the
-    spec's partition filters prune the files; the engine's reader reads them)."""
+    spec's robot type and region filters prune the files; the engine's reader reads them)."""
     columns = ["upload_id", "topic", "ts_ns", *IMU_COLUMNS]
     found = {}
     if upload_ids:
-        filters = [*_source_filters(spec), ("upload_id", "in", upload_ids)]
+        # robot type and region prune files; not the date: a window at a recording's first
+        # frames after midnight reads IMU rows of the day before (rows are dated by time)
+        filters = [*(f for f in _source_filters(spec) if f[0] != "date"),
+                   ("upload_id", "in", upload_ids)]
         if spark is None:
             rows = _scan_filtered(lake, TABLES["imu"], version, filters).select(columns).collect()
         else:
