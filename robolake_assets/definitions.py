@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import annotations, cleaned, datasets, features, models, raw
+from robolake_assets import annotations, cleaned, datasets, features, models, notebooks, raw
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
@@ -21,12 +21,14 @@ from robolake_sensors.uploads import build_new_uploads_sensor
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir)
+    nb_assets, nb_jobs, nb_schedules = notebooks.build_notebook_layer(settings.notebooks_dir)
     return dg.Definitions(
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
                 annotations.annotation_queue,
-                *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
-        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance],
-        schedules=[delta_maintenance_schedule],
+                *datasets.build_dataset_assets(settings.specs_dir), *model_assets, *nb_assets],
+        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
+              *nb_jobs],
+        schedules=[delta_maintenance_schedule, *nb_schedules],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
         resources=storage_resources(settings),
