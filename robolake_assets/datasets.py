@@ -18,6 +18,8 @@ from robolake.datasets.build import (
     build_dataset,
 )
 from robolake.datasets.spec import DatasetSpec, load_spec
+from robolake.governance import catalog
+from robolake.governance.search import spec_features
 from robolake_assets.helpers import (
     DATASETS_GROUP,
     cleaned_asset_of_table,
@@ -77,6 +79,7 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     tables |= {TABLES["lidar"]} if spec.features.lidar else set()
     tables |= {TABLES["camera"]} if spec.features.camera else set()
     key = dataset_asset_key(spec.name)
+    level = catalog.dataset_classification(spec_features(spec.model_dump(mode="json")))
     deps = ["corner_case_scores", "cleaned_quality_reports",
             *sorted(cleaned_asset_of_table(t) for t in tables)]
 
@@ -90,7 +93,9 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
                     f"{spec.version})",
         check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=key,
                                        description="train, val and test all hold samples")],
-        metadata={"spec_file": str(path)},
+        metadata={"spec_file": str(path), "classification": level},
+        owners=[catalog.OWNERS["ml"]],
+        tags={"classification": level, "layer": "datasets"},
         **pools.cpu_spot(),
     )
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource):

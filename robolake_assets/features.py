@@ -13,7 +13,7 @@ import dagster as dg
 
 from robolake import contract
 from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
-from robolake_assets.helpers import markdown_table
+from robolake_assets.helpers import governed, markdown_table
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -29,6 +29,7 @@ GROUP = "features"
     kinds={"delta", "polars"},
     description="Corner-case scores per aligned frame (hard braking, sharp turns, GPS loss, "
                 f"sensor faults, rare robot types) in {CORNER_CASES}",
+    **governed(CORNER_CASES),
     **pools.cpu_spot(),
 )
 def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):

@@ -13,6 +13,7 @@ import dagster as dg
 import pyarrow as pa
 
 from robolake.cleaned import TABLES
+from robolake.governance import catalog
 
 DATASETS_GROUP = "datasets"
 
@@ -41,8 +42,39 @@ def dataset_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([DATASETS_GROUP, name])
 
 
-def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+def column_schema(schema: pa.Schema, table_key: str | None = None) -> dg.TableSchema:
+    """The schema as Dagster shows it; with `table_key`, each column carries its catalog
+    description and a `classification` tag (robolake/governance/catalog.py)."""
+    declared = {c.name: c for c in catalog.table(table_key).columns} if table_key else {}
+
+    def column(f: pa.Field) -> dg.TableColumn:
+        c = declared.get(f.name)
+        if c is None:
+            return dg.TableColumn(f.name, str(f.type))
+        return dg.TableColumn(f.name, str(f.type), description=f"[{c.classification}] "
+                              f"{c.description}", tags={"classification": c.classification})
+
+    return dg.TableSchema(columns=[column(f) for f in schema])
+
+
+def catalog_schema(table_key: str, schema: pa.Schema | None = None) -> dg.TableSchema:
+    """A table's declared columns (definition metadata: shown before any materialization),
+    typed from `schema` where it has the column."""
+    types = {f.name: str(f.type) for f in schema} if schema is not None else {}
+    return dg.TableSchema(columns=[
+        dg.TableColumn(c.name, types.get(c.name, "?"),
+                       description=f"[{c.classification}] {c.description}",
+                       tags={"classification": c.classification})
+        for c in catalog.table(table_key).columns])
+
+
+def governed(table_key: str, schema: pa.Schema | None = None) -> dict:
+    """Owners, tags and definition metadata of the asset that writes a catalog table."""
+    t = catalog.table(table_key)
+    return {"owners": [t.owner],
+            "tags": {"classification": t.classification, "layer": t.layer},
+            "metadata": {"dagster/column_schema": catalog_schema(table_key, schema),
+                         "dagster/table_name": t.key, "classification": t.classification}}
 
 
 def _cell(value) -> str:

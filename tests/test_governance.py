@@ -1,0 +1,144 @@
+"""Governance (issue 13) on a small simulated lake: the catalog declares every column the
+tables really have, `catalog search`, and the Dagster assets carry owners and classification.
+
+One module-scoped lake: 3 simulated robots (2 delivery, 1 warehouse_amr), 30 s each,
+ingested, cleaned, scored, one dataset version built, one failed run recorded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from robolake import cleaned, raw
+from robolake.datasets.build import build_dataset
+from robolake.datasets.scenarios import refresh_corner_cases
+from robolake.datasets.spec import parse_spec
+from robolake.governance import catalog
+from robolake.governance.search import search
+from robolake.maintenance import discover_tables, record_failed_run
+from robolake.simulate import simulate_fleet
+from robolake.storage import open_store
+from robolake.tables import open_table
+
+DAY = "2026-11-20"
+SPEC = {
+    "name": "ego_gov", "version": "1.0.0", "description": "governance test set with GPS",
+    "sources": {"dates": {"start": DAY, "end": DAY}},
+    "features": {"imu_window": {"size": 10, "stride": 5}, "gps_trajectory": {"history": 5}},
+    "labels": {"kind": "ego_motion"},
+    "output": {"shard_size_mb": 1, "splits": {"train": 0.34, "val": 0.33, "test": 0.33}},
+    "quality_gates": {"min_samples": 10},
+}
+
+
+def build_small_lake(base: Path):
+    simulate_fleet(base / "landing", robots=3, date=DAY, minutes=0.5, seed=11,
+                   robot_types=("delivery", "warehouse_amr"))
+    lake = open_store(base / "lake")
+    for part in raw.ingest_landing(open_store(base / "landing"), lake):
+        cleaned.clean_partition(lake, *part)
+    refresh_corner_cases(lake)
+    build_dataset(lake, parse_spec(SPEC))
+    record_failed_run(lake, {"run_id": "run-1", "job_name": "ingest_cleaned",
+                             "status": "FAILURE", "failed_ns": 1, "reason": "boom",
+                             "failed_steps": [{"step_key": "cleaned_layer", "error": "x"}],
+                             "tags": {"a": "b"}})
+    return lake
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    return build_small_lake(tmp_path_factory.mktemp("gov"))
+
+
+def test_catalog_declares_exactly_the_columns_every_table_has(lake):
+    found = set(discover_tables(lake))
+    undeclared = found - set(catalog.TABLES)
+    assert not undeclared, f"tables missing from robolake/governance/catalog.py: {undeclared}"
+    expected = set(catalog.TABLES) - {"ops/audit"}
+    assert expected <= found, f"not written by the small lake: {expected - found}"
+    for key in sorted(found):
+        actual = {f.name for f in open_table(lake, key).schema().fields}
+        declared = {c.name for c in catalog.TABLES[key].columns}
+        assert actual == declared, (key, "undeclared:", actual - declared,
+                                    "declared but absent:", declared - actual)
+
+
+def test_personal_data_is_restricted_and_levels_roll_up():
+    assert catalog.classification_of("cleaned/gps", "lat") == "restricted"
+    assert catalog.classification_of("cleaned/camera_frames", "payload_ref") == "restricted"
+    assert catalog.classification_of("cleaned/aligned_frames", "gps_lon") == "restricted"
+    assert catalog.classification_of("cleaned/imu", "ax") == "internal"
+    assert catalog.classification_of("cleaned/gps") == "restricted"  # its most sensitive
+    assert catalog.classification_of("cleaned/imu") == "confidential"  # robot_id
+    assert catalog.classification_of("datasets/registry", "name") == "public"
+    assert catalog.dataset_classification(["imu_window"]) == "internal"
+    assert catalog.dataset_classification(["imu_window", "gps_trajectory"]) == "restricted"
+    assert catalog.FILE_AREAS["raw/files"].classification == "restricted"
+    for t in catalog.TABLES.values():  # every reference in lineage names a declared column
+        for c in t.columns:
+            for ref in c.derived_from:
+                assert catalog.source_level(ref) in catalog.LEVELS, (t.key, c.name, ref)
+    with pytest.raises(KeyError, match="not in the catalog"):
+        catalog.table("cleaned/nope")
+
+
+def test_search_finds_tables_columns_and_dataset_versions(lake):
+    hits = {(h.kind, h.name): h for h in search(lake, "latitude")}
+    assert set(hits) == {("column", "cleaned/gps.lat"),
+                         ("column", "cleaned/aligned_frames.gps_lat"),
+                         ("column", "features/corner_cases.gps_lat")}
+    aligned = hits[("column", "cleaned/aligned_frames.gps_lat")]
+    assert aligned.classification == "restricted"
+    assert aligned.lineage == "cleaned/gps.lat, cleaned/gps.ts_ns"
+    by_tag = {h.name for h in search(lake, "restricted") if h.kind == "dataset_version"}
+    assert by_tag == {"ego_gov@1.0.0"}
+    ds = [h for h in search(lake, "ego_gov") if h.kind == "dataset_version"]
+    assert len(ds) == 1 and ds[0].classification == "restricted"
+    assert "cleaned/aligned_frames@v" in ds[0].lineage
+    tables = {h.name for h in search(lake, "audit") if h.kind == "table"}
+    assert tables == {"ops/audit"}
+    with pytest.raises(ValueError, match="non-empty"):
+        search(lake, "  ")
+
+
+def test_search_finds_model_versions_with_their_dataset_level(lake, monkeypatch):
+    from robolake.models import tracking
+
+    client = tracking.configure(lake)
+    client.create_registered_model("ego_mlp")
+    mv = client.create_model_version("ego_mlp", source=str(lake.root / "mlflow" / "m"),
+                                     tags={"dataset.name": "ego_gov",
+                                           "dataset.version": "1.0.0"},
+                                     description="mlp on ego_gov")
+    hits = [h for h in search(lake, "ego_mlp") if h.kind == "model_version"]
+    assert [(h.name, h.classification, h.lineage) for h in hits] == [
+        (f"ego_mlp/{mv.version}", "restricted", "trained on ego_gov@1.0.0")]
+
+
+def test_cli_catalog_search(lake, capsys):
+    from robolake_assets.cli import main
+
+    assert main(["catalog", "search", "camera image", "--lake", str(lake.root)]) == 0
+    out = capsys.readouterr().out
+    assert "cleaned/camera_frames.payload_ref" in out and "restricted" in out
+    assert "raw/files/" in out and "2 match(es)" in out
+
+
+def test_dagster_assets_show_owners_classification_and_column_docs():
+    from robolake_assets import cleaned as cleaned_assets
+    from robolake_assets import raw as raw_assets
+
+    spec = {s.key.to_user_string(): s for s in cleaned_assets.cleaned_layer.specs}
+    gps = spec["cleaned_gps"]
+    assert gps.owners == ["team:perception"]
+    assert gps.tags["classification"] == "restricted"
+    columns = {c.name: c for c in gps.metadata["dagster/column_schema"].columns}
+    assert columns["lat"].tags == {"classification": "restricted"}
+    assert columns["lat"].type == "double"
+    assert columns["lat"].description.startswith("[restricted] Latitude")
+    raw_spec = next(iter(raw_assets.raw_uploads.specs))
+    assert raw_spec.owners == ["team:data-platform"]
+    assert raw_spec.tags["classification"] == "confidential"
