@@ -121,6 +121,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return {"key_id": key_id, "revoked": True}
 
     from robolake.gateway import routes
+    from robolake.gateway.audit_middleware import install_audit
 
     routes.install(app, settings)
+    install_audit(app, settings.lake)  # every API call lands in ops/audit
     return app
