@@ -37,6 +37,7 @@ class Store(Protocol):
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def put_file(self, local_path: Path, key: str) -> None: ...
     def local_path(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def delete(self, key: str) -> bool: ...
     def table_uri(self, key: str) -> str: ...
     @property
     def delta_options(self) -> dict[str, str]: ...
@@ -86,6 +87,14 @@ class LocalStore:
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
         yield self._path(key)
+
+    def delete(self, key: str) -> bool:
+        """Remove one object (an erase); False if it was not there."""
+        try:
+            self._path(key).unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def table_uri(self, key: str) -> str:
         return str(self._path(key))
@@ -174,6 +183,13 @@ class S3Store:
 
     def put_file(self, local_path: Path, key: str) -> None:
         self.client.upload_file(str(local_path), self.bucket, self._key(key))
+
+    def delete(self, key: str) -> bool:
+        """Remove one object (an erase); False if it was not there."""
+        if not self.exists(key):
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return True
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:

@@ -164,6 +164,20 @@ def commit_keyed(lake: Store, key: str, plan: Callable[[Snapshot], Write | None]
                          "times in a row; try again later")
 
 
+def delete_rows(lake: Store, key: str, predicate: str) -> tuple[int | None, int]:
+    """Delete the rows matching `predicate` in one commit (Delta's own conflict check
+    retries it against concurrent writers of the same files); returns (the new version or
+    None when nothing matched or there is no table, rows deleted). Audited as a write."""
+    table = open_table(lake, key)
+    if table is None:
+        return None, 0
+    metrics = table.delete(predicate)
+    deleted = int(metrics.get("num_deleted_rows", 0))
+    if not deleted and not metrics.get("num_removed_files", 0):
+        return None, 0
+    return _audited(lake, key, table.version()), deleted
+
+
 def sql_list(values: Sequence[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
 

@@ -37,6 +37,17 @@ def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
+def _cmd_privacy_erase(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.governance.erase import erase_robot
+    from robolake.storage import open_store
+
+    receipt = erase_robot(_lake(args, settings), args.robot_id, args.reason, args.date_from,
+                          args.date_to, landing=open_store(args.landing or settings.landing),
+                          purge_now=args.purge_now)
+    print(receipt.to_json())
+    return 0
+
+
 def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     cat = sub.add_parser("catalog", parents=[debug],
                          help="the catalog: tables, columns, datasets and models with their "
@@ -55,3 +66,19 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
                              help="check the hash chain; names the first broken entry (exit 1)")
     ver.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ver.set_defaults(func=_cmd_audit_verify)
+
+    priv = sub.add_parser("privacy", parents=[debug], help="GDPR: erase a robot's data")
+    priv_sub = priv.add_subparsers(dest="action", required=True)
+    era = priv_sub.add_parser("erase", parents=[debug],
+                              help="delete a robot's rows, copies and caches everywhere; "
+                                   "withdraw datasets built on them; print the receipt")
+    era.add_argument("--robot-id", required=True)
+    era.add_argument("--from", dest="date_from", help="first day (YYYY-MM-DD, UTC)")
+    era.add_argument("--to", dest="date_to", help="last day (YYYY-MM-DD, UTC)")
+    era.add_argument("--reason", required=True, help="legal basis, kept with the receipt")
+    era.add_argument("--purge-now", action="store_true",
+                     help="vacuum the touched tables at once (admins; no old version keeps "
+                          "the rows)")
+    era.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    era.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING)")
+    era.set_defaults(func=_cmd_privacy_erase)

@@ -7,8 +7,10 @@ ingested, cleaned, scored, one dataset version built, one failed run recorded.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from robolake import cleaned, raw
@@ -20,7 +22,7 @@ from robolake.governance.search import search
 from robolake.maintenance import discover_tables, record_failed_run
 from robolake.simulate import simulate_fleet
 from robolake.storage import open_store
-from robolake.tables import open_table
+from robolake.tables import open_table, read_table
 
 DAY = "2026-11-20"
 SPEC = {
@@ -53,16 +55,23 @@ def lake(tmp_path_factory):
     return build_small_lake(tmp_path_factory.mktemp("gov"))
 
 
-def test_catalog_declares_exactly_the_columns_every_table_has(lake):
+ERASE_TABLES = {"datasets/withdrawn", "ops/erasures"}  # written by the erase test below
+
+
+def assert_catalog_matches(lake, expected: set[str]) -> None:
     found = set(discover_tables(lake))
     undeclared = found - set(catalog.TABLES)
     assert not undeclared, f"tables missing from robolake/governance/catalog.py: {undeclared}"
-    assert set(catalog.TABLES) <= found, f"not written: {set(catalog.TABLES) - found}"
+    assert expected <= found, f"not written: {expected - found}"
     for key in sorted(found):
         actual = {f.name for f in open_table(lake, key).schema().fields}
         declared = {c.name for c in catalog.TABLES[key].columns}
         assert actual == declared, (key, "undeclared:", actual - declared,
                                     "declared but absent:", declared - actual)
+
+
+def test_catalog_declares_exactly_the_columns_every_table_has(lake):
+    assert_catalog_matches(lake, set(catalog.TABLES) - ERASE_TABLES)
 
 
 def test_personal_data_is_restricted_and_levels_roll_up():
@@ -141,3 +150,117 @@ def test_dagster_assets_show_owners_classification_and_column_docs():
     raw_spec = next(iter(raw_assets.raw_uploads.specs))
     assert raw_spec.owners == ["team:data-platform"]
     assert raw_spec.tags["classification"] == "confidential"
+
+
+# --------------------------------------------------------------------------- GDPR erase
+
+
+def _files_holding(root: Path, needles: list[bytes]) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and any(n in p.read_bytes() for n in needles))
+
+
+def _rows_per_robot(lake) -> dict[tuple[str, str], int]:
+    counts = {}
+    for t in catalog.TABLES.values():
+        if t.robot_column and open_table(lake, t.key) is not None:
+            frame = pl.from_arrow(read_table(lake, t.key, columns=["robot_id"]))
+            for robot, n in frame.group_by("robot_id").len().iter_rows():
+                counts[(t.key, robot)] = n
+    return counts
+
+
+def test_erase_and_purge_leave_no_byte_of_the_robot_and_keep_the_others(lake, tmp_path):
+    from robolake.governance.audit import verify
+    from robolake.governance.erase import erase_robot, subject_hash, withdrawn_versions
+    from robolake.models import tracking
+
+    shutil.copytree(lake.root, tmp_path / "lake")
+    shutil.copytree(lake.root.parent / "landing", tmp_path / "landing")
+    lake, landing = open_store(tmp_path / "lake"), open_store(tmp_path / "landing")
+    uploads = pl.from_arrow(read_table(lake, "raw/uploads")).sort("robot_id")
+    victim = uploads.row(0, named=True)
+    robot = victim["robot_id"]
+    raw_bytes = lake.read_bytes(victim["raw_key"])
+    needles = [robot.encode(), raw_bytes[len(raw_bytes) // 2:len(raw_bytes) // 2 + 64]]
+    assert _files_holding(lake.root, needles) and _files_holding(landing.root, needles)
+    client = tracking.configure(lake)
+    client.create_registered_model("ego_erase")
+    client.create_model_version("ego_erase", source=str(lake.root / "m"),
+                                tags={"dataset.name": "ego_gov", "dataset.version": "1.0.0"})
+    before = _rows_per_robot(lake)
+    assert before[("cleaned/gps", robot)] > 0
+
+    receipt = erase_robot(lake, robot, "GDPR art. 17 request #7", landing=landing,
+                          purge_now=True)
+
+    assert receipt.uploads == [victim["upload_id"]]
+    erased = {t["table"]: t["rows"] for t in receipt.tables}
+    for key in ("cleaned/gps", "cleaned/imu", "cleaned/aligned_frames", "raw/uploads"):
+        assert erased[key] == before[(key, robot)]
+    assert erased["raw/landing_index"] == 1
+    assert victim["raw_key"] in receipt.files_deleted
+    assert f"landing:{victim['landing_key']}" in receipt.files_deleted
+    assert any(f.startswith(f"features/cache/{victim['upload_id']}/")
+               for f in receipt.files_deleted)
+    assert receipt.datasets_withdrawn == ["ego_gov@1.0.0"]
+    assert withdrawn_versions(lake) == {"ego_gov@1.0.0": "GDPR art. 17 request #7"}
+    assert "ego_erase/1" in receipt.models_tagged  # (ego_mlp/1 too, if registered above)
+    tags = client.get_model_version("ego_erase", "1").tags
+    assert tags["robolake.dataset_withdrawn"] == "ego_gov@1.0.0: GDPR art. 17 request #7"
+    assert all(p["files_vacuumed"] for p in receipt.purged if p["table"].startswith("cleaned"))
+    # nothing of the robot anywhere: not its id (rows, statistics in the log), not its bytes
+    assert _files_holding(lake.root, needles) == []
+    # (the simulator's ground_truth.json lies beside the uploads: the test's, not an upload)
+    assert _files_holding(landing.root, needles) == ["ground_truth.json"]
+    after = _rows_per_robot(lake)
+    assert after == {k: n for k, n in before.items() if k[1] != robot}
+    assert lake.exists(uploads.row(1, named=True)["raw_key"])
+    assert verify(lake).ok
+    kept = pl.from_arrow(read_table(lake, "ops/erasures")).row(0, named=True)
+    assert kept["subject_sha256"] == subject_hash(robot)
+    trail = pl.from_arrow(read_table(lake, "ops/audit")).sort("seq")
+    assert trail["action"].to_list()[-3:] == ["write", "erase", "purge"]  # receipt, erase, purge
+    assert trail["target"][-1] == f"robot:{subject_hash(robot)}"
+    assert_catalog_matches(lake, set(catalog.TABLES))
+    again = erase_robot(lake, robot, "repeat", landing=landing)
+    assert (again.uploads, again.tables, again.files_deleted) == ([], [], [])
+
+
+def test_erase_refuses_bad_requests(tmp_path):
+    from robolake.governance.erase import erase_robot
+
+    lake = open_store(tmp_path)
+    for kwargs, words in [({"reason": " "}, "--reason"),
+                          ({"reason": "x", "start": "2026-13-01"}, "month"),
+                          ({"reason": "x", "start": "20261101"}, "not a date"),
+                          ({"reason": "x", "start": "2026-11-02", "end": "2026-11-01"},
+                           "after")]:
+        with pytest.raises(ValueError, match=words):
+            erase_robot(lake, "r-1", **kwargs)
+
+
+def test_gateway_erase_is_for_admins_and_audited_as_the_key(tmp_path):
+    from gateway_fixtures import make_settings, start_gateway
+
+    from robolake.governance.audit import verify
+
+    gw = start_gateway(make_settings(tmp_path))
+    try:
+        body = {"robot_id": "r-9", "reason": "request 12", "from": "2026-11-01"}
+        with gw.client(gw.token(gw.key("engineer"))) as c:
+            assert c.post("/api/v1/privacy/erase", json=body).status_code == 403
+        admin = gw.key("admin")
+        with gw.client(gw.token(admin)) as c:
+            r = c.post("/api/v1/privacy/erase", json=body)
+            assert r.status_code == 200, r.text
+            assert (r.json()["date_from"], r.json()["uploads"]) == ("2026-11-01", [])
+            bad = c.post("/api/v1/privacy/erase", json={**body, "from": "2026-11-31"})
+            assert bad.status_code == 422 and "from" in bad.text
+    finally:
+        gw.stop()
+    lake = open_store(gw.settings.lake)
+    assert verify(lake).ok
+    rows = pl.from_arrow(read_table(lake, "ops/audit")).sort("seq").to_dicts()
+    [erase] = [r for r in rows if r["action"] == "erase"]
+    assert (erase["actor"], erase["role"]) == (f"key:{admin.split('_')[1]}", "admin")

@@ -313,7 +313,8 @@ def _resized_jpeg(message: tuple[bytes, str], size: tuple[int, int]) -> bytes:
 
 
 class FeatureCache:
-    """Transformed features per recording under `features/cache/<hash>.npz` in the lake.
+    """Transformed features per recording under `features/cache/<upload_id>/<hash>.npz` in
+    the lake (by upload, so an erase of a robot's uploads finds its entries).
 
     The key hashes the recording's input rows, the feature and label sections of
     the spec and FEATURE_CODE_VERSION, so anything that would change the output
@@ -336,8 +337,8 @@ class FeatureCache:
             h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
         return h.hexdigest()
 
-    def get_or_compute(self, key: str, compute) -> RecordingFeatures:
-        path = f"{CACHE_PREFIX}/{key[:2]}/{key}.npz"
+    def get_or_compute(self, key: str, compute, upload_id: str) -> RecordingFeatures:
+        path = f"{CACHE_PREFIX}/{upload_id}/{key}.npz"
         if self.lake.exists(path):
             self.hits += 1
             return RecordingFeatures.from_bytes(self.lake.read_bytes(path))
@@ -657,7 +658,7 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
         rows = all_rows.filter(pl.col("_sampled"))
         compute = partial(_compute_features, lake, spec, versions, u, all_rows, rows,
                           recordings.imu.get(u))
-        features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute)
+        features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute, u)
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
                                           pl.Series("_valid", feats.valid()),
                                           pl.Series("_edge", feats.edge),

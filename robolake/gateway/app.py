@@ -124,5 +124,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     from robolake.gateway.audit_middleware import install_audit
 
     routes.install(app, settings)
+    from robolake.gateway import privacy_routes
+
+    privacy_routes.install(app, settings.lake, settings.landing)  # GDPR erase (admins)
     install_audit(app, settings.lake)  # every API call lands in ops/audit
     return app

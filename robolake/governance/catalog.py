@@ -256,6 +256,23 @@ _AUDIT = (
     _c("hash", "sha256 of this entry's fields and prev_hash"),
 )
 
+_WITHDRAWN = (
+    _c("name", "Dataset name", PUBLIC), _c("version", "Dataset version", PUBLIC),
+    _c("reason", "Why it was withdrawn (the erase request's reason)", CONFIDENTIAL),
+    _c("erasure_id", "The erase that withdrew it (ops/erasures)"),
+    _c("withdrawn_ns", "When, ns"),
+)
+_ERASURES = (
+    _c("erasure_id", "Unique id of the erase"),
+    _c("subject_sha256", "sha256 of the erased robot id (never kept in clear)"),
+    _c("date_from", "First day erased (null: from the start)"),
+    _c("date_to", "Last day erased (null: to the end)"),
+    _c("reason", "Why (the request's legal basis)", CONFIDENTIAL),
+    _c("requested_by", "Who asked (key, run or user)", CONFIDENTIAL),
+    _c("erased_ns", "When, ns"),
+    _c("receipt", "JSON: every table version, file and dataset/model touched"),
+)
+
 TABLES: dict[str, Table] = {t.key: t for t in (
     Table("raw/uploads", "raw", OWNERS["ingest"], "Index of every upload: identity, time "
           "range, topics, quality score, status and reasons", _UPLOADS),
@@ -277,6 +294,10 @@ TABLES: dict[str, Table] = {t.key: t for t in (
           _corner_case_columns()),
     Table("datasets/registry", "datasets", OWNERS["ml"], "Every built dataset version",
           _REGISTRY, robot_column=None),
+    Table("datasets/withdrawn", "datasets", OWNERS["governance"], "Dataset versions "
+          "withdrawn by an erase, with the reason", _WITHDRAWN, robot_column=None),
+    Table("ops/erasures", "ops", OWNERS["governance"], "Receipts of GDPR erasures",
+          _ERASURES, robot_column=None),
     Table("ops/failed_runs", "ops", OWNERS["ingest"], "Failed Dagster runs and why",
           _FAILED_RUNS, robot_column=None),
     Table("ops/audit", "ops", OWNERS["governance"], "Append-only, hash-chained audit log: "
@@ -322,6 +343,21 @@ FEATURE_SOURCES: dict[str, tuple[str, ...]] = {
                          f"{ALIGNED_KEY}.ts_ns", f"{ALIGNED_KEY}.imu_gz"),
     "label_scenario": (f"{CORNER_CASES_KEY}.scenario",),
 }
+
+
+# the fields of a dataset sample (shard members) and the spec section each comes from
+SAMPLE_FIELDS = {"imu": "imu_window", "gps": "gps_trajectory", "lidar": "lidar",
+                 "camera": "camera"}
+
+
+def sample_field_sources(features: list[str]) -> dict[str, tuple[str, ...]]:
+    """Each field of a dataset's samples -> the table columns it is computed from
+    (`features` as from robolake.governance.search.spec_features)."""
+    out = {field: FEATURE_SOURCES[f] for field, f in SAMPLE_FIELDS.items() if f in features}
+    labels = [f for f in features if f.startswith("label_")]
+    if labels:
+        out["label"] = FEATURE_SOURCES.get(labels[0], ())
+    return out
 
 
 def source_level(ref: str) -> str:

@@ -65,7 +65,7 @@ def dataset_versions(lake: Store) -> list[tuple[Hit, tuple[str, ...]]]:
     return out
 
 
-def _registry_exists(lake: Store) -> bool:
+def registry_exists(lake: Store) -> bool:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return True
     return isinstance(lake, LocalStore) and (lake.root / "mlflow" / "mlflow.db").exists()
@@ -74,7 +74,7 @@ def _registry_exists(lake: Store) -> bool:
 def model_hits(lake: Store, text: str, datasets: dict[str, str]) -> list[Hit]:
     """Registered model versions; a version's level is the dataset version's it was trained
     on (`datasets`: name@version -> level)."""
-    if not _registry_exists(lake):
+    if not registry_exists(lake):
         return []
     from robolake.models import tracking
 
