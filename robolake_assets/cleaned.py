@@ -11,6 +11,7 @@ import dagster as dg
 from robolake import cleaned, contract, expectations, spark_engine
 from robolake_assets.helpers import (
     CLEANED_ASSET_KINDS,
+    column_lineage,
     column_schema,
     governed,
     markdown_list,
@@ -105,6 +106,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
             "dagster/uri": lake_store.table_uri(cleaned.TABLES[kind]),
             "delta_version": result.versions[kind],
             "uploads": len(result.uploads),
+            **column_lineage(cleaned.TABLES[kind]),
             **engine_metadata,
         }
         if kind == "report":

@@ -24,6 +24,7 @@ from robolake_assets.helpers import (
     DATASETS_GROUP,
     cleaned_asset_of_table,
     dataset_asset_key,
+    dataset_column_lineage,
     markdown_table,
 )
 from robolake_partitions import dataset_version_partitions
@@ -59,6 +60,7 @@ def _metadata(manifest: dict, created: bool, store) -> dict:
         "missing_rate": float(manifest["quality"]["missing_rate"]),
         "cache_hits": manifest["cache"]["hits"],
         "cache_misses": manifest["cache"]["misses"],
+        **dataset_column_lineage(spec_features(manifest["spec"])),
         "samples": dg.MetadataValue.md(markdown_table(
             ["split", "samples", "recordings", "shards", *groups],
             [(name, s["samples"], s["recordings"], len(s["shards"]),

@@ -37,6 +37,35 @@ def cleaned_asset_of_table(table_key: str) -> str:
                    f"{', '.join(sorted(TABLES.values()))}")
 
 
+def asset_of_table(table_key: str) -> dg.AssetKey:
+    """The asset that writes a catalog table (cleaned, features or raw)."""
+    others = {"raw/uploads": "raw_uploads", "features/corner_cases": "corner_case_scores"}
+    if table_key in others:
+        return dg.AssetKey(others[table_key])
+    return dg.AssetKey(cleaned_asset_of_table(table_key))
+
+
+def _deps(refs) -> list[dg.TableColumnDep]:
+    return [dg.TableColumnDep(asset_of_table(ref.rpartition(".")[0]), ref.rpartition(".")[2])
+            for ref in refs]
+
+
+def column_lineage(table_key: str) -> dict:
+    """`dagster/column_lineage` of a catalog table whose columns are derived from others
+    (from the catalog's `derived_from`); {} for a table with no derived columns."""
+    deps = {c.name: _deps(c.derived_from) for c in catalog.table(table_key).columns
+            if c.derived_from}
+    return {"dagster/column_lineage": dg.TableColumnLineage(deps)} if deps else {}
+
+
+def dataset_column_lineage(features: list[str]) -> dict:
+    """`dagster/column_lineage` of a dataset: each sample field back to the cleaned (or
+    feature) columns it is computed from."""
+    sources = catalog.sample_field_sources(features)
+    return {"dagster/column_lineage": dg.TableColumnLineage(
+        {name: _deps(refs) for name, refs in sources.items()})}
+
+
 def dataset_asset_key(name: str) -> dg.AssetKey:
     """The asset of a dataset spec: ["datasets", <spec name>]."""
     return dg.AssetKey([DATASETS_GROUP, name])

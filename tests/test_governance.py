@@ -152,6 +152,26 @@ def test_dagster_assets_show_owners_classification_and_column_docs():
     assert raw_spec.tags["classification"] == "confidential"
 
 
+def test_column_lineage_from_the_catalog():
+    from robolake_assets.helpers import column_lineage, dataset_column_lineage
+
+    def deps(lineage, column):  # Dagster keeps a column's deps sorted
+        return sorted((d.asset_key.to_user_string(), d.column_name)
+                      for d in lineage["dagster/column_lineage"].deps_by_column[column])
+
+    aligned = column_lineage("cleaned/aligned_frames")
+    assert deps(aligned, "imu_ax") == [("cleaned_imu", "ax"), ("cleaned_imu", "ts_ns")]
+    assert deps(aligned, "lidar_points") == [("cleaned_lidar", "points_kept")]
+    scores = column_lineage("features/corner_cases")
+    assert deps(scores, "score_gps_loss") == [("cleaned_aligned_frames", "gps_lat")]
+    assert column_lineage("cleaned/imu") == {}  # read from recordings, not from a table
+    dataset = dataset_column_lineage(["imu_window", "gps_trajectory", "label_scenario"])
+    assert set(dataset["dagster/column_lineage"].deps_by_column) == {"imu", "gps", "label"}
+    assert deps(dataset, "gps") == [("cleaned_aligned_frames", f"gps_{k}")
+                                    for k in ("alt", "lat", "lon")]
+    assert deps(dataset, "label") == [("corner_case_scores", "scenario")]
+
+
 # --------------------------------------------------------------------------- GDPR erase
 
 
