@@ -80,3 +80,23 @@ def test_engineer_cannot_read_restricted_prefixes_on_s3_admin_can(s3_endpoint):
     finally:
         requests.post(reset, data=str(before["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]).encode(),
                       timeout=10)
+
+
+def test_gateway_catalog_search_shows_a_role_only_what_it_may_read(tmp_path):
+    from gateway_fixtures import make_settings, start_gateway
+
+    gw = start_gateway(make_settings(tmp_path))
+    try:
+        found = {}
+        for role in ("engineer", "admin", "auditor"):
+            with gw.client(gw.token(gw.key(role))) as c:
+                r = c.get("/api/v1/catalog/search", params={"q": "gps"})
+                assert r.status_code == 200, r.text
+                found[role] = {h["name"] for h in r.json()}
+    finally:
+        gw.stop()
+    restricted = {"cleaned/gps", "cleaned/aligned_frames.gps_lat"}
+    internal = {"cleaned/quality_reports.gps_duplicates"}
+    assert restricted | internal <= found["admin"]
+    assert not restricted & found["engineer"] and internal <= found["engineer"]
+    assert found["auditor"] <= found["engineer"] < found["admin"]

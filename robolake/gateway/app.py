@@ -127,5 +127,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     from robolake.gateway import privacy_routes
 
     privacy_routes.install(app, settings.lake, settings.landing)  # GDPR erase (admins)
+    from robolake.gateway import catalog_routes
+
+    catalog_routes.install(app, settings.lake)  # filtered by configs/access_policy.yaml
     install_audit(app, settings.lake)  # every API call lands in ops/audit
     return app

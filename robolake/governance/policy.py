@@ -23,7 +23,10 @@ class Policy:
 
     def allows(self, role: str, action: str, table_or_prefix: str) -> bool:
         """May `role` read/write the catalog table or file area (by its classification)?"""
-        layer, level = _layer_and_level(table_or_prefix)
+        return self.allows_level(role, action, *_layer_and_level(table_or_prefix))
+
+    def allows_level(self, role: str, action: str, layer: str, level: str) -> bool:
+        """May `role` read/write data of `level` in `layer`?"""
         limit = self.roles.get(role, {}).get(action, {}).get(layer)
         return limit is not None and catalog.LEVELS.index(level) <= catalog.LEVELS.index(limit)
 
