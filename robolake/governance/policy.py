@@ -5,6 +5,7 @@ policies of deploy/iam/ (`iam_policy`), so the lake enforces what the platform s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 from robolake.governance import catalog
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "configs" / "access_policy.yaml"
+POLICY_ENV = "ROBOLAKE_ACCESS_POLICY"
 ACTIONS = ("read", "write")
 S3_ACTIONS = {"read": ["s3:GetObject"], "write": ["s3:PutObject", "s3:DeleteObject"]}
 
@@ -41,9 +43,20 @@ def _layer_and_level(key: str) -> tuple[str, str]:
     raise KeyError(f"{key!r} is neither a table nor a file area of the catalog")
 
 
-def load_policy(path: Path = POLICY_FILE) -> Policy:
+def policy_path() -> Path:
+    """$ROBOLAKE_ACCESS_POLICY, else configs/access_policy.yaml of the checkout, else of the
+    working directory (an installed package, e.g. the image's /opt/robolake)."""
+    if os.environ.get(POLICY_ENV):
+        return Path(os.environ[POLICY_ENV])
+    local = Path.cwd() / "configs" / "access_policy.yaml"
+    return POLICY_FILE if POLICY_FILE.exists() or not local.exists() else local
+
+
+def load_policy(path: Path | None = None) -> Policy:
     """The policy file, checked: known roles, actions, layers and levels (errors name them)."""
     from robolake.gateway.keys import ROLES
+
+    path = path or policy_path()
 
     data = yaml.safe_load(Path(path).read_text()) or {}
     layers = {t.layer for t in catalog.TABLES.values()} | {"models"}
