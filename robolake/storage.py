@@ -26,6 +26,7 @@ class ObjectInfo:
     mtime_ns: int  # last modification (arrival) time
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     is_symlink: bool = False  # local folders only: never followed
+    storage_class: str = field(default="", compare=False)  # S3 only: STANDARD, GLACIER, …
 
 
 class Store(Protocol):
@@ -158,7 +159,8 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(self._rel(obj["Key"]), obj["Size"],
-                                 int(obj["LastModified"].timestamp() * 1e9))
+                                 int(obj["LastModified"].timestamp() * 1e9),
+                                 storage_class=obj.get("StorageClass", "STANDARD"))
 
     def head_metadata(self, key: str) -> dict[str, str]:
         """User metadata set at upload (x-amz-meta-*), e.g. robot identity."""

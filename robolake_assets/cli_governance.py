@@ -48,6 +48,18 @@ def _cmd_privacy_erase(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_storage_report(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.governance.retention import storage_report
+
+    report = storage_report(_lake(args, settings))
+    print(f"{'layer':<12} {'tier':<14} {'objects':>9} {'bytes':>14}")
+    for (layer, tier), (count, size) in report.items():
+        print(f"{layer:<12} {tier:<14} {count:>9} {size:>14}")
+    total = sum(size for _, size in report.values())
+    print(f"{'total':<12} {'':<14} {sum(c for c, _ in report.values()):>9} {total:>14}")
+    return 0
+
+
 def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     cat = sub.add_parser("catalog", parents=[debug],
                          help="the catalog: tables, columns, datasets and models with their "
@@ -82,3 +94,10 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     era.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     era.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING)")
     era.set_defaults(func=_cmd_privacy_erase)
+
+    sto = sub.add_parser("storage", parents=[debug], help="what the lake holds, per tier")
+    sto_sub = sto.add_subparsers(dest="action", required=True)
+    rep = sto_sub.add_parser("report", parents=[debug], help="objects and bytes per layer and "
+                                                           "storage tier")
+    rep.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    rep.set_defaults(func=_cmd_storage_report)

@@ -36,3 +36,27 @@ def test_bad_rules_name_the_layer(tmp_path):
         load_rules(bad)
     assert {r.layer for r in load_rules(RETENTION_FILE)} == {
         "raw", "cleaned", "features", "datasets", "models", "ops"}
+
+
+def test_storage_report_counts_bytes_per_layer_and_tier(s3_endpoint, tmp_path, capsys):
+    from robolake.governance.retention import storage_report
+    from robolake.storage import open_store
+    from robolake_assets.cli import main
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint["AWS_ENDPOINT_URL"],
+                      region_name=s3_endpoint["AWS_REGION"],
+                      aws_access_key_id=s3_endpoint["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=s3_endpoint["AWS_SECRET_ACCESS_KEY"])
+    s3.create_bucket(Bucket="gov-report")
+    s3.put_object(Bucket="gov-report", Key="lake/raw/files/a.mcap", Body=b"x" * 100)
+    s3.put_object(Bucket="gov-report", Key="lake/raw/files/b.mcap", Body=b"x" * 50,
+                  StorageClass="GLACIER")
+    s3.put_object(Bucket="gov-report", Key="lake/cleaned/imu/p.parquet", Body=b"x" * 7)
+    lake = open_store("s3://gov-report/lake", s3_client=s3)
+    assert storage_report(lake) == {("cleaned", "STANDARD"): (1, 7),
+                                    ("raw", "GLACIER"): (1, 50), ("raw", "STANDARD"): (1, 100)}
+    local = open_store(tmp_path)
+    local.write_bytes("raw/files/c.mcap", b"y" * 30)
+    assert main(["storage", "report", "--lake", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "raw          local                  1             30" in out

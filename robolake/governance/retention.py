@@ -63,3 +63,15 @@ def apply_lifecycle(s3_client, bucket: str, root: str = "",
     s3_client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": wanted})
     return wanted
+
+
+def storage_report(lake) -> dict[tuple[str, str], tuple[int, int]]:
+    """(layer, tier) -> (objects, bytes) of everything under the lake root. The tier is the
+    S3 storage class (a local folder's files are all "local")."""
+    report: dict[tuple[str, str], tuple[int, int]] = {}
+    for obj in lake.list(""):
+        layer = obj.key.split("/", 1)[0] if "/" in obj.key else "(root)"
+        tier = obj.storage_class or "local"
+        count, size = report.get((layer, tier), (0, 0))
+        report[(layer, tier)] = (count + 1, size + obj.size)
+    return dict(sorted(report.items()))
