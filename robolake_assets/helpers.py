@@ -66,6 +66,16 @@ def dataset_column_lineage(features: list[str]) -> dict:
         {name: _deps(refs) for name, refs in sources.items()})}
 
 
+def model_column_lineage(dataset: str, inputs: Sequence[str]) -> dict:
+    """`dagster/column_lineage` of a trained model: each input (and the label it learns)
+    back to the field of the dataset's samples it is read from."""
+    if not inputs:
+        return {}
+    key = dataset_asset_key(dataset)
+    return {"dagster/column_lineage": dg.TableColumnLineage(
+        {name: [dg.TableColumnDep(key, name)] for name in (*inputs, "label")})}
+
+
 def dataset_asset_key(name: str) -> dg.AssetKey:
     """The asset of a dataset spec: ["datasets", <spec name>]."""
     return dg.AssetKey([DATASETS_GROUP, name])

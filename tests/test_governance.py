@@ -153,7 +153,11 @@ def test_dagster_assets_show_owners_classification_and_column_docs():
 
 
 def test_column_lineage_from_the_catalog():
-    from robolake_assets.helpers import column_lineage, dataset_column_lineage
+    from robolake_assets.helpers import (
+        column_lineage,
+        dataset_column_lineage,
+        model_column_lineage,
+    )
 
     def deps(lineage, column):  # Dagster keeps a column's deps sorted
         return sorted((d.asset_key.to_user_string(), d.column_name)
@@ -170,6 +174,9 @@ def test_column_lineage_from_the_catalog():
     assert deps(dataset, "gps") == [("cleaned_aligned_frames", f"gps_{k}")
                                     for k in ("alt", "lat", "lon")]
     assert deps(dataset, "label") == [("corner_case_scores", "scenario")]
+    model = model_column_lineage("ego_gov", ["imu", "gps"])
+    assert deps(model, "gps") == [("datasets/ego_gov", "gps")]
+    assert set(model["dagster/column_lineage"].deps_by_column) == {"imu", "gps", "label"}
 
 
 # --------------------------------------------------------------------------- GDPR erase
