@@ -117,6 +117,9 @@ def test_nightly_maintenance_compacts_every_table_and_keeps_rows(shared_data, di
     metadata = result.output_for_node("compact_and_vacuum_lake")
     assert metadata == 3  # tables maintained
     assert audit_verify(lake).ok  # compacting the audit log keeps its chain
+    compactions = [e for e in read_table(lake, AUDIT).to_pylist()
+                   if e["target"] == raw.LANDING_INDEX and '"OPTIMIZE"' in e["details"]]
+    assert len(compactions) == 1 and any(f.startswith("-") for f in compactions[0]["files"])
     # compaction merged the landing index's files; uploads' partitions each had one per append
     assert len(open_table(lake, raw.LANDING_INDEX).file_uris()) == 1
     assert len(open_table(lake, raw.RAW_UPLOADS).file_uris()) == 2  # one per partition
