@@ -232,6 +232,8 @@ def test_erase_and_purge_leave_no_byte_of_the_robot_and_keep_the_others(lake, tm
                for f in receipt.files_deleted)
     assert receipt.datasets_withdrawn == ["ego_gov@1.0.0"]
     assert withdrawn_versions(lake) == {"ego_gov@1.0.0": "GDPR art. 17 request #7"}
+    [found] = [h for h in search(lake, "withdrawn") if h.kind == "dataset_version"]
+    assert found.description.startswith("[withdrawn: GDPR art. 17 request #7]")
     assert "ego_erase/1" in receipt.models_tagged  # (ego_mlp/1 too, if registered above)
     tags = client.get_model_version("ego_erase", "1").tags
     assert tags["robolake.dataset_withdrawn"] == "ego_gov@1.0.0: GDPR art. 17 request #7"

@@ -50,7 +50,9 @@ def spec_features(spec: dict) -> list[str]:
 def dataset_versions(lake: Store) -> list[tuple[Hit, tuple[str, ...]]]:
     """Every registered dataset version as a hit, with the words it is found by."""
     from robolake.datasets.build import list_versions
+    from robolake.governance.erase import withdrawn_versions
 
+    withdrawn = withdrawn_versions(lake)
     out = []
     for row in list_versions(lake).iter_rows(named=True):
         manifest = json.loads(lake.read_bytes(row["manifest_key"]))
@@ -58,9 +60,10 @@ def dataset_versions(lake: Store) -> list[tuple[Hit, tuple[str, ...]]]:
         features = spec_features(spec)
         inputs = json.loads(row["inputs"] or "{}")
         lineage = ", ".join(f"{k}@v{v}" for k, v in sorted(inputs.items()))
-        hit = Hit("dataset_version", f"{row['name']}@{row['version']}",
-                  catalog.dataset_classification(features), catalog.OWNERS["ml"],
-                  spec.get("description") or "", lineage)
+        name = f"{row['name']}@{row['version']}"
+        note = f"[withdrawn: {withdrawn[name]}] " if name in withdrawn else ""
+        hit = Hit("dataset_version", name, catalog.dataset_classification(features),
+                  catalog.OWNERS["ml"], note + (spec.get("description") or ""), lineage)
         out.append((hit, tuple(features)))
     return out
 
