@@ -17,7 +17,9 @@ import os
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
 
+from robolake.governance.audit import Actor
 from robolake.settings import ENV_VARS, Settings, get_settings
 from robolake.storage import Store, open_store
 
@@ -46,9 +48,19 @@ class LakeResource(_StoreResource):
     """The lake root: Delta tables and copied files live under it."""
 
     root: str
+    _actor: Actor | None = PrivateAttr(default=None)
 
     def store(self) -> Store:
-        return self._open(self.root)
+        store = self._open(self.root)
+        store.audit_actor = getattr(self, "_actor", None)  # see setup_for_execution
+        return store
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        # what this run writes is audited as the run (robolake.governance.audit); only
+        # setup, no teardown: a teardown would make every caller open the resource with `with`
+        run = context.run
+        self._actor = None if run is None else Actor(
+            f"run:{run.run_id}", "run", partition=run.tags.get("dagster/partition", ""))
 
 
 class LandingResource(_StoreResource):

@@ -6,7 +6,7 @@ frame time), and `annotations/queue` (Delta, keyed by task_id) remembers what wa
 Each task carries the camera frame nearest the LiDAR frame (the JPEG exactly as the robot
 sent it, read from the raw recording through the camera table's payload reference), a
 LiDAR bird's-eye PNG of the frame's point cloud, and its context (robot, time, scenario,
-scores). Media go to `annotations/media/<task_id>/`; a batch's tasks to
+scores). Media go to `annotations/media/<upload_id>/<task_id>/`; a batch's tasks to
 `annotations/tasks/<batch>.json` in Label Studio's import format, with the labelling
 config beside them (`annotations/label_config.xml`, `LABEL_CONFIG`). Media URLs are
 `url_prefix + lake key`: by default Label Studio's local-files route, so a Label Studio
@@ -44,6 +44,8 @@ from robolake.storage import Store
 from robolake.tables import append_new_rows, read_table, replace_rows
 
 QUEUE = "annotations/queue"
+MEDIA_PREFIX = "annotations/media"
+TASKS_PREFIX = "annotations/tasks"
 ANNOTATIONS = "cleaned/annotations"
 DEFAULT_URL_PREFIX = "/data/local-files/?d="  # Label Studio's local-files route
 BEV_RANGE_M = 40.0
@@ -190,8 +192,9 @@ def queue_corner_cases(lake: Store, threshold: float, limit: int | None = None,
                                                    maintain_order=True).items():
         media = _media(lake, frames["raw_key"][0], _payload_refs(lake, upload_id, frames))
         for row, files in zip(frames.iter_rows(named=True), media, strict=True):
-            keys = {kind: f"annotations/media/{row['task_id']}/{_image_name(kind, data)}"
-                    for kind, data in files.items()}
+            # under the upload: a GDPR erase of its robot finds them (governance/erase.py)
+            keys = {kind: f"{MEDIA_PREFIX}/{upload_id}/{row['task_id']}/"
+                          f"{_image_name(kind, data)}" for kind, data in files.items()}
             for kind, data in files.items():
                 lake.write_bytes(keys[kind], data)
             result.tasks.append(_task(row, files, keys, url_prefix))
@@ -206,7 +209,7 @@ def queue_corner_cases(lake: Store, threshold: float, limit: int | None = None,
     result.tasks = [t for t in result.tasks if t["data"]["task_id"] in mine]
     if result.tasks:
         lake.write_bytes("annotations/label_config.xml", LABEL_CONFIG.encode())
-        result.tasks_key = f"annotations/tasks/{batch}.json"
+        result.tasks_key = f"{TASKS_PREFIX}/{batch}.json"
         lake.write_bytes(result.tasks_key, json.dumps(result.tasks, indent=1).encode())
     return result
 
@@ -265,3 +268,23 @@ def import_annotations(lake: Store, export: Path) -> ImportResult:
                                       pa.Table.from_pylist(result.imported, ANNOTATION_SCHEMA),
                                       "task_id", sorted(seen))
     return result
+
+
+def erase_robot_tasks(lake: Store, robot_id: str, start: str | None = None,
+                      end: str | None = None) -> list[str]:
+    """Drop a robot's tasks (of days start..end) from the queue's Label Studio import files
+    (a GDPR erase; its rows and media go with the tables and its uploads' files). Returns
+    the files rewritten."""
+    def erased(data: dict) -> bool:
+        day = data.get("date", "")
+        return (data.get("robot_id") == robot_id and (start is None or day >= start)
+                and (end is None or day <= end))
+
+    changed = []
+    for info in lake.list(f"{TASKS_PREFIX}/"):
+        tasks = json.loads(lake.read_bytes(info.key))
+        kept = [t for t in tasks if not erased(t["data"])]
+        if len(kept) != len(tasks):
+            lake.write_bytes(info.key, json.dumps(kept, indent=1).encode())
+            changed.append(info.key)
+    return changed

@@ -156,7 +156,19 @@ def maintain_table(lake: Store, key: str, retention_hours: int | None = None,
     except (CommitFailedError, DeltaError) as exc:
         result.error = f"{key}: {type(exc).__name__}: {exc}"
     result.version_after, result.files_after = table.version(), len(table.file_uris())
+    _audit_versions(lake, key, result.version_before, result.version_after)
     return result
+
+
+def _audit_versions(lake: Store, key: str, before: int, after: int) -> None:
+    """Compaction and vacuum commit through deltalake directly: audit their commits here
+    (the audit log's own maintenance is not audited again)."""
+    from robolake.governance import audit
+
+    if key == audit.AUDIT or not audit.enabled():
+        return
+    for version in range(before + 1, after + 1):
+        audit.record_commit(lake, key, version)
 
 
 def maintain_lake(lake: Store, retention_hours: int | None = None,

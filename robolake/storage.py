@@ -26,6 +26,7 @@ class ObjectInfo:
     mtime_ns: int  # last modification (arrival) time
     metadata: dict[str, str] = field(default_factory=dict, compare=False)
     is_symlink: bool = False  # local folders only: never followed
+    storage_class: str = field(default="", compare=False)  # S3 only: STANDARD, GLACIER, …
 
 
 class Store(Protocol):
@@ -37,6 +38,7 @@ class Store(Protocol):
     def write_bytes(self, key: str, data: bytes) -> None: ...
     def put_file(self, local_path: Path, key: str) -> None: ...
     def local_path(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def delete(self, key: str) -> bool: ...
     def table_uri(self, key: str) -> str: ...
     @property
     def delta_options(self) -> dict[str, str]: ...
@@ -86,6 +88,14 @@ class LocalStore:
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:
         yield self._path(key)
+
+    def delete(self, key: str) -> bool:
+        """Remove one object (an erase); False if it was not there."""
+        try:
+            self._path(key).unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def table_uri(self, key: str) -> str:
         return str(self._path(key))
@@ -149,7 +159,8 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(self._rel(obj["Key"]), obj["Size"],
-                                 int(obj["LastModified"].timestamp() * 1e9))
+                                 int(obj["LastModified"].timestamp() * 1e9),
+                                 storage_class=obj.get("StorageClass", "STANDARD"))
 
     def head_metadata(self, key: str) -> dict[str, str]:
         """User metadata set at upload (x-amz-meta-*), e.g. robot identity."""
@@ -174,6 +185,13 @@ class S3Store:
 
     def put_file(self, local_path: Path, key: str) -> None:
         self.client.upload_file(str(local_path), self.bucket, self._key(key))
+
+    def delete(self, key: str) -> bool:
+        """Remove one object (an erase); False if it was not there."""
+        if not self.exists(key):
+            return False
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        return True
 
     @contextlib.contextmanager
     def local_path(self, key: str) -> Iterator[Path]:

@@ -105,6 +105,17 @@ class Write:
 
     data: pa.Table
     predicate: str | None = None
+    metadata: dict[str, str] | None = None  # stored in the commit's commitInfo
+
+
+def _audited(lake: Store, key: str, version: int) -> int:
+    """Record a commit in the audit log (robolake.governance.audit), which is itself a
+    Delta table and therefore not audited again; returns the version."""
+    from robolake.governance import audit
+
+    if key != audit.AUDIT and audit.enabled():
+        audit.record_commit(lake, key, version)
+    return version
 
 
 def _is_conflict(exc: Exception) -> bool:
@@ -128,13 +139,14 @@ def commit_keyed(lake: Store, key: str, plan: Callable[[Snapshot], Write | None]
         write = plan(snap)
         if write is None:
             return snap.version
+        props = CommitProperties(max_commit_retries=0, custom_metadata=write.metadata)
         try:
             if snap.table is None:  # create it; a concurrent creator makes this conflict
                 write_deltalake(lake.table_uri(key), write.data, mode="error",
                                 partition_by=list(partition_by) if partition_by else None,
                                 storage_options=lake.delta_options or None,
-                                commit_properties=CommitProperties(max_commit_retries=0))
-                return 0
+                                commit_properties=props)
+                return _audited(lake, key, 0)
             names = {f.name for f in snap.table.schema().fields}
             write_deltalake(
                 snap.table, write.data,
@@ -142,14 +154,28 @@ def commit_keyed(lake: Store, key: str, plan: Callable[[Snapshot], Write | None]
                 predicate=write.predicate,
                 # new columns (a later version of the schema) are added to an older table
                 schema_mode="merge" if set(write.data.column_names) - names else None,
-                commit_properties=CommitProperties(max_commit_retries=0))
-            return snap.table.version()
+                commit_properties=props)
+            return _audited(lake, key, snap.table.version())
         except (CommitFailedError, DeltaError) as exc:
             if not _is_conflict(exc):
                 raise
             time.sleep(min(2.0, 0.02 * 1.5**attempt) * (0.5 + random.random()))
     raise CommitConflict(f"{lake.table_uri(key)}: other writers committed first {attempts} "
                          "times in a row; try again later")
+
+
+def delete_rows(lake: Store, key: str, predicate: str) -> tuple[int | None, int]:
+    """Delete the rows matching `predicate` in one commit (Delta's own conflict check
+    retries it against concurrent writers of the same files); returns (the new version or
+    None when nothing matched or there is no table, rows deleted). Audited as a write."""
+    table = open_table(lake, key)
+    if table is None:
+        return None, 0
+    metrics = table.delete(predicate)
+    deleted = int(metrics.get("num_deleted_rows", 0))
+    if not deleted and not metrics.get("num_removed_files", 0):
+        return None, 0
+    return _audited(lake, key, table.version()), deleted
 
 
 def sql_list(values: Sequence[str]) -> str:
@@ -209,7 +235,7 @@ def overwrite_table(lake: Store, key: str, data: pa.Table,
             time.sleep(min(2.0, 0.02 * 1.5**attempt) * (0.5 + random.random()))
     table = open_table(lake, key)
     assert table is not None
-    return table.version()
+    return _audited(lake, key, table.version())
 
 
 def replace_rows(lake: Store, key: str, data: pa.Table | Callable[[Snapshot], pa.Table],
@@ -375,12 +401,12 @@ def commit_files(lake: Store, key: str, plan: Callable[[Snapshot], FileCommit | 
                     lake.table_uri(key), DeltaSchema.from_arrow(schema), actions, mode="error",
                     partition_by=list(partition_by),
                     storage_options=lake.delta_options or None, commit_properties=props)
-                return 0
+                return _audited(lake, key, 0)
             snap.table.create_write_transaction(
                 [*actions, *change.removes], mode="append", schema=snap.table.schema(),
                 partition_by=list(partition_by), commit_properties=props)
             # no retries: the commit took exactly the version after the snapshot's
-            return snap.table.version() + 1
+            return _audited(lake, key, snap.table.version() + 1)
         except (CommitFailedError, DeltaError) as exc:
             if not _is_conflict(exc):
                 raise

@@ -9,7 +9,13 @@ import time
 import dagster as dg
 
 from robolake import cleaned, contract, expectations, spark_engine
-from robolake_assets.helpers import CLEANED_ASSET_KINDS, column_schema, markdown_list
+from robolake_assets.helpers import (
+    CLEANED_ASSET_KINDS,
+    column_lineage,
+    column_schema,
+    governed,
+    markdown_list,
+)
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -39,6 +45,12 @@ METRIC_OF = {"null_rate": "null_rate", "max_gap": "max_gap_s", "outlier_rate": "
 GX_ASSETS = ("cleaned_imu", "cleaned_gps", "cleaned_lidar", "cleaned_camera_frames",
              "cleaned_aligned_frames")
 
+def _arrow_schema(kind: str):
+    import polars as pl
+
+    return pl.DataFrame(schema=cleaned.SCHEMAS[kind]).to_arrow().schema
+
+
 _CHECK_SPECS = [
     *[dg.AssetCheckSpec(name, asset="cleaned_quality_reports",
                         blocking=severity == dg.AssetCheckSeverity.ERROR,
@@ -54,8 +66,9 @@ _CHECK_SPECS = [
     # eager: a raw partition materialized on its own (UI, backfill) is cleaned right after
     specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned",
                         description=DESCRIPTIONS[name], kinds={"delta", "polars"},
-                        automation_condition=dg.AutomationCondition.eager())
-           for name in CLEANED_ASSET_KINDS],
+                        automation_condition=dg.AutomationCondition.eager(),
+                        **governed(cleaned.TABLES[kind], _arrow_schema(kind)))
+           for name, kind in CLEANED_ASSET_KINDS.items()],
     check_specs=_CHECK_SPECS,
     partitions_def=daily_robot_type_partitions,
     **pools.cpu_spot(),
@@ -88,10 +101,12 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
         frames[name] = frame
         metadata = {
             "dagster/row_count": frame.height,
-            "dagster/column_schema": column_schema(frame.to_arrow().schema),
+            "dagster/column_schema": column_schema(frame.to_arrow().schema,
+                                                   cleaned.TABLES[kind]),
             "dagster/uri": lake_store.table_uri(cleaned.TABLES[kind]),
             "delta_version": result.versions[kind],
             "uploads": len(result.uploads),
+            **column_lineage(cleaned.TABLES[kind]),
             **engine_metadata,
         }
         if kind == "report":

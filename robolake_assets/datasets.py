@@ -19,11 +19,14 @@ from robolake.datasets.build import (
 )
 from robolake.datasets.spark_build import input_bytes
 from robolake.datasets.spec import DatasetSpec, load_spec
+from robolake.governance import catalog
+from robolake.governance.search import spec_features
 from robolake.spark_engine import choose_engine
 from robolake_assets.helpers import (
     DATASETS_GROUP,
     cleaned_asset_of_table,
     dataset_asset_key,
+    dataset_column_lineage,
     markdown_table,
 )
 from robolake_partitions import dataset_version_partitions
@@ -60,6 +63,7 @@ def _metadata(manifest: dict, created: bool, store) -> dict:
         "missing_rate": float(manifest["quality"]["missing_rate"]),
         "cache_hits": manifest["cache"]["hits"],
         "cache_misses": manifest["cache"]["misses"],
+        **dataset_column_lineage(spec_features(manifest["spec"])),
         "samples": dg.MetadataValue.md(markdown_table(
             ["split", "samples", "recordings", "shards", *groups],
             [(name, s["samples"], s["recordings"], len(s["shards"]),
@@ -80,6 +84,7 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     tables |= {TABLES["lidar"]} if spec.features.lidar else set()
     tables |= {TABLES["camera"]} if spec.features.camera else set()
     key = dataset_asset_key(spec.name)
+    level = catalog.dataset_classification(spec_features(spec.model_dump(mode="json")))
     deps = ["corner_case_scores", "cleaned_quality_reports",
             *sorted(cleaned_asset_of_table(t) for t in tables)]
 
@@ -93,7 +98,9 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
                     f"{spec.version})",
         check_specs=[dg.AssetCheckSpec("every_split_has_samples", asset=key,
                                        description="train, val and test all hold samples")],
-        metadata={"spec_file": str(path)},
+        metadata={"spec_file": str(path), "classification": level},
+        owners=[catalog.OWNERS["ml"]],
+        tags={"classification": level, "layer": "datasets"},
         **pools.cpu_spot(),
     )
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource, engine: EngineResource,

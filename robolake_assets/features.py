@@ -13,7 +13,7 @@ import dagster as dg
 
 from robolake import contract
 from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
-from robolake_assets.helpers import markdown_table
+from robolake_assets.helpers import column_lineage, governed, markdown_table
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -29,6 +29,7 @@ GROUP = "features"
     kinds={"delta", "polars"},
     description="Corner-case scores per aligned frame (hard braking, sharp turns, GPS loss, "
                 f"sensor faults, rare robot types) in {CORNER_CASES}",
+    **governed(CORNER_CASES),
     **pools.cpu_spot(),
 )
 def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
@@ -50,6 +51,7 @@ def corner_case_scores(context: dg.AssetExecutionContext, lake: LakeResource):
         "dagster/uri": store.table_uri(CORNER_CASES),
         "delta_version": version,
         "aligned_frames_version": source,
+        **column_lineage(CORNER_CASES),
         "corner_cases": int((scored["corner_case_score"] >= contract.CORNER_CASE_THRESHOLD).sum()),
         "scenarios": dg.MetadataValue.md(markdown_table(
             ["scenario", "frames"], [(r["scenario"], r["len"]) for r in counts.to_dicts()])),

@@ -13,6 +13,7 @@ import dagster as dg
 import pyarrow as pa
 
 from robolake.cleaned import TABLES
+from robolake.governance import catalog
 
 DATASETS_GROUP = "datasets"
 
@@ -36,13 +37,83 @@ def cleaned_asset_of_table(table_key: str) -> str:
                    f"{', '.join(sorted(TABLES.values()))}")
 
 
+def asset_of_table(table_key: str) -> dg.AssetKey:
+    """The asset that writes a catalog table (cleaned, features or raw)."""
+    others = {"raw/uploads": "raw_uploads", "features/corner_cases": "corner_case_scores"}
+    if table_key in others:
+        return dg.AssetKey(others[table_key])
+    return dg.AssetKey(cleaned_asset_of_table(table_key))
+
+
+def _deps(refs) -> list[dg.TableColumnDep]:
+    return [dg.TableColumnDep(asset_of_table(ref.rpartition(".")[0]), ref.rpartition(".")[2])
+            for ref in refs]
+
+
+def column_lineage(table_key: str) -> dict:
+    """`dagster/column_lineage` of a catalog table whose columns are derived from others
+    (from the catalog's `derived_from`); {} for a table with no derived columns."""
+    deps = {c.name: _deps(c.derived_from) for c in catalog.table(table_key).columns
+            if c.derived_from}
+    return {"dagster/column_lineage": dg.TableColumnLineage(deps)} if deps else {}
+
+
+def dataset_column_lineage(features: list[str]) -> dict:
+    """`dagster/column_lineage` of a dataset: each sample field back to the cleaned (or
+    feature) columns it is computed from."""
+    sources = catalog.sample_field_sources(features)
+    return {"dagster/column_lineage": dg.TableColumnLineage(
+        {name: _deps(refs) for name, refs in sources.items()})}
+
+
+def model_column_lineage(dataset: str, inputs: Sequence[str]) -> dict:
+    """`dagster/column_lineage` of a trained model: each input (and the label it learns)
+    back to the field of the dataset's samples it is read from."""
+    if not inputs:
+        return {}
+    key = dataset_asset_key(dataset)
+    return {"dagster/column_lineage": dg.TableColumnLineage(
+        {name: [dg.TableColumnDep(key, name)] for name in (*inputs, "label")})}
+
+
 def dataset_asset_key(name: str) -> dg.AssetKey:
     """The asset of a dataset spec: ["datasets", <spec name>]."""
     return dg.AssetKey([DATASETS_GROUP, name])
 
 
-def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+def column_schema(schema: pa.Schema, table_key: str | None = None) -> dg.TableSchema:
+    """The schema as Dagster shows it; with `table_key`, each column carries its catalog
+    description and a `classification` tag (robolake/governance/catalog.py)."""
+    declared = {c.name: c for c in catalog.table(table_key).columns} if table_key else {}
+
+    def column(f: pa.Field) -> dg.TableColumn:
+        c = declared.get(f.name)
+        if c is None:
+            return dg.TableColumn(f.name, str(f.type))
+        return dg.TableColumn(f.name, str(f.type), description=f"[{c.classification}] "
+                              f"{c.description}", tags={"classification": c.classification})
+
+    return dg.TableSchema(columns=[column(f) for f in schema])
+
+
+def catalog_schema(table_key: str, schema: pa.Schema | None = None) -> dg.TableSchema:
+    """A table's declared columns (definition metadata: shown before any materialization),
+    typed from `schema` where it has the column."""
+    types = {f.name: str(f.type) for f in schema} if schema is not None else {}
+    return dg.TableSchema(columns=[
+        dg.TableColumn(c.name, types.get(c.name, "?"),
+                       description=f"[{c.classification}] {c.description}",
+                       tags={"classification": c.classification})
+        for c in catalog.table(table_key).columns])
+
+
+def governed(table_key: str, schema: pa.Schema | None = None) -> dict:
+    """Owners, tags and definition metadata of the asset that writes a catalog table."""
+    t = catalog.table(table_key)
+    return {"owners": [t.owner],
+            "tags": {"classification": t.classification, "layer": t.layer},
+            "metadata": {"dagster/column_schema": catalog_schema(table_key, schema),
+                         "dagster/table_name": t.key, "classification": t.classification}}
 
 
 def _cell(value) -> str:

@@ -29,7 +29,12 @@ from pathlib import Path
 import dagster as dg
 
 from robolake.models.config import TrainingConfig, load_config
-from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
+from robolake_assets.helpers import (
+    dataset_asset_key,
+    markdown_list,
+    markdown_table,
+    model_column_lineage,
+)
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -87,6 +92,7 @@ def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
     metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
     if summary.get("onnx_max_abs_diff") is not None:
         metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
+    metadata |= model_column_lineage(config.dataset.name, summary.get("inputs") or ())
     return metadata
 
 

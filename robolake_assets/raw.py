@@ -5,7 +5,7 @@ import dagster as dg
 
 from robolake import contract, raw
 from robolake.tables import read_table
-from robolake_assets.helpers import column_schema, markdown_table
+from robolake_assets.helpers import column_schema, governed, markdown_table
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource, LandingResource
@@ -57,6 +57,7 @@ def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
     description="Every upload of a day and robot type: validated, scored, copied "
                 "content-addressed under raw/files/, indexed in the Delta table raw/uploads. "
                 "Broken files are quarantined with their reasons.",
+    **governed(raw.RAW_UPLOADS, raw.UPLOADS_SCHEMA),
     **pools.cpu_spot(),
 )
 def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
@@ -72,7 +73,7 @@ def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
     by_status = {s: sum(r["status"] == s for r in rows) for s in contract.STATUSES}
     metadata = {
         "dagster/row_count": len(rows),
-        "dagster/column_schema": column_schema(raw.UPLOADS_SCHEMA),
+        "dagster/column_schema": column_schema(raw.UPLOADS_SCHEMA, raw.RAW_UPLOADS),
         "dagster/uri": lake_store.table_uri(raw.RAW_UPLOADS),
         "new_uploads": len(result.new_rows),
         "already_indexed": result.skipped,

@@ -185,3 +185,22 @@ def test_spec_refuses_annotation_labels_for_ego_motion():
                     "features": {"gps_trajectory": {}},
                     "labels": {"kind": "ego_motion", "source": "annotations"},
                     "output": {"splits": {"train": 1.0, "val": 0.0, "test": 0.0}}})
+
+
+def test_erasing_a_robot_removes_its_tasks_media_and_labels(lake_dir, queued):
+    from robolake.governance.erase import erase_robot
+
+    lake = open_store(lake_dir)
+    _, tasks = queued
+    robot = tasks[0]["data"]["robot_id"]
+    mine = [t["data"] for t in tasks if t["data"]["robot_id"] == robot]
+    assert 0 < len(mine) < len(tasks)
+    erase_robot(lake, robot, reason="GDPR request 42")
+    for data in mine:
+        assert not lake.exists(data["camera"].removeprefix(annotations.DEFAULT_URL_PREFIX))
+    left = [t for p in (lake_dir / "annotations" / "tasks").glob("*.json")
+            for t in json.loads(p.read_text())]
+    assert len(left) == len(tasks) - len(mine) and robot not in json.dumps(left)
+    for key in (annotations.QUEUE, annotations.ANNOTATIONS):
+        rows = read_table(lake, key, columns=["robot_id"]).column("robot_id").to_pylist()
+        assert rows and robot not in rows

@@ -8,6 +8,8 @@ import dagster as dg
 
 from robolake.settings import Settings
 from robolake.simulate import simulate_fleet
+from robolake.storage import open_store
+from robolake.tables import read_table
 from robolake_assets.definitions import build_definitions
 from robolake_partitions import partition_key
 
@@ -41,6 +43,18 @@ def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
             report = mats["cleaned_quality_reports"].materialization.metadata
             assert report["uploads"].value == (2 if robot_type == "delivery" else 1)
             assert "removed_imu_duplicates" in report and "null_rate" in report
+            # column lineage (robolake/governance/catalog.py): aligned GPS back to cleaned_gps
+            lineage = aligned["dagster/column_lineage"].value.deps_by_column
+            assert [(d.asset_key.to_user_string(), d.column_name)
+                    for d in lineage["gps_lat"]] == [("cleaned_gps", "lat"),
+                                                     ("cleaned_gps", "ts_ns")]
+            # every Delta commit of the run is in the audit log, by the run, with its files
+            trail = read_table(open_store(tmp_path / "lake"), "ops/audit",
+                               filters={"actor": f"run:{result.run_id}"}).to_pylist()
+            written = {e["target"] for e in trail if e["action"] == "write"}
+            assert {"raw/uploads", "cleaned/aligned_frames", "cleaned/gps"} <= written
+            assert all(e["partition"] == f"2026-11-20|{robot_type}" and e["files"]
+                       for e in trail)
 
     # robot-002 (delivery) has duplicate messages: that partition's duplicate check fails
     assert evaluations["delivery"][("cleaned_quality_reports", "duplicate_rate")] is False

@@ -93,6 +93,10 @@ def test_specs_become_assets_and_build(lake_with_cleaned, monkeypatch):
             s["samples"] for s in manifest["splits"].values())
         assert meta["input_delta_versions"].value == manifest["inputs"]
         assert "| train |" in meta["samples"].value
+        # column lineage: the IMU windows back to the cleaned IMU columns
+        imu_deps = meta["dagster/column_lineage"].value.deps_by_column["imu"]
+        assert ("cleaned_imu", "ax") in {(d.asset_key.to_user_string(), d.column_name)
+                                         for d in imu_deps}
         # the registered version is a partition of the models trained on it
         assert instance.get_dynamic_partitions("dataset_versions_imu_a") == ["1.0.0"]
         checks = {(e.asset_key.to_user_string(), e.check_name): e.passed

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from robolake import maintenance, raw
+from robolake.governance.audit import AUDIT
+from robolake.governance.audit import verify as audit_verify
 from robolake.storage import open_store
 from robolake.tables import Snapshot, commit_keyed, open_table, read_table
 from robolake_assets.maintenance import delta_maintenance
@@ -106,13 +108,18 @@ def test_nightly_maintenance_compacts_every_table_and_keeps_rows(shared_data, di
     files_before = len(open_table(lake, raw.LANDING_INDEX).file_uris())
     assert files_before >= 2
 
-    assert maintenance.discover_tables(lake) == [raw.LANDING_INDEX, raw.RAW_UPLOADS]
+    # every write was audited (robolake.governance.audit): the audit log is a table too
+    assert maintenance.discover_tables(lake) == [AUDIT, raw.LANDING_INDEX, raw.RAW_UPLOADS]
     with dg.instance_for_test() as instance:
         result = delta_maintenance.execute_in_process(
             instance=instance, resources={"lake": LakeResource(root=str(lake_dir))})
     assert result.success
     metadata = result.output_for_node("compact_and_vacuum_lake")
-    assert metadata == 2  # tables maintained
+    assert metadata == 3  # tables maintained
+    assert audit_verify(lake).ok  # compacting the audit log keeps its chain
+    compactions = [e for e in read_table(lake, AUDIT).to_pylist()
+                   if e["target"] == raw.LANDING_INDEX and '"OPTIMIZE"' in e["details"]]
+    assert len(compactions) == 1 and any(f.startswith("-") for f in compactions[0]["files"])
     # compaction merged the landing index's files; uploads' partitions each had one per append
     assert len(open_table(lake, raw.LANDING_INDEX).file_uris()) == 1
     assert len(open_table(lake, raw.RAW_UPLOADS).file_uris()) == 2  # one per partition

@@ -67,6 +67,10 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
         trained = result.asset_materializations_for_node("model_dag_model")[0].metadata
         assert trained["model_version"].value == "1"
         assert trained["dataset"].value == "scenes 1.0.0"
+        # column lineage: the model's IMU input back to the dataset's imu field
+        [imu_dep] = trained["dagster/column_lineage"].value.deps_by_column["imu"]
+        assert (imu_dep.asset_key.to_user_string(), imu_dep.column_name) == (
+            "datasets/scenes", "imu")
         assert trained["global_step"].value == 6 * 15
         assert trained["onnx"].value == "models/dag-model/versions/1/model.onnx"
         assert trained["mlflow_ui"].value.startswith("mlflow ui --backend-store-uri sqlite:")

@@ -314,7 +314,8 @@ def _resized_jpeg(message: tuple[bytes, str], size: tuple[int, int]) -> bytes:
 
 
 class FeatureCache:
-    """Transformed features per recording under `features/cache/<hash>.npz` in the lake.
+    """Transformed features per recording under `features/cache/<upload_id>/<hash>.npz` in
+    the lake (by upload, so an erase of a robot's uploads finds its entries).
 
     The key hashes the recording's input rows, the feature and label sections of
     the spec and FEATURE_CODE_VERSION, so anything that would change the output
@@ -339,27 +340,28 @@ class FeatureCache:
         return h.hexdigest()
 
     @staticmethod
-    def path(key: str) -> str:
-        return f"{CACHE_PREFIX}/{key[:2]}/{key}.npz"
+    def path(key: str, upload_id: str) -> str:
+        # under the recording's id, so a GDPR erase finds every entry of a robot's uploads
+        return f"{CACHE_PREFIX}/{upload_id}/{key}.npz"
 
-    def has(self, key: str) -> bool:
-        return self.lake.exists(self.path(key))
+    def has(self, key: str, upload_id: str) -> bool:
+        return self.lake.exists(self.path(key, upload_id))
 
-    def put(self, key: str, features: RecordingFeatures) -> None:
-        self.lake.write_bytes(self.path(key), features.to_bytes())  # whole or not at all
+    def put(self, key: str, upload_id: str, features: RecordingFeatures) -> None:
+        self.lake.write_bytes(self.path(key, upload_id), features.to_bytes())  # whole or none
 
-    def get_or_compute(self, key: str, compute) -> RecordingFeatures:
+    def get_or_compute(self, key: str, compute, upload_id: str) -> RecordingFeatures:
         """The cached entry, or `compute()` stored under the key. Keys in `computed_elsewhere`
         (entries Spark tasks just wrote for this build) count as misses."""
-        if self.has(key):
+        if self.has(key, upload_id):
             if key in self.computed_elsewhere:
                 self.misses += 1
             else:
                 self.hits += 1
-            return RecordingFeatures.from_bytes(self.lake.read_bytes(self.path(key)))
+            return RecordingFeatures.from_bytes(self.lake.read_bytes(self.path(key, upload_id)))
         self.misses += 1
         features = compute()
-        self.put(key, features)
+        self.put(key, upload_id, features)
         return features
 
 
@@ -574,7 +576,8 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None,
     if spark is not None:
         from robolake.datasets.spark_build import compute_missing_features
 
-        missing = [u for u in recordings.upload_ids if not cache.has(recordings.cache_keys[u])]
+        missing = [u for u in recordings.upload_ids
+                   if not cache.has(recordings.cache_keys[u], u)]
         compute_missing_features(spark, lake, spec, versions, [
             (u, recordings.cache_keys[u], recordings.by_upload[u], recordings.imu.get(u))
             for u in missing], log)
@@ -734,7 +737,7 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
         rows = all_rows.filter(pl.col("_sampled"))
         compute = partial(compute_features, lake, spec, versions, u, all_rows,
                           recordings.imu.get(u))
-        features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute)
+        features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute, u)
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
                                           pl.Series("_valid", feats.valid()),
                                           pl.Series("_edge", feats.edge),

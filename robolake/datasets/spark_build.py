@@ -101,7 +101,7 @@ def feature_task(task: FeatureTask) -> tuple[str, float]:
     lake = open_store(task.lake_uri, task.store_options)
     features = compute_features(lake, task.spec, task.versions, task.upload_id, task.frames,
                                 task.imu)
-    FeatureCache(lake).put(task.cache_key, features)
+    FeatureCache(lake).put(task.cache_key, task.upload_id, features)
     return task.upload_id, time.perf_counter() - started
 
 

@@ -121,6 +121,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         return {"key_id": key_id, "revoked": True}
 
     from robolake.gateway import routes
+    from robolake.gateway.audit_middleware import install_audit
 
     routes.install(app, settings)
+    from robolake.gateway import privacy_routes
+
+    privacy_routes.install(app, settings.lake, settings.landing)  # GDPR erase (admins)
+    from robolake.gateway import catalog_routes
+
+    catalog_routes.install(app, settings.lake)  # filtered by configs/access_policy.yaml
+    install_audit(app, settings.lake)  # every API call lands in ops/audit
     return app

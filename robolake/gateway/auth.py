@@ -85,7 +85,9 @@ async def current_principal(
         raise unauthorized("missing bearer token: send 'Authorization: Bearer <token>' "
                            "(POST /api/v1/auth/token exchanges an API key for one)")
     state = request.app.state
-    return verify_token(credentials.credentials, state.settings.secret, state.keys)
+    principal = verify_token(credentials.credentials, state.settings.secret, state.keys)
+    request.state.principal = principal  # who made the call, for the audit log
+    return principal
 
 
 def require_role(*roles: str):

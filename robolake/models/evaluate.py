@@ -354,6 +354,11 @@ def evaluate_and_promote(lake: Store, config: TrainingConfig, version: str | Non
     run_id = _log_evaluation(client, lake, config, version, report, decision)
     if decision.promote:
         client.set_registered_model_alias(name, tracking.PRODUCTION_ALIAS, version)
+        from robolake.governance import audit
+
+        audit.record(lake, "promote", f"models/{name}", version=int(version),
+                     details={"alias": tracking.PRODUCTION_ALIAS, "previous": baseline_version,
+                              "evaluation_run_id": run_id, "reasons": decision.reasons})
     if not decision.kept:  # the version keeps the tags of the evaluation that promoted it
         verdict_tags = {"robolake.promotion": decision.verdict,
                         "robolake.promotion_reasons": "; ".join(decision.reasons),

@@ -1,0 +1,1 @@
+"""Governance: the catalog and classification of every table, the audit log, GDPR erase."""
