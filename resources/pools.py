@@ -85,6 +85,10 @@ class Pool:
         return {"op_tags": self.op_tags(), "pool": self.name,
                 "retry_policy": self.retry_policy()}
 
+    def op_kwargs(self) -> dict[str, Any]:
+        """The same for an `@dg.op` (jobs of ops: maintenance, backups)."""
+        return {"tags": self.op_tags(), "pool": self.name, "retry_policy": self.retry_policy()}
+
 
 SPOT_TOLERATION = {"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot",
                    "effect": "NoSchedule"}

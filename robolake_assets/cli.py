@@ -379,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     from robolake.gateway.cli import add_gateway_parsers  # the front door (issue 12)
 
     add_gateway_parsers(sub, debug, _cmd_gateway, _cmd_keys, _cmd_stream_writer)
+    from robolake_assets.cli_backup import add_backup_parsers  # backups (issue 18)
+
+    add_backup_parsers(sub, debug)
     return parser
 
 

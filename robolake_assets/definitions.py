@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import cleaned, datasets, features, models, raw
+from robolake_assets import backups, cleaned, datasets, features, models, raw
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
@@ -24,8 +24,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
                 *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
-        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance],
-        schedules=[delta_maintenance_schedule],
+        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
+              backups.instance_backup],
+        schedules=[delta_maintenance_schedule,
+                   backups.instance_backup_schedule(settings.deployment)],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
         resources=storage_resources(settings),
