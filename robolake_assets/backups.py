@@ -1,4 +1,5 @@
-"""Hourly backup of the Dagster instance database into the lake (`ops/backups/instance/`).
+"""Hourly backup of the Dagster instance database into the lake (`ops/backups/instance/`),
+with the version of every Delta table pinned at the same stamp (`ops/backups/delta/`).
 
 The rules (pg_dump in one snapshot, manifest last, retention) live in
 `robolake.backup`; this module only schedules them. The database is the one the
@@ -11,7 +12,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from robolake import backup
+from robolake import backup, lake_backup
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
 
@@ -42,13 +43,15 @@ def tick_stamp(context: dg.OpExecutionContext) -> str:
 
 
 @dg.op(**pools.CPU_ON_DEMAND.op_kwargs(),
-       description="pg_dump the instance database to the lake's ops/backups/instance/ and "
-                   "apply the retention.")
+       description="pg_dump the instance database to the lake's ops/backups/instance/, pin "
+                   "the Delta tables' versions at the same stamp, apply the retention.")
 def backup_instance_database(context: dg.OpExecutionContext, config: InstanceBackupConfig,
                              lake: LakeResource) -> dg.Output[str]:
     store = lake.store()
     target = instance_database(context.instance)
     record = backup.backup_instance(store, target, stamp=tick_stamp(context))
+    # the lake's tables at the same point: restore-lake --stamp matches this backup
+    pinned = lake_backup.pin_table_versions(store, record.stamp)
     dropped = backup.apply_retention(store, config.keep_last, config.keep_daily)
     context.log.info(f"backup {record.stamp}: {record.size_bytes} bytes "
                      f"({'written' if record.created else 'already there'}); "
@@ -56,7 +59,8 @@ def backup_instance_database(context: dg.OpExecutionContext, config: InstanceBac
     return dg.Output(record.stamp, metadata={
         "key": record.key, "size_bytes": record.size_bytes, "sha256": record.sha256,
         "rows": sum(record.tables.values()), "dump_seconds": record.dump_seconds,
-        "created": record.created, "dropped": dg.MetadataValue.json(dropped)})
+        "created": record.created, "tables_pinned": len(pinned),
+        "dropped": dg.MetadataValue.json(dropped)})
 
 
 @dg.job(tags=pools.queue_tags("batch"),

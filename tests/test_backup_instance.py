@@ -107,6 +107,8 @@ def test_backup_drop_restore_shows_the_same_instance(drill_env, monkeypatch, cap
         assert created == [True, False]
     assert [e.stamp for e in backup.list_backups(open_store(lake_dir))] == [
         "20261203T101500Z"]
+    pin = json.loads((lake_dir / "ops/backups/delta/20261203T101500Z.json").read_text())
+    assert pin["tables"] == {}  # this lake has no Delta tables yet
     assert len(before["runs"]) == 2 and sorted(s for s, _, _ in before["runs"].values()) == [
         "FAILURE", "SUCCESS"]
     assert len(before["history"]["drill_readings"]) == 2
@@ -144,8 +146,11 @@ def test_verify_passes_a_real_backup_and_names_what_is_broken(drill_env, capsys)
     with dg.DagsterInstance.get() as instance:  # Dagster creates its schema
         instance.add_dynamic_partitions(ROBOTS.name, ["husky"])
     lake = open_store(lake_dir)
+    rc, out = robolake("backup", "instance", "--stamp", "20261101T090000Z", capsys=capsys)
+    assert rc == 0, out
+    assert "backup 20261101T090000Z: " in out and "(written); 0 Delta table" in out
     good = backup.backup_instance(lake, admin.with_db("drill"), stamp="20261101T090000Z")
-    assert good.created and good.tables["public.dynamic_partitions"] == 1
+    assert not good.created and good.tables["public.dynamic_partitions"] == 1
     assert set(backup.DAGSTER_TABLES) <= set(good.tables)
     rc, out = robolake("backup", "verify", "--json", "--max-age-hours", "1e9", capsys=capsys)
     assert rc == 0, out
