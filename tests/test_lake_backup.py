@@ -165,3 +165,29 @@ def test_vacuumed_files_come_back_from_noncurrent_versions(buckets, s3_endpoint)
     assert out.stdout.strip() == (f"{key}: restored version 1 as version 5 (was 4; 2 files "
                                   "back, 1 out)")
     assert _robots(lake, key) == states[1]
+
+
+def test_every_robolake_command_in_the_runbook_exists():
+    """docs/disaster-recovery.md's commands parse with the real CLI (placeholders filled)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from robolake_assets.cli import build_parser
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "disaster-recovery.md").read_text()
+    text = re.sub(r"\s*\n\s*", " ", text)  # commands wrap across lines
+    commands = [c for c in re.findall(r"`([^`]*robolake (?:backup|summary)[^`]*)`", text)
+                if not c.startswith("robolake/") and "--help" not in c]
+    assert len(commands) >= 12, commands
+    parser = build_parser()
+    for command in commands:
+        argv = shlex.split(command.replace("…", "x").replace("<stamp>", "20261203T091500Z")
+                           .replace("<the stamp restored>", "20261203T091500Z"))
+        argv = argv[argv.index("robolake") + 1:]
+        if len(argv) == 2 and argv[0] == "backup":  # a name in prose: the action exists
+            group = parser._subparsers._group_actions[0].choices["backup"]
+            assert argv[1] in group._subparsers._group_actions[0].choices, command
+            continue
+        args = parser.parse_args(argv)  # exits (SystemExit) on an unknown command or flag
+        assert args.func, command
