@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python benchmarks/fuzz_formats.py
 	$(BIN)/python benchmarks/spark_scale.py
 	$(BIN)/python benchmarks/gateway.py
+	$(BIN)/python benchmarks/restore_instance.py
 
 clean:
 	rm -rf $(VENV) lake landing .dagster_home

@@ -50,12 +50,47 @@ K8S_EXECUTOR_CONFIG: dict[str, Any] = {
 }
 
 
-def robolake_executor(deployment: str) -> dg.ExecutorDefinition:
-    """`k8s_job_executor` configured for Robolake for the `k8s` deployment, else the default."""
-    if deployment == K8S:
-        from dagster_k8s import k8s_job_executor
+def kueue_container_context(run_tags: dict[str, str], step_tags: dict[str, Any]):
+    """What Kueue needs on a step Job (team namespace, LocalQueue and priority labels),
+    as a K8sContainerContext merged last over the step's own (pools.kueue_placement)."""
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import UserDefinedDagsterK8sConfig
 
-        return k8s_job_executor.configured(K8S_EXECUTOR_CONFIG, name="robolake_k8s")
+    from robolake_resources.pools import kueue_placement
+
+    namespace, config = kueue_placement(run_tags, step_tags)
+    return K8sContainerContext(namespace=namespace,
+                               run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(config))
+
+
+def _kueue_k8s_executor() -> dg.ExecutorDefinition:
+    """k8s_job_executor whose step handler adds `kueue_container_context`: dagster-k8s
+    leaves run tags out of step pods, and the team is a run tag."""
+    from dagster_k8s import k8s_job_executor
+    from dagster_k8s.executor import K8sStepHandler
+
+    class KueueStepHandler(K8sStepHandler):
+        def _get_container_context(self, step_handler_context):
+            context = super()._get_container_context(step_handler_context)
+            step_key = self._get_step_key(step_handler_context)
+            return context.merge(kueue_container_context(
+                step_handler_context.dagster_run.tags, step_handler_context.step_tags[step_key]))
+
+    @dg.executor(name="robolake_k8s", config_schema=k8s_job_executor.config_schema,
+                 requirements=k8s_job_executor.get_requirements)
+    def robolake_k8s(init_context):
+        executor = k8s_job_executor.executor_creation_fn(init_context)
+        executor._step_handler.__class__ = KueueStepHandler  # same state, one method more
+        return executor
+
+    return robolake_k8s
+
+
+def robolake_executor(deployment: str) -> dg.ExecutorDefinition:
+    """`k8s_job_executor` configured for Robolake (and Kueue) for the `k8s` deployment,
+    else the default."""
+    if deployment == K8S:
+        return _kueue_k8s_executor().configured(K8S_EXECUTOR_CONFIG, name="robolake_k8s")
     if deployment not in DEPLOYMENTS:
         raise ValueError(f"deployment {deployment!r}: expected one of {', '.join(DEPLOYMENTS)}")
     return dg.multi_or_in_process_executor

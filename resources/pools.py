@@ -19,6 +19,7 @@ highest priority (0) and no cap; automated work is tagged lower by its job.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,19 @@ class Pool:
     def asset_kwargs(self) -> dict[str, Any]:
         return {"op_tags": self.op_tags(), "pool": self.name,
                 "retry_policy": self.retry_policy()}
+
+    def kueue_config(self, team: str, queue: str) -> dict[str, Any]:
+        """dagster-k8s config that puts this pool's step Job in the team's Kueue LocalQueue
+        for this pool, with the run queue's WorkloadPriorityClass (deploy/kueue/)."""
+        labels = {KUEUE_QUEUE_LABEL: self.label, KUEUE_PRIORITY_LABEL: priority_class(queue),
+                  TEAM_LABEL: team_name(team)}
+        # Kueue reads the Job's labels; the pod carries them too, for people and metrics
+        return {"job_metadata": {"labels": dict(labels)},
+                "pod_template_spec_metadata": {"labels": dict(labels)}}
+
+    def op_kwargs(self) -> dict[str, Any]:
+        """The same for an `@dg.op` (jobs of ops: maintenance, backups)."""
+        return {"tags": self.op_tags(), "pool": self.name, "retry_policy": self.retry_policy()}
 
 
 SPOT_TOLERATION = {"key": CAPACITY_TYPE, "operator": "Equal", "value": "spot",
@@ -151,6 +165,51 @@ def apply_pool_limits(instance: dg.DagsterInstance,
     for name, slots in limits.items():
         instance.event_log_storage.set_concurrency_slots(name, slots)
     return limits
+
+
+# --------------------------------------------------------------------------- Kueue
+
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+TEAM_TAG = "robolake/team"  # run tag: whose quota a run's steps use
+TEAM_LABEL = "robolake.io/team"
+DEFAULT_TEAM = "platform"  # runs without the tag (schedules, sensors) are the platform's
+_TEAM_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+
+
+def team_name(team: str) -> str:
+    if not _TEAM_RE.match(team or ""):
+        raise ValueError(f"run tag {TEAM_TAG}={team!r}: expected a lower-case DNS label "
+                         "(a-z, 0-9, '-'), e.g. perception")
+    return team
+
+
+def team_namespace(team: str) -> str:
+    """The namespace of a team's step Jobs (holds its Kueue LocalQueues)."""
+    return f"team-{team_name(team)}"
+
+
+def priority_class(queue: str) -> str:
+    """The Kueue WorkloadPriorityClass of a run queue."""
+    queue_tags(queue)  # a known queue
+    return f"robolake-{queue}"
+
+
+def priority_value(queue: str) -> int:
+    """Kueue priority: the Dagster order kept (interactive 1000 > training 900 > etl 800 >
+    batch 700), so training preempts ETL and batch work, never the other way round."""
+    return 1000 + 10 * QUEUES[queue].priority
+
+
+def kueue_placement(run_tags: dict[str, str], step_tags: dict[str, Any]
+                    ) -> tuple[str, dict[str, Any]]:
+    """(namespace, dagster-k8s config) of a step: its pool from the op's `robolake/pool`
+    tag, team and queue from the run's `robolake/team` and `robolake/queue` tags (an
+    untagged run is the platform team's, interactive)."""
+    pool = POOLS[step_tags["robolake/pool"]]
+    team = run_tags.get(TEAM_TAG) or DEFAULT_TEAM
+    queue = run_tags.get(QUEUE_TAG) or INTERACTIVE.name
+    return team_namespace(team), pool.kueue_config(team, queue)
 
 
 # --------------------------------------------------------------------------- run queues

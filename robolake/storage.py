@@ -209,6 +209,16 @@ class S3Store:
         return dict(self._options)
 
 
+def delete_key(store: Store, key: str) -> None:
+    """Remove one object (missing is fine): retention and checkpoint pruning."""
+    if isinstance(store, LocalStore):
+        (store.root / key).unlink(missing_ok=True)
+    elif isinstance(store, S3Store):
+        store.client.delete_object(Bucket=store.bucket, Key=store._key(key))
+    else:
+        raise TypeError(f"cannot delete {key} from {type(store).__name__}")
+
+
 def open_store(uri: str | Path, options: dict[str, str] | None = None,
                s3_client=None) -> Store:
     """A store for a local folder (created if missing) or an s3:// prefix (through

@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     from robolake_assets.cli_governance import add_governance_parsers  # issue 13
 
     add_governance_parsers(sub, debug)
+    from robolake_assets.cli_backup import add_backup_parsers  # backups (issue 18)
+
+    add_backup_parsers(sub, debug)
     return parser
 
 

@@ -10,7 +10,16 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import annotations, cleaned, datasets, features, models, notebooks, raw
+from robolake_assets import (
+    annotations,
+    backups,
+    cleaned,
+    datasets,
+    features,
+    models,
+    notebooks,
+    raw,
+)
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
@@ -27,8 +36,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 annotations.annotation_queue,
                 *datasets.build_dataset_assets(settings.specs_dir), *model_assets, *nb_assets],
         jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
-              *nb_jobs],
-        schedules=[delta_maintenance_schedule, *nb_schedules],
+              backups.instance_backup, *nb_jobs],
+        schedules=[delta_maintenance_schedule,
+                   backups.instance_backup_schedule(settings.deployment), *nb_schedules],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
         resources=storage_resources(settings),

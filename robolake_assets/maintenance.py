@@ -20,10 +20,7 @@ class MaintenanceConfig(dg.Config):
     dry_run: bool = False
 
 
-_POOL = pools.CPU_ON_DEMAND
-
-
-@dg.op(tags=_POOL.op_tags(), pool=_POOL.name, retry_policy=_POOL.retry_policy(),
+@dg.op(**pools.CPU_ON_DEMAND.op_kwargs(),
        description="Compact small files, checkpoint and vacuum every Delta table under the lake "
                    "root (tables found by their _delta_log).")
 def compact_and_vacuum_lake(context: dg.OpExecutionContext, config: MaintenanceConfig,

@@ -73,12 +73,15 @@ def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "build_datasets", "delta_maintenance", "ingest_through_cleaned",
-        "ingest_through_features", "ingest_through_raw", "notebook_explore_day_job",
-        "train_imu_gps_demo"]
+        "ingest_through_features", "ingest_through_raw", "instance_backup",
+        "notebook_explore_day_job", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
-    assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance",
-                                                    "notebook_explore_day_schedule"]
+    assert sorted(s.name for s in repo.schedule_defs) == [
+        "hourly_instance_backup", "nightly_delta_maintenance", "notebook_explore_day_schedule"]
+    # a laptop's SQLite instance has nothing to pg_dump: the backup schedule starts stopped
+    backup_schedule = repo.get_schedule_def("hourly_instance_backup")
+    assert backup_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     # new uploads run through the cleaned layer; the automation sensor scores features after
     uploads = repo.get_sensor_def("new_uploads_sensor")
     assert [t.job_name for t in uploads.targets] == ["ingest_through_cleaned"]

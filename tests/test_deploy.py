@@ -334,7 +334,9 @@ def test_helm_values_render_a_valid_instance_that_matches_dagster_postgres_yaml(
     variant = yaml.safe_load((DEPLOY / "dagster-postgres.yaml").read_text())
     _assert_valid_instance(variant)
     for key in ("concurrency", "run_retries", "run_monitoring"):
-        assert rendered[key] == variant[key], key
+        # only K8sRunLauncher can resume a run whose worker was lost
+        k8s_only = {"max_resume_run_attempts"} if key == "run_monitoring" else set()
+        assert {k: v for k, v in rendered[key].items() if k not in k8s_only} == variant[key], key
     assert variant["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
     # a run may not outlive the window the vacuum retention protects
     from robolake import maintenance

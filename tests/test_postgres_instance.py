@@ -44,12 +44,10 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[dict[str, str]]:
-    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with a `dagster` database."""
-    have = (PG_BIN / "initdb").exists() and (os.geteuid() != 0 or shutil.which("runuser"))
-    require_service(bool(have), f"PostgreSQL 15 not installed ({PG_BIN}/initdb); run "
-                                "scripts/install-services.sh")
+@contextmanager
+def pg_cluster() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with a `dagster` database; yields the
+    DAGSTER_PG_* variables (also used by benchmarks/restore_instance.py)."""
     base = Path(tempfile.mkdtemp(prefix="robolake-pg-"))
     data, password = base / "data", "robolake-test-pw"
     (base / "pw").write_text(password)
@@ -74,12 +72,27 @@ def postgres() -> Iterator[dict[str, str]]:
         log = (base / "log").read_text() if (base / "log").exists() else ""
         shutil.rmtree(base, ignore_errors=True)
         raise RuntimeError(f"could not start PostgreSQL: {exc.stderr!r} {log}") from exc
-    yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port),
-           "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": password,
-           "DAGSTER_PG_DB": "dagster"}
-    subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                                 "stop"]), capture_output=True, timeout=60)
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        yield {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(port),
+               "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": password,
+               "DAGSTER_PG_DB": "dagster"}
+    finally:
+        subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m",
+                                     "immediate", "stop"]), capture_output=True, timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def have_postgres() -> bool:
+    return bool((PG_BIN / "initdb").exists() and (os.geteuid() != 0 or shutil.which("runuser")))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[dict[str, str]]:
+    """A throwaway PostgreSQL 15 cluster on 127.0.0.1 with a `dagster` database."""
+    require_service(have_postgres(), f"PostgreSQL 15 not installed ({PG_BIN}/initdb); run "
+                                     "scripts/install-services.sh")
+    with pg_cluster() as env:
+        yield env
 
 
 @contextmanager

@@ -60,7 +60,7 @@ from robolake.models.architectures import (
     io_for_dataset,
 )
 from robolake.models.config import TrainingConfig
-from robolake.storage import LocalStore, Store
+from robolake.storage import Store, delete_key
 
 Log = Callable[[str], None]
 EPOCH_PREFETCH = 4  # batches before an epoch's end at which the next epoch's loader starts
@@ -116,12 +116,7 @@ def checkpoint_prefix(model_name: str, run_key: str) -> str:
 
 
 def _delete(store: Store, key: str) -> None:
-    if isinstance(store, LocalStore):
-        (store.root / key).unlink(missing_ok=True)
-    elif hasattr(store, "client") and hasattr(store, "bucket"):  # S3Store
-        store.client.delete_object(Bucket=store.bucket, Key=store._key(key))
-    else:
-        raise TypeError(f"cannot delete {key} from {type(store).__name__}")
+    delete_key(store, key)
 
 
 class CheckpointStore:
