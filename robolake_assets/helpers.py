@@ -41,8 +41,13 @@ def dataset_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([DATASETS_GROUP, name])
 
 
-def column_schema(schema: pa.Schema) -> dg.TableSchema:
-    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type)) for f in schema])
+def column_schema(schema: pa.Schema, table: str = "") -> dg.TableSchema:
+    """The UI's column schema, each column with what it means (robolake/column_docs.py)."""
+    from robolake.column_docs import describe
+
+    return dg.TableSchema(columns=[dg.TableColumn(f.name, str(f.type),
+                                                  description=describe(f.name, table) or None)
+                                   for f in schema])
 
 
 def _cell(value) -> str:
