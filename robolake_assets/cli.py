@@ -331,17 +331,8 @@ def _cmd_stream_writer(args: argparse.Namespace, _settings=None) -> int:
     return stream_writer_command(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_simulate_and_ingest(sub, debug: argparse.ArgumentParser) -> None:
     from robolake.layers import LAYERS
-
-    parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-    # --debug also after the command; SUPPRESS keeps `robolake --debug CMD` working
-    debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                       help="show tracebacks of errors")
-
     from robolake.simulate.faults import FAULT_KINDS
 
     sim = sub.add_parser("simulate", parents=[debug],
@@ -377,6 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
     ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     ing.set_defaults(func=_cmd_ingest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # --debug also after the command; SUPPRESS keeps `robolake --debug CMD` working
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks of errors")
+
+    _add_simulate_and_ingest(sub, debug)
 
     ds = sub.add_parser("datasets", parents=[debug],
                         help="list dataset versions or compare two of them")

@@ -170,3 +170,15 @@ def test_freshness_check_fails_past_the_sla(tmp_path, monkeypatch):
     assert (meta["files_waiting"], meta["oldest_file"]) == (1, "cut.mcap")
     assert meta["oldest_partition"] == f"{day}|unidentified"
     assert fresh.passed and fresh.metadata["files_waiting"].value == 0
+
+
+def test_great_expectations_imports_in_a_daemon_launched_step():
+    """A step launched by the daemon (`make ui`) imports great-expectations, which imports
+    pyspark.sql.connect; that module calls sys.exit(0) in a process whose __main__ has no
+    file unless Spark Connect's requirements are installed: every UI-launched cleaning then
+    failed with `SystemExit: 0`. `python -c` has such a __main__ too."""
+    code = ("import sys; from pyspark.testing.connectutils import should_test_connect, "
+            "connect_requirement_message as why; print(should_test_connect, why)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.stdout.split() == ["True"], out.stdout + out.stderr
