@@ -370,6 +370,21 @@ def _add_simulate_and_ingest(sub, debug: argparse.ArgumentParser) -> None:
     ing.set_defaults(func=_cmd_ingest)
 
 
+def _add_metrics_parser(sub, debug) -> None:
+    """`robolake metrics` (its module imports Dagster: registered lazily, run on demand)."""
+    metrics = sub.add_parser("metrics", parents=[debug],
+                             help="serve the pipeline's KPIs for Prometheus (/metrics)")
+    metrics.add_argument("--host", default="127.0.0.1")
+    metrics.add_argument("--port", type=int, default=9464)
+
+    def run(args, settings):
+        from robolake_assets.metrics import serve_metrics
+
+        return serve_metrics(args, settings)
+
+    metrics.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -406,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_launch_parser(sub, debug)
     add_notify_parser(sub, debug)
+    _add_metrics_parser(sub, debug)
     return parser
 
 
