@@ -90,8 +90,9 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
 def read_with_loader(lake, name: str, version: str, workers: int) -> dict[str, dict]:
     out = {}
     for batch in load(name, version, SPLIT, lake=lake, batch_size=64, num_workers=workers):
+        arrays = [batch[f].numpy() for f in ("imu", "gps", "label")]
         for i, key in enumerate(batch["key"]):
-            out[key] = {f: batch[f][i].numpy() for f in ("imu", "gps", "label")}
+            out[key] = {"imu": arrays[0][i], "gps": arrays[1][i], "label": arrays[2][i]}
     return out
 
 

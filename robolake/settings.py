@@ -14,6 +14,7 @@ environment gave (Dagster resources read those through the variable:
 | landing | ROBOLAKE_LANDING | ./landing |
 | specs_dir | ROBOLAKE_SPECS | ./specs |
 | training_configs_dir | ROBOLAKE_TRAINING_CONFIGS | ./configs/training |
+| notebooks_dir | ROBOLAKE_NOTEBOOKS | ./notebooks |
 | partitions_start | ROBOLAKE_PARTITIONS_START | 2015-01-01 |
 | deployment | ROBOLAKE_DEPLOYMENT | local (or k8s) |
 | decode_workers | ROBOLAKE_DECODE_WORKERS | unset: CPUs up to 4 |
@@ -44,6 +45,7 @@ ENV_VARS = {
     "landing": "ROBOLAKE_LANDING",
     "specs_dir": "ROBOLAKE_SPECS",
     "training_configs_dir": "ROBOLAKE_TRAINING_CONFIGS",
+    "notebooks_dir": "ROBOLAKE_NOTEBOOKS",
     "partitions_start": "ROBOLAKE_PARTITIONS_START",
     "deployment": "ROBOLAKE_DEPLOYMENT",
     "decode_workers": "ROBOLAKE_DECODE_WORKERS",
@@ -74,6 +76,7 @@ class Settings:
     landing: str  # a folder or s3://bucket/prefix; never modified
     specs_dir: Path  # dataset specs: each YAML file is a dataset asset
     training_configs_dir: Path  # each YAML file is a training and an evaluation asset
+    notebooks_dir: Path  # each notebook is an asset; schedules.yaml schedules some
     partitions_start: str  # first date of the daily partitions, YYYY-MM-DD
     deployment: str  # one of DEPLOYMENTS
     decode_workers: int | None  # processes per large recording; None: CPUs up to 4
@@ -105,6 +108,7 @@ class Settings:
             landing=given.get("landing", str(base / "landing")),
             specs_dir=path("specs_dir", base / "specs"),
             training_configs_dir=path("training_configs_dir", base / "configs" / "training"),
+            notebooks_dir=path("notebooks_dir", base / "notebooks"),
             partitions_start=_date(given.get("partitions_start", DEFAULT_PARTITIONS_START)),
             deployment=_choice("deployment", given.get("deployment", "local"), DEPLOYMENTS),
             decode_workers=_workers(given.get("decode_workers")),

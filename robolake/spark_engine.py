@@ -51,6 +51,14 @@ SHIPPED_OPTIONS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP")  # no sec
 ROW_TABLES = [k for k in cl.TABLES if k != "report"]  # written by tasks; reports by the driver
 
 
+def shipped_options(lake: Store) -> dict[str, str] | None:
+    """What a Spark task needs to open the lake's store: the S3 endpoint and region, never
+    credentials (executors take theirs from their own environment or pod role)."""
+    if not lake.uri.startswith("s3://"):
+        return None
+    return {k: v for k, v in lake.delta_options.items() if k in SHIPPED_OPTIONS}
+
+
 def choose_engine(engine: str, input_bytes: int, min_bytes: int) -> str:
     """'local' or 'spark' for a partition: `auto` picks Spark once the bytes to decode
     exceed `min_bytes` (below that, starting Spark costs more than it saves)."""
@@ -243,8 +251,7 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     started = time.perf_counter()
     uploads = _partition_rows(lake, day, robot_type)
     first = cl.first_cleaned_times(lake, robot_type)
-    options = ({k: v for k, v in lake.delta_options.items() if k in SHIPPED_OPTIONS}
-               if lake.uri.startswith("s3://") else None)
+    options = shipped_options(lake)
     tasks = [TaskInput(lake.uri, day, u, fmt, first.get(u.upload_id, time.time_ns()), size,
                        options) for u, fmt, size in uploads]
     sc = spark.sparkContext

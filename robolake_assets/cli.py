@@ -414,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     summ.set_defaults(func=_cmd_summary)
 
+    from robolake_assets.cli_annotations import add_annotation_parsers
+
+    add_annotation_parsers(sub, debug)
     from robolake.gateway.cli import add_gateway_parsers  # the front door (issue 12)
 
     add_gateway_parsers(sub, debug, _cmd_gateway, _cmd_keys, _cmd_stream_writer)

@@ -17,7 +17,9 @@ from robolake.datasets.build import (
     QualityGateFailed,
     build_dataset,
 )
+from robolake.datasets.spark_build import input_bytes
 from robolake.datasets.spec import DatasetSpec, load_spec
+from robolake.spark_engine import choose_engine
 from robolake_assets.helpers import (
     DATASETS_GROUP,
     cleaned_asset_of_table,
@@ -27,6 +29,7 @@ from robolake_assets.helpers import (
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
+from robolake_resources.spark import EngineResource, SparkSessionResource
 
 GROUP = DATASETS_GROUP
 
@@ -93,12 +96,16 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
         metadata={"spec_file": str(path)},
         **pools.cpu_spot(),
     )
-    def _dataset(context: dg.AssetExecutionContext, lake: LakeResource):
+    def _dataset(context: dg.AssetExecutionContext, lake: LakeResource, engine: EngineResource,
+                 pyspark: SparkSessionResource):
         store = lake.store()
         current = load_spec(path)  # the file may have changed since the code location loaded
+        chosen = choose_engine(engine.engine, input_bytes(store, current), engine.min_bytes())
+        context.log.info(f"engine: {chosen}")
+        spark = pyspark.spark_session if chosen == "spark" else None
         with pools.retry_only_transient():  # passes the refusal's dg.Failure through
             try:
-                result = build_dataset(store, current, log=context.log.info)
+                result = build_dataset(store, current, log=context.log.info, spark=spark)
             except (DatasetVersionExists, QualityGateFailed) as exc:
                 # a refusal is not transient: no retries, and its own words
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
@@ -110,7 +117,8 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
         empty = [s for s, v in splits.items() if not v["samples"]]
         wanted = current.output.splits.model_dump()
         empty = [s for s in empty if wanted.get(s, 0) > 0]
-        yield dg.MaterializeResult(metadata=_metadata(result.manifest, result.created, store))
+        yield dg.MaterializeResult(metadata={**_metadata(result.manifest, result.created, store),
+                                             "engine": chosen})
         yield dg.AssetCheckResult(check_name="every_split_has_samples", passed=not empty,
                                   severity=dg.AssetCheckSeverity.WARN,
                                   metadata={"empty_splits": ", ".join(empty) or "none"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import cleaned, datasets, features, models, raw
+from robolake_assets import annotations, cleaned, datasets, features, models, notebooks, raw
 from robolake_assets.automation import automation_sensor
 from robolake_assets.freshness import cleaned_freshness, freshness_job, freshness_schedule
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
@@ -24,13 +24,15 @@ from robolake_sensors.uploads import build_new_uploads_sensor
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir)
+    nb_assets, nb_jobs, nb_schedules = notebooks.build_notebook_layer(settings.notebooks_dir)
     return dg.Definitions(
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
-                *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
+                annotations.annotation_queue,
+                *datasets.build_dataset_assets(settings.specs_dir), *model_assets, *nb_assets],
         asset_checks=[cleaned_freshness],
         jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
-              freshness_job],
-        schedules=[delta_maintenance_schedule, freshness_schedule],
+              freshness_job, *nb_jobs],
+        schedules=[delta_maintenance_schedule, freshness_schedule, *nb_schedules],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor,
                  automation_sensor, notify_failed_runs, notify_failed_checks],

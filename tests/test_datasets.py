@@ -11,6 +11,8 @@ immutability and registry tests.
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import shutil
 from collections import Counter
@@ -20,8 +22,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import simplejpeg
+import torch
 
 from robolake import cleaned, raw
 from robolake.contract import CORNER_CASE_THRESHOLD
@@ -543,8 +547,10 @@ def _normalized(img: np.ndarray) -> np.ndarray:
     return ((img / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
-def test_lidar_and_camera_features_and_augmentation(lake):
-    spec = _spec("1.0.0", name="sensors", sources={
+@pytest.fixture(scope="module")
+def sensors(lake):
+    """A version with LiDAR and camera features (the delivery robots of day 1)."""
+    return build_dataset(lake, _spec("1.0.0", name="sensors", sources={
         "tables": ["cleaned/aligned_frames", "cleaned/lidar", "cleaned/camera_frames"],
         "dates": {"start": DAY1, "end": DAY1},
         "filters": {"robot_type": ["delivery"]}}, features={
@@ -552,8 +558,11 @@ def test_lidar_and_camera_features_and_augmentation(lake):
         "lidar": {"voxel_size_m": 0.5, "range_crop_m": 30, "bev_cells": 32,
                   "augment": {"random_rotation_deg": 180}},
         "camera": {"resize": [64, 48], "augment": {"random_crop": [56, 40],
-                                                   "hflip_probability": 0.5}}})
-    built = build_dataset(lake, spec)
+                                                   "hflip_probability": 0.5}}}))
+
+
+def test_lidar_and_camera_features_and_augmentation(lake, sensors):
+    built = sensors
     assert len(built.manifest["split_of_recording"]) == 4  # the delivery robots
     assert built.samples["train"] > 50 and built.samples["val"] > 10
     stats = built.manifest["splits"]["train"]["features"]
@@ -615,6 +624,46 @@ def test_lidar_and_camera_features_and_augmentation(lake):
         assert matches, got["key"]
         flips += matches[0]
     assert 5 <= flips <= 35  # hflip_probability 0.5 over 40 images
+
+
+def _as_built_before_indexes(lake, name: str, version: str) -> str:
+    """A copy of a version's manifest without sample indexes (as versions built before
+    them are), over the same shards; returns its version."""
+    manifest = json.loads(lake.read_bytes(manifest_key(name, version)))
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            del shard["index"]
+    lake.write_bytes(manifest_key(name, f"{version}-tar"), json.dumps(manifest).encode())
+    return f"{version}-tar"
+
+
+def _same_items(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys()
+        for k in x:
+            if isinstance(x[k], torch.Tensor):
+                assert x[k].dtype == y[k].dtype and torch.equal(x[k], y[k]), k
+            else:
+                assert x[k] == y[k], k
+
+
+def test_sample_index_gives_what_the_tar_headers_give(lake, plain, sensors):
+    """Shards carry a sample index; reading through it yields exactly the samples and
+    batches that parsing the tars does (augmented sensors included), and versions built
+    before indexes still load."""
+    for name in ("ego", "sensors"):
+        manifest = json.loads(lake.read_bytes(manifest_key(name, "1.0.0")))
+        shard = manifest["splits"]["train"]["shards"][0]
+        index = pq.read_table(lake.root / shard["index"])
+        assert index.num_rows == shard["samples"]
+        assert index.column("key").to_pylist()[:3] == [
+            s["__key__"] for s in itertools.islice(iter_shard(lake.root / shard["key"]), 3)]
+        tar = _as_built_before_indexes(lake, name, "1.0.0")
+        for kw in ({"epoch": 1}, {"batch_size": 7, "num_workers": 2, "offset": 3},
+                   {"batch_size": 5, "rank": 1, "world_size": 2, "shuffle": True}):
+            _same_items(list(load(name, "1.0.0", "train", lake=lake, **kw)),
+                        list(load(name, tar, "train", lake=lake, **kw)))
 
 
 # --------------------------------------------------------------------------- GPS ENU

@@ -55,6 +55,12 @@ def test_asset_graph_shape():
         "corner_case_scores": {**PARTITIONED, "group": "features",
                                "automation": "eager (any partition)",
                                "deps": ["cleaned_aligned_frames"], "checks": []},
+        # corner-case frames as Label Studio tasks, queued once each after new scores
+        "annotation_queue": {**UNPARTITIONED, "group": "annotations", "automation": "eager",
+                             "deps": ["corner_case_scores"], "checks": []},
+        # one asset per notebook in notebooks/ (run with papermill; scheduled from YAML)
+        "notebook_explore_day": {**UNPARTITIONED, "group": "notebooks", "checks": [],
+                                 "deps": ["cleaned_aligned_frames", "cleaned_quality_reports"]},
         # one asset per spec in specs/ (ego_motion_demo.yaml reads IMU windows)
         "datasets/ego_motion_demo": {
             **UNPARTITIONED, "group": "datasets", "checks": ["every_split_has_samples"],
@@ -70,12 +76,14 @@ def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "build_datasets", "cleaned_freshness", "delta_maintenance", "ingest_through_cleaned",
-        "ingest_through_features", "ingest_through_raw", "train_imu_gps_demo"]
+        "ingest_through_features", "ingest_through_raw", "notebook_explore_day_job",
+        "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor",
         "notify_failed_checks", "notify_failed_runs"]
     assert sorted(s.name for s in repo.schedule_defs) == [
-        "cleaned_freshness_schedule", "nightly_delta_maintenance"]
+        "cleaned_freshness_schedule", "nightly_delta_maintenance",
+        "notebook_explore_day_schedule"]
     # the freshness SLA runs on its schedule, not inside every partition run
     assert not any(c.name == "freshness" for c in repo.get_job("ingest_through_cleaned")
                    .asset_layer.asset_graph.asset_check_keys)

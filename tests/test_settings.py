@@ -22,6 +22,7 @@ def test_laptop_defaults_are_folders_under_the_working_directory(tmp_path: Path)
     assert s.landing == str(tmp_path / "landing")
     assert s.specs_dir == tmp_path / "specs"
     assert s.training_configs_dir == tmp_path / "configs" / "training"
+    assert s.notebooks_dir == tmp_path / "notebooks"
     assert s.dagster_home == (tmp_path / ".dagster_home").resolve()
     assert (s.partitions_start, s.deployment, s.engine, s.decode_workers) == (
         "2015-01-01", "local", "auto", None)

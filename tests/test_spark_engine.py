@@ -300,3 +300,49 @@ def test_spark_tasks_on_an_s3_lake(spark, s3_endpoint, tmp_path: Path, monkeypat
         sc.environment.update(saved)
     assert run.tasks == 2
     assert_same_tables(tmp_path / "lake-local", "s3://spark-lake/lake")
+
+
+def _sensor_spec(version: str):
+    from robolake.datasets.spec import parse_spec
+
+    return parse_spec({
+        "name": "sensors", "version": version, "description": "spark build test",
+        "sources": {"tables": ["cleaned/aligned_frames", "cleaned/lidar", "cleaned/camera_frames"],
+                    "dates": {"start": DAY, "end": DAY}},
+        "features": {"imu_window": {"size": 10, "stride": 5}, "gps_trajectory": {"history": 5},
+                     "lidar": {"voxel_size_m": 0.5, "range_crop_m": 30, "bev_cells": 16},
+                     "camera": {"resize": [32, 24]}},
+        "labels": {"kind": "ego_motion"},
+        "output": {"shard_size_mb": 0.05, "splits": {"train": 0.5, "val": 0.5, "test": 0.0}},
+        "quality_gates": {"min_samples": 10}})
+
+
+def test_dataset_build_on_spark_equals_the_local_build(spark, fleet_day, tmp_path: Path):
+    """Pinned versions read by Spark from delta-rs's file list and features computed in
+    Spark tasks give the version the in-process build gives, byte for byte, through the
+    same feature cache keys."""
+    from robolake.datasets.build import CACHE_PREFIX, build_dataset
+
+    _, _, local, _ = fleet_day
+    a, b = _copy(local, tmp_path / "lake-a"), _copy(local, tmp_path / "lake-b")
+    built = build_dataset(open_store(a), _sensor_spec("1.0.0"))
+    logs: list[str] = []
+    on_spark = build_dataset(open_store(b), _sensor_spec("1.0.0"), log=logs.append, spark=spark)
+    assert any("in Spark tasks" in m for m in logs)
+    assert (on_spark.cache_hits, on_spark.cache_misses) == (0, 2) == (built.cache_hits,
+                                                                       built.cache_misses)
+    volatile = {"created_ns"}
+    assert ({k: v for k, v in on_spark.manifest.items() if k not in volatile}
+            == {k: v for k, v in built.manifest.items() if k not in volatile})
+    assert built.samples["train"] > 10 and built.samples["val"] > 10
+    prefix = Path("datasets/sensors/1.0.0")
+    for folder in (prefix, Path(CACHE_PREFIX)):
+        files = sorted(p.relative_to(a) for p in (a / folder).rglob("*") if p.is_file())
+        assert files and files == sorted(p.relative_to(b) for p in (b / folder).rglob("*")
+                                         if p.is_file())
+        for f in files:
+            if f.name != "manifest.json":
+                assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # a new version of the same features on Spark: every recording from the cache
+    again = build_dataset(open_store(b), _sensor_spec("1.0.1"), spark=spark)
+    assert (again.cache_hits, again.cache_misses) == (2, 0)

@@ -34,6 +34,7 @@ import pyarrow as pa
 import simplejpeg
 from PIL import Image
 
+from robolake.annotations import ANNOTATIONS
 from robolake.cleaned import TABLES
 from robolake.contract import (
     ACCEPTED,
@@ -324,6 +325,7 @@ class FeatureCache:
         self.lake = lake
         self.hits = 0
         self.misses = 0
+        self.computed_elsewhere: set[str] = set()
 
     @staticmethod
     def key(spec: DatasetSpec, upload_id: str, *inputs: pl.DataFrame) -> str:
@@ -336,14 +338,28 @@ class FeatureCache:
             h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
         return h.hexdigest()
 
+    @staticmethod
+    def path(key: str) -> str:
+        return f"{CACHE_PREFIX}/{key[:2]}/{key}.npz"
+
+    def has(self, key: str) -> bool:
+        return self.lake.exists(self.path(key))
+
+    def put(self, key: str, features: RecordingFeatures) -> None:
+        self.lake.write_bytes(self.path(key), features.to_bytes())  # whole or not at all
+
     def get_or_compute(self, key: str, compute) -> RecordingFeatures:
-        path = f"{CACHE_PREFIX}/{key[:2]}/{key}.npz"
-        if self.lake.exists(path):
-            self.hits += 1
-            return RecordingFeatures.from_bytes(self.lake.read_bytes(path))
+        """The cached entry, or `compute()` stored under the key. Keys in `computed_elsewhere`
+        (entries Spark tasks just wrote for this build) count as misses."""
+        if self.has(key):
+            if key in self.computed_elsewhere:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return RecordingFeatures.from_bytes(self.lake.read_bytes(self.path(key)))
         self.misses += 1
         features = compute()
-        self.lake.write_bytes(path, features.to_bytes())
+        self.put(key, features)
         return features
 
 
@@ -415,8 +431,10 @@ class BuildResult:
         return {s: v["samples"] for s, v in self.manifest["splits"].items()}
 
 
-def _input_tables(spec: DatasetSpec) -> list[str]:
+def input_tables(spec: DatasetSpec) -> list[str]:
     tables = [TABLES["aligned"], CORNER_CASES, TABLES["report"], RAW_UPLOADS]
+    if spec.labels.source == "annotations":
+        tables.append(ANNOTATIONS)
     if spec.features.imu_window:
         tables.append(TABLES["imu"])
     if spec.features.lidar:
@@ -426,18 +444,45 @@ def _input_tables(spec: DatasetSpec) -> list[str]:
     return tables
 
 
-def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int]) -> pl.DataFrame:
+def _source_filters(spec: DatasetSpec) -> list[tuple[str, str, object]]:
+    """The spec's row filters on the scored frames (and partition filters on the other
+    tables), as (column, op, value): one list both engines apply."""
+    src = spec.sources
+    out: list[tuple[str, str, object]] = [
+        ("date", ">=", src.dates.start.isoformat()),
+        ("date", "<=", (src.dates.end or date.max).isoformat())]
+    if src.filters.robot_type:
+        out.append(("robot_type", "in", list(src.filters.robot_type)))
+    if src.filters.region:
+        out.append(("region", "in", list(src.filters.region)))
+    return out
+
+
+def _scan_filtered(lake: Store, key: str, version: int,
+                   filters: list[tuple[str, str, object]]) -> pl.LazyFrame:
+    frame = pl.scan_delta(lake.table_uri(key), version=version,
+                          storage_options=lake.delta_options or None)
+    ops = {"in": lambda c, v: c.is_in(v), ">=": lambda c, v: c >= pl.lit(v),
+           "<=": lambda c, v: c <= pl.lit(v)}
+    for column, op, value in filters:
+        frame = frame.filter(ops[op](pl.col(column), value))
+    return frame
+
+
+def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int],
+                       spark=None) -> pl.DataFrame:
     """Scored frames of the recordings the spec's filters keep (before per-frame filters)."""
     src = spec.sources
-    scored = pl.scan_delta(lake.table_uri(CORNER_CASES), version=versions[CORNER_CASES],
-                           storage_options=lake.delta_options or None)
-    scored = scored.filter(pl.col("date").is_between(pl.lit(src.dates.start.isoformat()),
-                                                     pl.lit((src.dates.end or date.max)
-                                                            .isoformat())))
-    if src.filters.robot_type:
-        scored = scored.filter(pl.col("robot_type").is_in(src.filters.robot_type))
-    if src.filters.region:
-        scored = scored.filter(pl.col("region").is_in(src.filters.region))
+    if spark is None:
+        scored = _scan_filtered(lake, CORNER_CASES, versions[CORNER_CASES],
+                                _source_filters(spec)).collect()
+    else:
+        from robolake.datasets.spark_build import read_version
+
+        columns = pl.scan_delta(lake.table_uri(CORNER_CASES), version=versions[CORNER_CASES],
+                                storage_options=lake.delta_options or None).collect_schema()
+        scored = read_version(spark, lake, CORNER_CASES, versions[CORNER_CASES], list(columns),
+                              _source_filters(spec))
     reports = pl.from_arrow(read_table(lake, TABLES["report"], columns=["upload_id", "null_rate"],
                                        version=versions[TABLES["report"]]))
     worst = reports.group_by("upload_id").agg(pl.col("null_rate").max())
@@ -448,7 +493,7 @@ def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int])
     allowed = USABLE_STATUSES if src.filters.quality.include_flagged else (ACCEPTED,)
     uploads = uploads.filter(pl.col("status").is_in(list(allowed))
                              & pl.col("upload_id").is_in(keep.implode())).unique("upload_id")
-    return scored.collect().join(uploads.select("upload_id", "raw_key"), on="upload_id")
+    return scored.join(uploads.select("upload_id", "raw_key"), on="upload_id")
 
 
 def _main_topic_frames(frames: pl.DataFrame, stride: int) -> pl.DataFrame:
@@ -514,15 +559,26 @@ def _counts(values) -> dict[str, int]:
     return dict(sorted(Counter(values).items()))
 
 
-def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None) -> BuildResult:
-    """Build (or confirm) the spec's version; see the module docstring for the steps."""
+def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None,
+                  spark=None) -> BuildResult:
+    """Build (or confirm) the spec's version; see the module docstring for the steps.
+    With a SparkSession, the big inputs are read and the missing features computed on
+    Spark (robolake.datasets.spark_build); the version is the same either way."""
     refresh_corner_cases(lake)
     versions = _pin_inputs(lake, spec)
-    recordings = _recordings(lake, spec, versions, log)
+    recordings = _recordings(lake, spec, versions, log, spark)
     existing = _existing_version(lake, spec, recordings.fingerprint, log)
     if existing is not None:
         return existing
     cache = FeatureCache(lake)
+    if spark is not None:
+        from robolake.datasets.spark_build import compute_missing_features
+
+        missing = [u for u in recordings.upload_ids if not cache.has(recordings.cache_keys[u])]
+        compute_missing_features(spark, lake, spec, versions, [
+            (u, recordings.cache_keys[u], recordings.by_upload[u], recordings.imu.get(u))
+            for u in missing], log)
+        cache.computed_elsewhere = {recordings.cache_keys[u] for u in missing}
     splits = assign_splits(recordings.upload_ids, spec.output.splits.model_dump())
     frames, features = _featurize(lake, spec, versions, recordings, splits, cache, log)
     usable, quality = _filter_and_gate(spec, frames)
@@ -548,7 +604,7 @@ def _pin_inputs(lake: Store, spec: DatasetSpec) -> dict[str, int]:
     """The Delta version of every table the build reads (every read uses it, so the
     manifest's lineage is exact)."""
     versions = {}
-    for key in _input_tables(spec):
+    for key in input_tables(spec):
         table = open_table(lake, key)
         if table is None:
             raise FileNotFoundError(f"dataset {spec.name}: input table {key} does not exist yet "
@@ -572,14 +628,17 @@ class _Recordings:
         return sorted(self.by_upload)
 
 
-def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log) -> _Recordings:
+def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log,
+                spark=None) -> _Recordings:
     stride = spec.features.imu_window.stride if spec.features.imu_window else 1
-    frames = _main_topic_frames(_select_recordings(lake, spec, versions), stride)
+    frames = _main_topic_frames(_select_recordings(lake, spec, versions, spark), stride)
+    if spec.labels.source == "annotations":
+        frames = _annotated(lake, frames, versions[ANNOTATIONS])
     by_upload = {key[0]: rows for key, rows in frames.partition_by(
         "upload_id", as_dict=True, maintain_order=True).items()}
     log(f"{spec.name} {spec.version}: {len(by_upload)} recordings, "
         f"{int(frames['_sampled'].sum())} sampled frames before per-frame filters")
-    imu = (_main_imu_rows(lake, versions[TABLES["imu"]], list(by_upload))
+    imu = (_main_imu_rows(lake, spec, versions[TABLES["imu"]], list(by_upload), spark)
            if spec.features.imu_window else {})
     # the same hash over every column fingerprints the inputs for the immutability check
     cache_keys, input_keys = {}, {}
@@ -600,15 +659,33 @@ def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log) -
     return _Recordings(frames, by_upload, imu, cache_keys, fingerprint)
 
 
-def _main_imu_rows(lake: Store, version: int, upload_ids: list[str]) -> dict[str, pl.DataFrame]:
-    """Each recording's main IMU rows (ts_ns and IMU_COLUMNS, by time), in one scan."""
+def _annotated(lake: Store, frames: pl.DataFrame, version: int) -> pl.DataFrame:
+    """Frames with people's labels as their scenario; only labelled frames are sampled."""
+    labels = pl.from_arrow(read_table(lake, ANNOTATIONS, columns=["upload_id", "ts_ns", "label"],
+                                      version=version))
+    joined = frames.join(labels, on=["upload_id", "ts_ns"], how="left")
+    return joined.with_columns(pl.coalesce("label", "scenario").alias("scenario"),
+                               pl.col("label").is_not_null().alias("_sampled")).drop("label")
+
+
+def _main_imu_rows(lake: Store, spec: DatasetSpec, version: int, upload_ids: list[str],
+                   spark=None) -> dict[str, pl.DataFrame]:
+    """Each recording's main IMU rows (ts_ns and IMU_COLUMNS, by time), in one scan (the
+    spec's robot type and region filters prune the files; the engine's reader reads them)."""
+    columns = ["upload_id", "topic", "ts_ns", *IMU_COLUMNS]
     found = {}
     if upload_ids:
-        found = (pl.scan_delta(lake.table_uri(TABLES["imu"]), version=version,
-                               storage_options=lake.delta_options or None)
-                 .filter(pl.col("upload_id").is_in(upload_ids))
-                 .select("upload_id", "topic", "ts_ns", *IMU_COLUMNS).collect()
-                 .partition_by("upload_id", as_dict=True))
+        # robot type and region prune files; not the date: a window at a recording's first
+        # frames after midnight reads IMU rows of the day before (rows are dated by time)
+        filters = [*(f for f in _source_filters(spec) if f[0] != "date"),
+                   ("upload_id", "in", upload_ids)]
+        if spark is None:
+            rows = _scan_filtered(lake, TABLES["imu"], version, filters).select(columns).collect()
+        else:
+            from robolake.datasets.spark_build import read_version
+
+            rows = read_version(spark, lake, TABLES["imu"], version, columns, filters)
+        found = rows.partition_by("upload_id", as_dict=True)
     none = pl.DataFrame(schema={"upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
                                 **{c: pl.Float64 for c in IMU_COLUMNS}})
     out = {}
@@ -655,7 +732,7 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
     for i, u in enumerate(upload_ids, 1):
         all_rows = recordings.by_upload[u]
         rows = all_rows.filter(pl.col("_sampled"))
-        compute = partial(_compute_features, lake, spec, versions, u, all_rows, rows,
+        compute = partial(compute_features, lake, spec, versions, u, all_rows,
                           recordings.imu.get(u))
         features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute)
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
@@ -671,11 +748,11 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
     return no_frames, features
 
 
-def _compute_features(lake: Store, spec: DatasetSpec, versions: dict[str, int], upload_id: str,
-                      all_rows: pl.DataFrame, rows: pl.DataFrame,
-                      imu: pl.DataFrame | None) -> RecordingFeatures:
-    """One recording's features (a cache miss): `all_rows` are its frames, `rows` the
-    sampled ones."""
+def compute_features(lake: Store, spec: DatasetSpec, versions: dict[str, int], upload_id: str,
+                     frames: pl.DataFrame, imu: pl.DataFrame | None) -> RecordingFeatures:
+    """One recording's features (a cache miss): `frames` are its main-topic frames with
+    `_sampled` marking the samples; `imu` its main IMU rows when the spec reads IMU."""
+    rows = frames.filter(pl.col("_sampled"))
     lidar_refs = camera_refs = []
     if spec.features.lidar:
         lidar_refs = _refs(lake, TABLES["lidar"], versions[TABLES["lidar"]], upload_id,
@@ -684,7 +761,7 @@ def _compute_features(lake: Store, spec: DatasetSpec, versions: dict[str, int], 
         camera_refs = _refs(lake, TABLES["camera"], versions[TABLES["camera"]], upload_id, None,
                             rows["camera_ts_ns"])
     raw_key = rows["raw_key"][0]
-    return recording_features(spec, all_rows, all_rows["_sampled"].to_numpy(), imu, lidar_refs,
+    return recording_features(spec, frames, frames["_sampled"].to_numpy(), imu, lidar_refs,
                               camera_refs, lambda: lake.local_path(raw_key))
 
 

@@ -23,16 +23,20 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import simplejpeg
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from wids.wids import IndexedTarSamples
 
 from robolake.datasets.scenarios import SCENARIO_CLASSES
-from robolake.datasets.shards import decode_sample, manifest_key
+from robolake.datasets.shards import EXT_DTYPE, decode_sample, manifest_key
 from robolake.settings import get_settings
 from robolake.storage import LocalStore, Store, open_store
 
@@ -75,6 +79,17 @@ def _local_shards(lake: Store, shards: list[dict]) -> list[str]:
     return paths
 
 
+def _read_indexes(lake: Store, shards: list[dict], paths: list[str]) -> list | None:
+    """The shards' sample indexes, or None (versions built before indexes, or samples
+    with differing members) to read the tars' headers instead."""
+    if not all("index" in s for s in shards):
+        return None
+    tables = [pq.read_table(pa.BufferReader(lake.read_bytes(s["index"]))) for s in shards]
+    if not all(ShardIndex.usable(t) for t in tables):
+        return None
+    return [ShardIndex(path, t) for path, t in zip(paths, tables, strict=True)]
+
+
 def bev_grid(points: np.ndarray, range_m: float, cells: int) -> np.ndarray:
     """Bird's-eye occupancy (1, cells, cells): share of the points in each x/y cell."""
     grid = np.zeros((cells, cells), dtype=np.float32)
@@ -97,7 +112,6 @@ class SampleTransform:
         self.seed = seed
 
     def __call__(self, sample: dict, index: int, epoch: int) -> dict:
-        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
         meta = sample["meta"]
         out: dict = {
             "key": sample["__key__"],
@@ -110,16 +124,24 @@ class SampleTransform:
         for field in ("imu", "gps"):
             if field in sample:
                 out[field] = sample[field].astype(np.float32)  # a copy
-        if "lidar" in sample and self.lidar:
-            points = sample["lidar"].astype(np.float32)
+        out.update(self.sensors(sample.get("lidar"), sample.get("camera"), index, epoch))
+        return out
+
+    def sensors(self, points: np.ndarray | None, jpeg: bytes | None, index: int,
+                epoch: int) -> dict:
+        """The LiDAR grid and camera image of one sample (those the spec has)."""
+        rng = np.random.default_rng([self.seed, epoch, index]) if self.augment else None
+        out = {}
+        if points is not None and self.lidar:
+            points = points.astype(np.float32)
             max_deg = self.lidar["augment"]["random_rotation_deg"]
             if self.augment and max_deg > 0:
                 a = np.deg2rad(rng.uniform(-max_deg, max_deg))
                 c, s = np.cos(a), np.sin(a)
                 points[:, :2] = points[:, :2] @ np.array([[c, s], [-s, c]], dtype=np.float32)
             out["lidar"] = bev_grid(points, self.lidar["range_crop_m"], self.lidar["bev_cells"])
-        if "camera" in sample and self.camera:
-            out["camera"] = self._image(sample["camera"], rng)
+        if jpeg is not None and self.camera:
+            out["camera"] = self._image(jpeg, rng)
         return out
 
     def _image(self, jpeg: bytes, rng: np.random.Generator) -> np.ndarray:
@@ -146,8 +168,9 @@ class ShardStream(IterableDataset):
 
     def __init__(self, paths: list[str], counts: list[int], transform: SampleTransform, *,
                  batch_size: int | None, offset: int, rank: int, world_size: int,
-                 epoch: int, shuffle: bool, seed: int):
+                 epoch: int, shuffle: bool, seed: int, indexes: list[ShardIndex] | None = None):
         self.paths, self.counts, self.transform = paths, counts, transform
+        self.indexes = indexes
         self.batch = batch_size or 1
         self.collate = batch_size is not None
         self.offset, self.rank, self.world = offset, rank, world_size
@@ -179,6 +202,9 @@ class ShardStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if self.indexes is not None:
+            yield from self._iter_indexed(worker, workers)
+            return
         batch: list[dict] = []
         start = 0
         for shard in self._order():
@@ -201,6 +227,100 @@ class ShardStream(IterableDataset):
             start = end
         if batch:
             yield _stack(batch) if self.collate else batch[0]
+
+    def _iter_indexed(self, worker: int, workers: int):
+        """The same stream through the shards' sample indexes, a batch gathered at once."""
+        pending: list[tuple[int, int, int]] = []  # (shard, row in shard, canonical index)
+        start = 0
+        for shard in self._order():
+            end = start + self.counts[shard]
+            for i in sorted(self._mine(start, end, worker, workers)):
+                pending.append((shard, i - start, i))
+                if len(pending) == self.batch:
+                    yield self._assemble(pending)
+                    pending = []
+            start = end
+        if pending:
+            yield self._assemble(pending)
+
+    def _assemble(self, pending: list[tuple[int, int, int]]) -> dict:
+        parts, first = [], 0
+        for n in range(1, len(pending) + 1):  # runs of samples from one shard
+            if n == len(pending) or pending[n][0] != pending[first][0]:
+                run = pending[first:n]
+                rows = np.fromiter((r for _, r, _ in run), np.int64, len(run))
+                parts.append(self.indexes[run[0][0]].batch(
+                    rows, [i for _, _, i in run], self.transform, self.epoch))
+                first = n
+        batch = parts[0] if len(parts) == 1 else {
+            k: sum((p[k] for p in parts), []) if isinstance(v, list)
+            else np.concatenate([p[k] for p in parts]) for k, v in parts[0].items()}
+        return batch if self.collate else {k: v[0] for k, v in batch.items()}
+
+
+class ShardIndex:
+    """One shard's sample index (see robolake.datasets.shards) and its bytes, mapped lazily
+    in the process that reads them (a DataLoader worker)."""
+
+    def __init__(self, path: str, table: pa.Table):
+        self.path, self._bytes = path, None
+        self.strings = {k: table.column(k).to_pylist() for k in ("key", "upload_id", "robot_type")}
+        self.scenario = pc.index_in(table.column("scenario"), pa.array(SCENARIO_CLASSES)
+                                    ).to_numpy().astype(np.int64)
+        self.score = table.column("corner_case_score").to_numpy().astype(np.float32)
+        self.members = {}  # field -> (member, dtype, offsets, sizes, shapes)
+        for name in table.column_names:
+            member = name.removesuffix("@offset")
+            field, _, ext = member.partition(".")
+            if member != name and (ext in EXT_DTYPE or ext == "jpg"):
+                shapes = (table.column(f"{field}@shape").to_pylist() if ext != "jpg"
+                          else None)
+                self.members[field] = (EXT_DTYPE.get(ext), table.column(name).to_numpy(),
+                                       table.column(f"{member}@size").to_numpy(), shapes)
+
+    @staticmethod
+    def usable(table: pa.Table) -> bool:
+        """Every sample has every member the first one has (else: the tar reader)."""
+        return all(table.column(c).null_count == 0 for c in table.column_names)
+
+    def batch(self, rows: np.ndarray, canonical: list[int], transform: SampleTransform,
+              epoch: int) -> dict:
+        if self._bytes is None:  # a plain array over the mapping (np.memmap indexes slowly)
+            with open(self.path, "rb") as f:
+                self._bytes = np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ),
+                                            np.uint8)
+        out: dict = {k: [v[r] for r in rows] for k, v in self.strings.items()}
+        out["scenario"], out["corner_case_score"] = self.scenario[rows], self.score[rows]
+        for field in ("label", "imu", "gps"):
+            if field in self.members:
+                out[field] = self._fixed(field, rows)
+        points = self._each("lidar", rows) if transform.lidar else None
+        jpegs = self._each("camera", rows) if transform.camera else None
+        if points or jpegs:
+            sensors = [transform.sensors(points[j] if points else None,
+                                         jpegs[j] if jpegs else None, i, epoch)
+                       for j, i in enumerate(canonical)]
+            for field in sensors[0]:
+                out[field] = np.stack([s[field] for s in sensors])
+        return out
+
+    def _fixed(self, field: str, rows: np.ndarray) -> np.ndarray:
+        """One array per row, gathered at once (all rows have the first row's shape)."""
+        dtype, offsets, sizes, shapes = self.members[field]
+        shape = shapes[rows[0]]
+        if any(shapes[r] != shape for r in rows):
+            return np.stack(self._each(field, rows))
+        raw = self._bytes[offsets[rows][:, None] + np.arange(sizes[rows[0]])]
+        return raw.view(dtype).reshape(len(rows), *shape).astype(dtype.newbyteorder("="))
+
+    def _each(self, field: str, rows: np.ndarray) -> list | None:
+        if field not in self.members:
+            return None
+        dtype, offsets, sizes, shapes = self.members[field]
+        if dtype is None:  # a JPEG
+            return [self._bytes[offsets[r]:offsets[r] + sizes[r]].tobytes() for r in rows]
+        return [np.frombuffer(self._bytes, dtype, sizes[r] // dtype.itemsize, offsets[r])
+                .reshape(shapes[r]) for r in rows]
 
 
 def _stack(samples: list[dict]) -> dict:
@@ -252,8 +372,10 @@ def load(name: str, version: str, split: str, *, lake: Store | None = None,
     shards = manifest["splits"][split]["shards"]
     transform = SampleTransform(manifest["spec"], split == "train" if augment is None
                                 else augment, seed)
-    stream = ShardStream(_local_shards(lake, shards), [s["samples"] for s in shards], transform,
+    paths = _local_shards(lake, shards)
+    stream = ShardStream(paths, [s["samples"] for s in shards], transform,
                          batch_size=batch_size, offset=offset, rank=rank, world_size=world_size,
-                         epoch=epoch, shuffle=shuffle, seed=seed)
+                         epoch=epoch, shuffle=shuffle, seed=seed,
+                         indexes=_read_indexes(lake, shards, paths))
     return ShardLoader(stream, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                        persistent_workers=False, prefetch_factor=4 if num_workers else None)

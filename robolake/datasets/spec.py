@@ -145,6 +145,16 @@ class Features(Strict):
 
 class Labels(Strict):
     kind: Literal["ego_motion", "scenario"]
+    # computed: every sampled frame, labelled by the rules (scenario) or the motion
+    # (ego_motion); annotations: only frames people labelled in the annotation queue
+    # (cleaned/annotations, robolake/annotations.py), with their label
+    source: Literal["computed", "annotations"] = "computed"
+
+    @model_validator(mode="after")
+    def _annotations_are_scenarios(self) -> Labels:
+        if self.source == "annotations" and self.kind != "scenario":
+            raise ValueError("source: annotations labels scenarios: set kind: scenario")
+        return self
 
 
 class Splits(Strict):

@@ -1,0 +1,122 @@
+"""Dataset builds on the Spark engine: the same build, its two heavy parts on Spark.
+
+- **Reading at scale.** The two big inputs (`features/corner_cases`, a row per aligned
+  frame, and `cleaned/imu`) are read at their pinned Delta version with
+  `spark.read.parquet` over exactly the files delta-rs lists for that version (no
+  delta-spark jars needed), with the spec's partition filters applied by Spark, and cast
+  back to the table's schema: the rows, and so the cache keys and the input fingerprint,
+  are the ones the in-process read gives.
+- **Features as Spark tasks.** Recordings that miss the feature cache are computed one per
+  Spark task by `build.compute_features` (the function the in-process build calls),
+  each task writing its cache entry under the same key; the driver then reads them as
+  cache entries. A task that dies is retried by Spark; an entry is written whole or not
+  at all, and equal keys hold equal bytes, so a retry or a concurrent build is harmless.
+
+`build.build_dataset(lake, spec, spark=session)` uses this module; it never imports
+Dagster, and imports pyspark only inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import polars as pl
+
+from robolake.spark_engine import shipped_options
+from robolake.storage import Store, open_store
+from robolake.tables import open_table
+
+
+def input_bytes(lake: Store, spec) -> int:
+    """Bytes of the files of the tables a build of `spec` reads (their current versions):
+    what the `auto` engine compares with its threshold."""
+    from robolake.datasets.build import input_tables
+
+    total = 0
+    for key in input_tables(spec):
+        table = open_table(lake, key)
+        if table is not None:
+            total += sum(table.get_add_actions(flatten=True).column("size_bytes").to_pylist())
+    return total
+
+
+def _spark_condition(filters: Sequence[tuple[str, str, object]]):
+    from pyspark.sql import functions as F
+
+    condition = F.lit(True)
+    for column, op, value in filters:
+        col = F.col(column)
+        condition &= {"in": lambda c, v: c.isin(list(v)), ">=": lambda c, v: c >= v,
+                      "<=": lambda c, v: c <= v}[op](col, value)
+    return condition
+
+
+def read_version(spark, lake: Store, key: str, version: int, columns: Sequence[str],
+                 filters: Sequence[tuple[str, str, object]]) -> pl.DataFrame:
+    """`columns` of the rows of table `key` at `version` that pass `filters` ((column, op,
+    value) with op in `in`, `>=`, `<=`), read by Spark from the version's files."""
+    table = open_table(lake, key)
+    assert table is not None, key
+    table.load_as_version(version)
+    schema = pl.scan_delta(lake.table_uri(key), version=version,
+                           storage_options=lake.delta_options or None).select(columns
+                                                                               ).collect_schema()
+    files = [u.replace("s3://", "s3a://", 1) for u in table.file_uris()]
+    if not files:
+        return pl.DataFrame(schema=schema)
+    # partition values come from the hive-style paths: keep them strings as Delta has them
+    spark.conf.set("spark.sql.sources.partitionColumnTypeInference.enabled", "false")
+    root = lake.table_uri(key).replace("s3://", "s3a://", 1)
+    frame = (spark.read.option("basePath", root).parquet(*files)
+             .where(_spark_condition(filters)).select(*columns))
+    out = pl.from_arrow(frame.toArrow())
+    assert isinstance(out, pl.DataFrame)
+    return out.cast(dict(schema))
+
+
+# --------------------------------------------------------------------------- feature tasks
+
+
+@dataclass(frozen=True)
+class FeatureTask:
+    """One recording whose features the cache lacks (plain values: shipped to executors)."""
+
+    lake_uri: str
+    store_options: dict[str, str] | None
+    spec: object  # DatasetSpec (pickled)
+    versions: dict[str, int]
+    upload_id: str
+    cache_key: str
+    frames: pl.DataFrame  # the recording's main-topic frames, `_sampled` marking samples
+    imu: pl.DataFrame | None
+
+
+def feature_task(task: FeatureTask) -> tuple[str, float]:
+    """Run in a Spark task: one recording's features into the cache under its key."""
+    from robolake.datasets.build import FeatureCache, compute_features
+
+    started = time.perf_counter()
+    lake = open_store(task.lake_uri, task.store_options)
+    features = compute_features(lake, task.spec, task.versions, task.upload_id, task.frames,
+                                task.imu)
+    FeatureCache(lake).put(task.cache_key, features)
+    return task.upload_id, time.perf_counter() - started
+
+
+def compute_missing_features(spark, lake: Store, spec, versions: dict[str, int],
+                             missing: list[tuple[str, str, pl.DataFrame, pl.DataFrame | None]],
+                             log) -> float:
+    """Features of the recordings the cache lacks, `(upload_id, cache key, frames, imu)`
+    each, computed in Spark tasks into the cache; returns the summed task seconds."""
+    if not missing:
+        return 0.0
+    options = shipped_options(lake)
+    tasks = [FeatureTask(lake.uri, options, spec, versions, u, key, frames, imu)
+             for u, key, frames, imu in missing]
+    sc = spark.sparkContext
+    log(f"computing the features of {len(tasks)} recording(s) in Spark tasks "
+        f"(Spark UI: {sc.uiWebUrl})")
+    done = sc.parallelize(tasks, numSlices=len(tasks)).map(feature_task).collect()
+    return sum(seconds for _, seconds in done)
