@@ -24,15 +24,22 @@ install: $(STAMP)
 test: install
 	$(BIN)/python -m pytest
 
-demo: install
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+# the instance config follows the shipped one when that changes (a newer local edit is kept)
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	@mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/robolake simulate --out $(ROBOLAKE_LANDING)/fleet-$(DEMO_DATE) --robots 6 \
 	  --date $(DEMO_DATE) --minutes 2 --seed 7 --faults truncated,no_identity,duplicate_messages
 	$(BIN)/robolake ingest --through models
 
-ui: install
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+# started from DAGSTER_HOME: `dagster dev` warns about a dagster.yaml in its working folder
+# that is not DAGSTER_HOME's; specs and training configs are named since the folder changed
+UI_PORT ?= 3000
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	cd $(DAGSTER_HOME) && ROBOLAKE_SPECS=$${ROBOLAKE_SPECS:-$(CURDIR)/specs} \
+	  ROBOLAKE_TRAINING_CONFIGS=$${ROBOLAKE_TRAINING_CONFIGS:-$(CURDIR)/configs/training} \
+	  $(CURDIR)/$(BIN)/dagster dev -w $(CURDIR)/workspace.yaml -h 127.0.0.1 -p $(UI_PORT)
 
 mlflow: install  # the demo's runs and registered models (embedded SQLite store in the lake)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(ROBOLAKE_LAKE)/mlflow/mlflow.db \

@@ -24,6 +24,7 @@ environment gave (Dagster resources read those through the variable:
 | spark_image | ROBOLAKE_SPARK_IMAGE | unset; on k8s://, the executors' image |
 | cache_dir | ROBOLAKE_CACHE | ~/.cache/robolake |
 | dagster_home | DAGSTER_HOME | ./.dagster_home |
+| freshness_max_lag_s | ROBOLAKE_FRESHNESS_MAX_LAG_S | 3600 (s): cleaned vs landing SLA |
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ ENV_VARS = {
     "spark_image": "ROBOLAKE_SPARK_IMAGE",
     "cache_dir": "ROBOLAKE_CACHE",
     "dagster_home": "DAGSTER_HOME",
+    "freshness_max_lag_s": "ROBOLAKE_FRESHNESS_MAX_LAG_S",
 }
 DEPLOYMENTS = ("local", "k8s")  # embedded on a laptop | Kubernetes (k8s_job_executor)
 # local: robolake/ functions in-process; spark: the same functions in Spark tasks
@@ -64,6 +66,7 @@ ENGINES = ("local", "spark", "auto")
 DEFAULT_SPARK_MIN_BYTES = 4 * 1024**3
 # local mode gives a task one attempt unless the master says more: 4, as spark.task.maxFailures
 DEFAULT_SPARK_MASTER = "local[*,4]"
+DEFAULT_FRESHNESS_MAX_LAG_S = 3600.0  # the cleaned layer at most 1 h behind the landing zone
 DEFAULT_PARTITIONS_START = "2015-01-01"  # real recordings in the tests date from 2015
 
 
@@ -85,6 +88,7 @@ class Settings:
     dagster_home: Path
     # fields whose value came from the environment (the rest are defaults or overrides)
     env_fields: frozenset[str] = field(default=frozenset(), compare=False)
+    freshness_max_lag_s: float = DEFAULT_FRESHNESS_MAX_LAG_S  # cleaned vs landing SLA
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -115,6 +119,7 @@ class Settings:
             cache_dir=path("cache_dir", Path.home() / ".cache" / "robolake"),
             dagster_home=path("dagster_home", base / ".dagster_home").resolve(),
             env_fields=frozenset(given),
+            freshness_max_lag_s=_max_lag(given.get("freshness_max_lag_s")),
         )
 
     def replace(self, **overrides) -> Settings:
@@ -137,6 +142,19 @@ def _date(value: str) -> str:
     except ValueError:
         raise ValueError(f"{ENV_VARS['partitions_start']}={value!r}: expected a date "
                          "YYYY-MM-DD") from None
+
+
+def _max_lag(value: str | None) -> float:
+    if value is None:
+        return DEFAULT_FRESHNESS_MAX_LAG_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{ENV_VARS['freshness_max_lag_s']}={value!r}: expected a positive "
+                         "number of seconds, e.g. 3600")
+    return seconds
 
 
 def _workers(value: str | None) -> int | None:
@@ -168,6 +186,13 @@ def get_settings() -> Settings:
     if _settings is None:
         _settings = Settings.from_env()
     return _settings
+
+
+def use_settings(settings: Settings) -> None:
+    """Make `settings` this process's (the CLI, with its flags applied, before it loads the
+    definitions: the daily partitions start at the first date of *its* lake)."""
+    global _settings
+    _settings = settings
 
 
 def reset_settings() -> None:

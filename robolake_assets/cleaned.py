@@ -9,6 +9,7 @@ import time
 import dagster as dg
 
 from robolake import cleaned, contract, expectations, spark_engine
+from robolake_assets.automation import after_deps_update
 from robolake_assets.helpers import (
     CLEANED_ASSET_KINDS,
     column_lineage,
@@ -16,6 +17,7 @@ from robolake_assets.helpers import (
     governed,
     markdown_list,
 )
+from robolake_assets.metadata import count_metadata, figure, figures
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -63,10 +65,10 @@ _CHECK_SPECS = [
 
 @dg.multi_asset(
     name="cleaned_layer",
-    # eager: a raw partition materialized on its own (UI, backfill) is cleaned right after
+    # a raw partition materialized on its own (UI, backfill, any day) is cleaned right after
     specs=[dg.AssetSpec(name, deps=["raw_uploads"], group_name="cleaned",
                         description=DESCRIPTIONS[name], kinds={"delta", "polars"},
-                        automation_condition=dg.AutomationCondition.eager(),
+                        automation_condition=after_deps_update,
                         **governed(cleaned.TABLES[kind], _arrow_schema(kind)))
            for name, kind in CLEANED_ASSET_KINDS.items()],
     check_specs=_CHECK_SPECS,
@@ -93,7 +95,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
         seconds = time.perf_counter() - started
     rows = sum(result.frames[k].height for k in spark_engine.ROW_TABLES)
     engine_metadata.update({"engine": chosen, "input_bytes": input_bytes,
-                            "rows_per_s": rows / seconds if seconds else 0.0})
+                            "rows_per_s": figure(rows / seconds if seconds else 0.0)})
     metrics = result.metrics
     frames = {}
     for name, kind in CLEANED_ASSET_KINDS.items():
@@ -110,11 +112,11 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
             **engine_metadata,
         }
         if kind == "report":
-            metadata.update({k: float(v) for k, v in metrics.items()})
-            metadata.update({f"removed_{k}": v for k, v in result.counts.items()})
+            metadata.update(figures(metrics))
+            metadata.update(count_metadata(result.counts))
         if kind == "aligned" and frame.height:
-            metadata["camera_match_rate"] = float(frame["camera_ts_ns"].is_not_null().mean())
-            metadata["gps_coverage"] = float(frame["gps_lat"].is_not_null().mean())
+            metadata["camera_match_rate"] = figure(frame["camera_ts_ns"].is_not_null().mean())
+            metadata["gps_coverage"] = figure(frame["gps_lat"].is_not_null().mean())
         yield dg.MaterializeResult(asset_key=name, metadata=metadata)
 
     passed = cleaned.check_report(metrics) if result.reports else {}
@@ -122,10 +124,12 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
         yield dg.AssetCheckResult(
             asset_key="cleaned_quality_reports", check_name=check, severity=severity,
             passed=passed.get(check, True),
-            metadata={METRIC_OF[check]: float(metrics[METRIC_OF[check]])})
+            metadata={METRIC_OF[check]: figure(metrics[METRIC_OF[check]]),
+                      "partition": str(context.partition_key)})
     for name in GX_ASSETS:
         suite = expectations.validate(name, frames[name])
         yield dg.AssetCheckResult(
             asset_key=name, check_name="great_expectations", passed=suite.success,
             metadata={"expectations": suite.evaluated, "failed": len(suite.failed),
-                      "failures": markdown_list(suite.failed)})
+                      "failures": markdown_list(suite.failed),
+                      "partition": str(context.partition_key)})

@@ -30,37 +30,6 @@ def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _pending_partitions(landing, lake, through: str) -> tuple[list[tuple[str, str]], int]:
-    """Partitions holding landing files not indexed yet, (through cleaned) uploads that the
-    cleaned layer has not reported on yet, or (through features) aligned frames without
-    current corner-case scores."""
-    from robolake import cleaned, contract, raw
-    from robolake.datasets.scenarios import stale_corner_case_partitions
-    from robolake.tables import read_table
-
-    files = raw.list_landing(landing)
-    assignments = raw.assign_partitions(landing, lake, files)
-    table = read_table(lake, raw.RAW_UPLOADS,
-                       columns=["landing_key", "size_bytes", "arrived_ns", "date", "robot_type",
-                                "upload_id", "status"])
-    indexed = table.to_pylist() if table is not None else []
-    done = {(r["date"], r["robot_type"], r["landing_key"], r["size_bytes"], r["arrived_ns"])
-            for r in indexed}
-    seen = raw.indexed_versions(lake)  # includes touched files whose bytes were indexed
-    pending = {a.partition for a in assignments
-               if (a.file.key, a.file.version) not in seen
-               and (*a.partition, a.file.key, a.file.size, a.file.mtime_ns) not in done}
-    if through != "raw" and indexed:
-        reported = read_table(lake, cleaned.TABLES["report"], columns=["upload_id"])
-        reported_ids = set(reported["upload_id"].to_pylist()) if reported is not None else set()
-        pending |= {(r["date"], r["robot_type"]) for r in indexed
-                    if r["status"] in contract.USABLE_STATUSES
-                    and r["upload_id"] not in reported_ids}
-    if through == "features":
-        pending |= stale_corner_case_partitions(lake)
-    return sorted(pending), len(files)
-
-
 PID_TAG, HOST_TAG = "robolake/pid", "robolake/host"
 
 
@@ -83,7 +52,9 @@ def open_instance(home: Path):
         instance.get_runs(limit=1)  # creates the run, event log and schedule storage now
         instance.get_dynamic_partitions("robot_type")
         fcntl.flock(lock, fcntl.LOCK_UN)
-    return instance
+    from robolake_assets.linked_runs import link_runs_to_jobs
+
+    return link_runs_to_jobs(instance)  # the runs show under their jobs in the UI
 
 
 def fail_dead_cli_runs(instance) -> list[str]:
@@ -116,19 +87,23 @@ def _cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(landing=args.landing, lake=args.lake)
     home = ensure_dagster_home(settings)
 
+    from robolake.ingest_plan import pending_partitions
+    from robolake.layers import LAYERS, PARTITIONED_LAYERS
+    from robolake.settings import use_settings
     from robolake.storage import open_store
-    from robolake_assets.definitions import build_definitions
-    from robolake_assets.jobs import LAYERS, PARTITIONED_LAYERS, ingest_job_name
-    from robolake_partitions import robot_type_partitions
 
-    if args.through not in LAYERS:
-        raise ValueError(f"--through {args.through}: expected one of {', '.join(LAYERS)}")
     through_partitioned = (args.through if args.through in PARTITIONED_LAYERS
                            else PARTITIONED_LAYERS[-1])
+    landing, lake = open_store(settings.landing), open_store(settings.lake)
+    # the files are recorded before the definitions load: the daily partitions then start
+    # at this lake's first date, so every pending day is a partition
+    pending, n_files = pending_partitions(landing, lake, through_partitioned)
+    use_settings(settings)
+    from robolake_assets.definitions import build_definitions
+    from robolake_assets.jobs import ingest_job_name
+    from robolake_partitions import robot_type_partitions
 
     defs = build_definitions(settings)
-    landing, lake = open_store(settings.landing), open_store(settings.lake)
-    pending, n_files = _pending_partitions(landing, lake, through_partitioned)
     print(f"landing {landing.uri}: {n_files} recording(s), {len(pending)} partition(s) to ingest")
     instance = open_instance(home)
     for run_id in fail_dead_cli_runs(instance):
@@ -279,25 +254,54 @@ def print_summary(lake, dagster_home: Path | None = None) -> None:
     print("UI:    make ui   (then open http://127.0.0.1:3000)")
 
 
-def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
-    import polars as pl
+def text_table(header: list[str], rows: list[list]) -> str:
+    """Plain aligned columns (numbers right-aligned), as a terminal shows them."""
+    cells = [[str(c) for c in header]] + [["-" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    numeric = [all(isinstance(r[i], int | float) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.rjust(w) if num else c.ljust(w)
+                       for c, w, num in zip(r, widths, numeric, strict=True)).rstrip()
+             for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
-    from robolake.datasets.build import compare_versions, list_versions
+
+REGISTRY_COLUMNS = ["name", "version", "created_ns", "samples_train", "samples_val",
+                    "samples_test", "recordings", "missing_rate", "spec_hash"]
+
+
+def print_dataset_versions(lake, name: str | None) -> None:
+    """The dataset registry as a table (read straight from its Delta table: no dataset
+    build code, so the listing is quick)."""
+    from robolake.tables import read_table
+
+    table = read_table(lake, "datasets/registry", columns=REGISTRY_COLUMNS)
+    rows = sorted((r for r in (table.to_pylist() if table is not None else [])
+                   if not name or r["name"] == name), key=lambda r: (r["name"], r["created_ns"]))
+    if not rows:
+        print("no dataset versions registered yet (robolake ingest --through datasets)")
+        return
+    print(text_table(
+        ["dataset", "version", "created (UTC)", "train", "val", "test", "recordings",
+         "missing", "spec hash"],
+        [[r["name"], r["version"], time.strftime("%Y-%m-%d %H:%M", time.gmtime(
+            r["created_ns"] / 1e9)), r["samples_train"], r["samples_val"], r["samples_test"],
+          r["recordings"], f"{r['missing_rate']:.1%}", r["spec_hash"][:12]] for r in rows]))
+
+
+def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.storage import open_store
 
     lake = open_store(args.lake or settings.lake)
+    if args.action == "list":
+        print_dataset_versions(lake, args.name)
+        return 0
+    import polars as pl
+
+    from robolake.datasets.build import compare_versions
+
     with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, tbl_width_chars=120,
-                   fmt_str_lengths=40):
-        if args.action == "list":
-            versions = list_versions(lake, args.name)
-            if not versions.height:
-                print("no dataset versions registered yet (robolake ingest --through datasets)")
-                return 0
-            print(versions.select("name", "version", "spec_hash", "samples_train",
-                                  "samples_val", "samples_test", "recordings", "missing_rate")
-                  .with_columns(pl.col("spec_hash").str.slice(0, 12)))
-        else:
-            print(compare_versions(lake, args.name, args.a, args.b))
+                   fmt_str_lengths=40, tbl_hide_column_data_types=True):
+        print(compare_versions(lake, args.name, args.a, args.b))
     return 0
 
 
@@ -327,6 +331,60 @@ def _cmd_stream_writer(args: argparse.Namespace, _settings=None) -> int:
     return stream_writer_command(args)
 
 
+def _add_simulate_and_ingest(sub, debug: argparse.ArgumentParser) -> None:
+    from robolake.layers import LAYERS
+    from robolake.simulate.faults import FAULT_KINDS
+
+    sim = sub.add_parser("simulate", parents=[debug],
+                         help="write a simulated fleet day of recordings",
+                         description="Write one simulated recording per robot (IMU 100 Hz, GPS "
+                                     "1 Hz, LiDAR 10 Hz, camera 30 Hz) and ground_truth.json "
+                                     "describing the faults injected.")
+    sim.add_argument("--out", required=True, help="folder to write recordings to")
+    sim.add_argument("--robots", type=int, default=3,
+                     help="number of robots, one recording each (default 3)")
+    sim.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
+    sim.add_argument("--minutes", type=float, default=2.0, help="length of each recording")
+    sim.add_argument("--seed", type=int, default=0,
+                     help="random seed: the same seed writes the same bytes (default 0)")
+    sim.add_argument("--format", choices=["mcap", "bag"], default="mcap")
+    sim.add_argument("--faults", action="append", default=[], metavar="KIND[:ROBOT],...",
+                     help="comma-separated fault kinds, each optionally KIND:ROBOT_INDEX; "
+                          f"kinds: {', '.join(FAULT_KINDS)}")
+    sim.set_defaults(func=_cmd_simulate)
+
+    ing = sub.add_parser("ingest", parents=[debug],
+                         help="scan the landing zone once and materialize the affected "
+                              "partitions in-process",
+                         description="Scan the landing zone once, register new robot types and "
+                                     "run each (date, robot type) partition with new files "
+                                     "through the chosen layer in this process (the runs are "
+                                     "recorded in DAGSTER_HOME and show under their jobs in the "
+                                     "UI). Running it again does nothing new.")
+    ing.add_argument("--through", default="cleaned", choices=LAYERS,
+                     help="last layer to build (default: cleaned): raw indexes and copies the "
+                          "files, cleaned decodes and aligns, features scores corner cases, "
+                          "datasets builds every spec, models trains every config")
+    ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
+    ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    ing.set_defaults(func=_cmd_ingest)
+
+
+def _add_metrics_parser(sub, debug) -> None:
+    """`robolake metrics` (its module imports Dagster: registered lazily, run on demand)."""
+    metrics = sub.add_parser("metrics", parents=[debug],
+                             help="serve the pipeline's KPIs for Prometheus (/metrics)")
+    metrics.add_argument("--host", default="127.0.0.1")
+    metrics.add_argument("--port", type=int, default=9464)
+
+    def run(args, settings):
+        from robolake_assets.metrics import serve_metrics
+
+        return serve_metrics(args, settings)
+
+    metrics.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="robolake", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -336,27 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks of errors")
 
-    sim = sub.add_parser("simulate", parents=[debug],
-                         help="write a simulated fleet day of recordings")
-    sim.add_argument("--out", required=True, help="folder to write recordings to")
-    sim.add_argument("--robots", type=int, default=3)
-    sim.add_argument("--date", required=True, help="YYYY-MM-DD (UTC)")
-    sim.add_argument("--minutes", type=float, default=2.0, help="length of each recording")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--format", choices=["mcap", "bag"], default="mcap")
-    sim.add_argument("--faults", action="append", default=[],
-                     help="comma-separated fault kinds, each optionally KIND:ROBOT_INDEX")
-    sim.set_defaults(func=_cmd_simulate)
-
-    ing = sub.add_parser("ingest", parents=[debug],
-                         help="scan the landing zone once and materialize the affected "
-                              "partitions in-process")
-    ing.add_argument("--through", default="cleaned",
-                     help="last layer to build: raw, cleaned (default), features, datasets or "
-                          "models")
-    ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
-    ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
-    ing.set_defaults(func=_cmd_ingest)
+    _add_simulate_and_ingest(sub, debug)
 
     ds = sub.add_parser("datasets", parents=[debug],
                         help="list dataset versions or compare two of them")
@@ -388,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     from robolake_assets.cli_backup import add_backup_parsers  # backups (issue 18)
 
     add_backup_parsers(sub, debug)
+    from robolake_assets.cli_launch import add_launch_parser, add_notify_parser  # issue 17
+
+    add_launch_parser(sub, debug)
+    add_notify_parser(sub, debug)
+    _add_metrics_parser(sub, debug)
     return parser
 
 
@@ -407,7 +450,10 @@ def _explain(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2, argparse printed why)
+        return int(exit_.code or 0)
     try:
         # read once per command: the environment plus this command's flags
         return args.func(args, Settings.from_env())

@@ -20,10 +20,13 @@ from robolake_assets import (
     notebooks,
     raw,
 )
+from robolake_assets.automation import automation_sensor
+from robolake_assets.freshness import cleaned_freshness, freshness_job, freshness_schedule
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
 from robolake_resources.lake import storage_resources
+from robolake_sensors.notifications import notify_failed_checks, notify_failed_runs
 from robolake_sensors.run_status import failed_runs_sensor
 from robolake_sensors.uploads import build_new_uploads_sensor
 
@@ -35,12 +38,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
                 annotations.annotation_queue,
                 *datasets.build_dataset_assets(settings.specs_dir), *model_assets, *nb_assets],
+        asset_checks=[cleaned_freshness],
         jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
-              backups.instance_backup, *nb_jobs],
-        schedules=[delta_maintenance_schedule,
+              backups.instance_backup, freshness_job, *nb_jobs],
+        schedules=[delta_maintenance_schedule, freshness_schedule,
                    backups.instance_backup_schedule(settings.deployment), *nb_schedules],
         # new uploads run through the cleaned layer; eager automation scores features after
-        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
+        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor,
+                 automation_sensor, notify_failed_runs, notify_failed_checks],
         resources=storage_resources(settings),
         executor=robolake_executor(settings.deployment),  # k8s_job_executor on k8s
     )

@@ -13,6 +13,7 @@ import dagster as dg
 
 from robolake import contract
 from robolake.datasets.scenarios import CORNER_CASES, SCENARIOS, refresh_corner_cases
+from robolake_assets.automation import after_deps_update
 from robolake_assets.helpers import column_lineage, governed, markdown_table
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
@@ -25,7 +26,7 @@ GROUP = "features"
     group_name=GROUP,
     deps=["cleaned_aligned_frames"],
     partitions_def=daily_robot_type_partitions,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=after_deps_update,
     kinds={"delta", "polars"},
     description="Corner-case scores per aligned frame (hard braking, sharp turns, GPS loss, "
                 f"sensor faults, rare robot types) in {CORNER_CASES}",

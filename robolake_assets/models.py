@@ -35,6 +35,7 @@ from robolake_assets.helpers import (
     markdown_table,
     model_column_lineage,
 )
+from robolake_assets.metadata import figure, without_blanks
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -63,8 +64,18 @@ def _float(value) -> float | None:
         return None
 
 
+def _mlflow_link(store, run_id: str | None) -> dg.MetadataValue | None:
+    from robolake.models import tracking
+
+    return dg.MetadataValue.url(tracking.ui_url(store, run_id)) if run_id else None
+
+
 def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
-    """The training asset's metadata: the registered version, its lineage, last metrics."""
+    """The training asset's metadata: the registered version, its lineage, last metrics.
+
+    The last epoch's metrics carry MLflow's names: `epoch_train_loss` is the epoch's mean
+    (MLflow's `train_loss` is the mean of the last `log_every_steps` steps, another figure);
+    `data_wait_share` is the whole run's share of step time spent waiting for data."""
     from robolake.models import tracking
 
     last = summary["history"][-1] if summary.get("history") else {}
@@ -72,7 +83,7 @@ def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
         "model_name": config.name,
         "model_version": str(summary.get("version", "")),
         "mlflow_run_id": summary.get("run_id") or "",
-        "mlflow_ui": summary.get("ui", tracking.ui_command(store)),
+        "mlflow_ui": _mlflow_link(store, summary.get("run_id")),
         "dataset": f"{config.dataset.name} {config.dataset.version}",
         "dataset_spec_hash": summary["dataset"].get("spec_hash") or "",
         "code_version": tracking.code_version(),
@@ -87,16 +98,16 @@ def training_metadata(config: TrainingConfig, summary: dict, store) -> dict:
         "weights_sha256": summary["weights_sha256"],
         "world_size": summary["world_size"],
     }
-    metadata |= {k: v for k, v in last.items()
-                 if isinstance(v, float) and k not in ("epoch", "step")}
-    metadata |= {k: float(v) for k, v in summary.get("throughput", {}).items()}
+    metadata |= {("epoch_train_loss" if k == "train_loss" else k): figure(v)
+                 for k, v in last.items() if isinstance(v, float) and k not in ("epoch", "step")}
+    metadata |= {k: figure(v) for k, v in summary.get("throughput", {}).items()}
     if summary.get("onnx_max_abs_diff") is not None:
         metadata["onnx_max_abs_diff"] = float(summary["onnx_max_abs_diff"])
     metadata |= model_column_lineage(config.dataset.name, summary.get("inputs") or ())
-    return metadata
+    return without_blanks(metadata)
 
 
-def evaluation_metadata(result: dict) -> dict:
+def evaluation_metadata(result: dict, store=None) -> dict:
     """The evaluation asset's metadata: the gate's decision and reasons, test metrics."""
     decision, report = result["decision"], result["report"]
     metadata = {
@@ -107,21 +118,21 @@ def evaluation_metadata(result: dict) -> dict:
         "production_version": str(result.get("production_version") or ""),
         "baseline_version": str(decision.get("baseline_version") or ""),
         "main_metric": decision["main_metric"],
-        "main_metric_value": float(decision["candidate"]),
+        "main_metric_value": figure(decision["candidate"]),
         "corner_case_failure_rate": _float(decision.get("corner_case_failure_rate")),
         "test_samples": report["samples"],
         "device": report["device"],
         "mlflow_evaluation_run_id": result["evaluation_run_id"],
-        "mlflow_ui": result["ui"],
+        "mlflow_ui": _mlflow_link(store, result["evaluation_run_id"]) if store else None,
         "per_scenario": dg.MetadataValue.md(_scenario_table(report["per_scenario"])),
     }
     if decision.get("baseline") is not None:
-        metadata["baseline_value"] = float(decision["baseline"])
-        metadata["improvement"] = float(decision["improvement"])
-    metadata |= {f"test_{k}": float(v) for k, v in report["metrics"].items()}
-    metadata |= {k: float(v) for k, v in report["speed"].items()}
+        metadata["baseline_value"] = figure(decision["baseline"])
+        metadata["improvement"] = figure(decision["improvement"])
+    metadata |= {f"test_{k}": figure(v) for k, v in report["metrics"].items()}
+    metadata |= {k: figure(v) for k, v in report["speed"].items()}
     metadata |= {k: v for k, v in report["onnx"].items()}
-    return {k: v for k, v in metadata.items() if v is not None}
+    return without_blanks(metadata)
 
 
 def _scenario_table(per_scenario: dict[str, dict[str, float]]) -> str:
@@ -202,7 +213,7 @@ def build_evaluation_asset(config_path: Path, config: TrainingConfig,
             result = pipeline.evaluate_and_promote(
                 lake.store(), config.for_dataset_version(context.partition_key), version,
                 log=context.log.info)
-        return dg.MaterializeResult(metadata=evaluation_metadata(result),
+        return dg.MaterializeResult(metadata=evaluation_metadata(result, lake.store()),
                                     tags={"robolake/promotion": result["decision"]["verdict"]})
 
     return evaluation_asset

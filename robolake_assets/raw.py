@@ -6,6 +6,7 @@ import dagster as dg
 from robolake import contract, raw
 from robolake.tables import read_table
 from robolake_assets.helpers import column_schema, governed, markdown_table
+from robolake_assets.metadata import figure, without_blanks
 from robolake_partitions import daily_robot_type_partitions, split_key
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource, LandingResource
@@ -29,7 +30,8 @@ def _uploads_markdown(rows: list[dict]) -> str:
          for r in rows[:200]])
 
 
-def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
+def raw_check_results(lake, rows: list[dict], partition: str = "") -> list[dg.AssetCheckResult]:
+    """The raw checks of a partition's rows; each result names its partition."""
     keys = [(r["upload_id"], r["landing_key"]) for r in rows]
     dupes = len(keys) - len(set(keys))
     stored = [r for r in rows if r["status"] in contract.USABLE_STATUSES]
@@ -38,14 +40,17 @@ def raw_check_results(lake, rows: list[dict]) -> list[dg.AssetCheckResult]:
     rate = quarantined / len(rows) if rows else 0.0
     return [
         dg.AssetCheckResult(check_name="unique_uploads", passed=dupes == 0,
-                            metadata={"duplicate_rows": dupes}),
+                            metadata={"duplicate_rows": dupes, "partition": partition}),
         dg.AssetCheckResult(check_name="raw_files_present", passed=not missing,
-                            metadata={"checked": len(stored), "missing": len(missing),
-                                      "first_missing": missing[0] if missing else ""}),
+                            metadata=without_blanks({
+                                "checked": len(stored), "missing": len(missing),
+                                "first_missing": missing[0] if missing else "",
+                                "partition": partition})),
         dg.AssetCheckResult(check_name="quarantine_rate",
                             passed=rate < contract.MAX_QUARANTINE_RATE,
                             severity=dg.AssetCheckSeverity.WARN,
-                            metadata={"quarantine_rate": rate, "quarantined": quarantined}),
+                            metadata={"quarantine_rate": figure(rate), "quarantined": quarantined,
+                                      "partition": partition}),
     ]
 
 
@@ -79,10 +84,12 @@ def raw_uploads(context: dg.AssetExecutionContext, lake: LakeResource,
         "already_indexed": result.skipped,
         "bytes": sum(r["size_bytes"] for r in rows),
         "messages": sum(r["message_count"] for r in rows),
-        "mean_quality_score": (sum(r["quality_score"] for r in rows) / len(rows)) if rows else 0.0,
+        "mean_quality_score": round(sum(r["quality_score"] for r in rows) / len(rows), 1)
+        if rows else 0.0,
         **{f"uploads_{s}": n for s, n in by_status.items()},
-        "delta_version": result.table_version if result.table_version is not None else -1,
+        "delta_version": result.table_version,  # None (left out): nothing new was written
         "uploads": dg.MetadataValue.md(_uploads_markdown(rows)),
     }
-    return dg.MaterializeResult(metadata=metadata,
-                                check_results=raw_check_results(lake_store, rows))
+    return dg.MaterializeResult(
+        metadata=without_blanks(metadata),
+        check_results=raw_check_results(lake_store, rows, str(context.partition_key)))

@@ -7,8 +7,8 @@ import json
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from robolake import raw
-from robolake_partitions import partition_key, robot_type_partitions
+from robolake import ingest_plan, raw
+from robolake_partitions import daily_partitions, partition_key, robot_type_partitions
 from robolake_resources.lake import LakeResource, LandingResource
 
 
@@ -35,34 +35,80 @@ def new_files(files: list[raw.LandingFile],
     return fresh, json.dumps({"watermark_ns": top, "at_watermark": at_top})
 
 
+def _first_day() -> str:
+    return daily_partitions.start.strftime("%Y-%m-%d")
+
+
+def _with_held(files: list[raw.LandingFile], fresh: list[raw.LandingFile],
+               cursor: str | None) -> list[raw.LandingFile]:
+    """The fresh files plus those an earlier tick held (dated before the first daily
+    partition of the definitions loaded then)."""
+    held = set(json.loads(cursor).get("held", [])) if cursor else set()
+    names = {f"{f.key}@{f.version}" for f in fresh}
+    return fresh + [f for f in files if f"{f.key}@{f.version}" in held - names]
+
+
+def _hold(cursor: str, held: list[raw.Assignment]) -> str:
+    state = json.loads(cursor)
+    state["held"] = sorted(f"{a.file.key}@{a.file.version}" for a in held)
+    return json.dumps(state)
+
+
+def _run_requests(assignments: list[raw.Assignment]) -> list[dg.RunRequest]:
+    by_partition: dict[tuple[str, str], list[str]] = {}
+    for a in assignments:
+        by_partition.setdefault(a.partition, []).append(f"{a.file.key}@{a.file.version}")
+    requests = []
+    for (day, robot_type), versions in sorted(by_partition.items()):
+        # run_key names the exact files, so a restarted sensor never launches twice
+        digest = hashlib.sha1("\n".join(sorted(versions)).encode()).hexdigest()[:16]
+        requests.append(dg.RunRequest(
+            partition_key=partition_key(day, robot_type),
+            run_key=f"{day}|{robot_type}|{digest}",
+            tags={"robolake/trigger": "new_uploads_sensor",
+                  "robolake/new_files": str(len(versions))},
+        ))
+    return requests
+
+
 def build_new_uploads_sensor(target: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     @dg.sensor(name="new_uploads_sensor", target=target, minimum_interval_seconds=30,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Watches ROBOLAKE_LANDING; registers new robot types and requests "
-                           "one run per (date, robot type) partition that received files.")
+                           "one run per (date, robot type) partition with files not ingested "
+                           "yet.")
     def new_uploads_sensor(context: dg.SensorEvaluationContext, landing: LandingResource,
                            lake: LakeResource) -> dg.SensorResult:
         landing_store = landing.store()
-        fresh, cursor = new_files(raw.list_landing(landing_store), context.cursor)
+        files = raw.list_landing(landing_store)
+        fresh, cursor = new_files(files, context.cursor)
+        fresh = _with_held(files, fresh, context.cursor)
         if not fresh:
             return dg.SensorResult(skip_reason="no new uploads", cursor=cursor)
-        assignments = raw.assign_partitions(landing_store, lake.store(), fresh)
-        by_partition: dict[tuple[str, str], list[str]] = {}
-        for a in assignments:
-            by_partition.setdefault(a.partition, []).append(f"{a.file.key}@{a.file.version}")
+        lake_store = lake.store()
+        assigned = raw.assign_partitions(landing_store, lake_store, fresh)
+        # files already ingested (by `robolake ingest`, `make demo`, a backfill) need no run
+        todo = ingest_plan.undone(lake_store, assigned, "cleaned")
+        held = [a for a in todo if a.date < _first_day()]
+        assignments = [a for a in todo if a.date >= _first_day()]
+        if len(todo) < len(assigned):
+            context.log.info(f"{len(assigned) - len(todo)} new file(s) already ingested "
+                             "through the cleaned layer: no run for them")
+        if held:
+            context.log.warning(
+                f"{len(held)} file(s) dated before the first daily partition {_first_day()} "
+                f"(e.g. {held[0].file.key}, {held[0].date}): held until the code location is "
+                "reloaded (its partitions then start at the lake's first date), or run "
+                "`robolake ingest`")
+        cursor = _hold(cursor, held)
+        if not assignments:
+            return dg.SensorResult(skip_reason=f"{len(fresh)} new file(s), none to run now",
+                                   cursor=cursor)
+        requests = _run_requests(assignments)
         known = set(context.instance.get_dynamic_partitions(robot_type_partitions.name))
-        new_types = sorted({rt for _, rt in by_partition} - known)
-        requests = []
-        for (day, robot_type), versions in sorted(by_partition.items()):
-            # run_key names the exact files, so a restarted sensor never launches twice
-            digest = hashlib.sha1("\n".join(sorted(versions)).encode()).hexdigest()[:16]
-            requests.append(dg.RunRequest(
-                partition_key=partition_key(day, robot_type),
-                run_key=f"{day}|{robot_type}|{digest}",
-                tags={"robolake/trigger": "new_uploads_sensor",
-                      "robolake/new_files": str(len(versions))},
-            ))
-        context.log.info(f"{len(fresh)} new file(s) -> {len(requests)} partition run(s)")
+        new_types = sorted({a.robot_type for a in assignments} - known)
+        context.log.info(f"{len(assignments)} file(s) to ingest -> {len(requests)} "
+                         "partition run(s)")
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=(

@@ -10,6 +10,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# the real recordings date from 2015 to 2022: their days must be partitions in every test
+# process (the daily dimension otherwise starts at the lake's first date, robolake_partitions)
+os.environ.setdefault("ROBOLAKE_PARTITIONS_START", "2015-01-01")
 
 
 def require_service(available: bool, why: str) -> None:

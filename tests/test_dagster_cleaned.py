@@ -14,6 +14,45 @@ from robolake_assets.definitions import build_definitions
 from robolake_partitions import partition_key
 
 
+def _check_readable_metadata(mats: dict, result, robot_type: str) -> None:
+    """Issue 17 finding 4: totals are not `removed_`, figures rounded, no -1 or blank
+    values, every column described, check results name their partition."""
+    meta = {name: {k: v.value for k, v in m.materialization.metadata.items()}
+            for name, m in mats.items()}
+    report = meta["cleaned_quality_reports"]
+    assert report["decoded_imu_samples"] > 0 and "removed_imu_samples" not in report
+    assert "removed_imu_duplicates" in report and "null_rate" in report
+    assert "flagged_camera_black" in report and "removed_camera_black" not in report
+    for name in ("null_rate", "duplicate_rate", "latency_s", "rows_per_s", "max_gap_s"):
+        value = report[name]
+        assert value == float(f"{value:.4g}"), (name, value)  # 4 significant digits
+    raw = meta["raw_uploads"]
+    assert raw["mean_quality_score"] == round(raw["mean_quality_score"], 1)
+    assert all(v not in ("", -1, None) for v in raw.values())
+    for asset in ("raw_uploads", "cleaned_aligned_frames", "cleaned_gps", "cleaned_imu",
+                  "cleaned_lidar", "cleaned_camera_frames", "cleaned_quality_reports"):
+        columns = meta[asset]["dagster/column_schema"].columns
+        assert all(c.description for c in columns), (asset, [c.name for c in columns
+                                                             if not c.description])
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 3 + 5 + 5  # raw, quality thresholds, GX suites
+    assert {c.metadata["partition"].value for c in checks} == {f"2026-11-20|{robot_type}"}
+
+
+def _first_sensor_tick(defs, instance, tmp_path: Path) -> dg.SensorResult:
+    """Issue 17 finding 2: the upload sensor from an empty cursor over an ingested lake."""
+    from robolake_resources.lake import LakeResource, LandingResource
+
+    sensor = defs.get_repository_def().get_sensor_def("new_uploads_sensor")
+    resources = {"landing": LandingResource(uri=str(tmp_path / "landing")),
+                 "lake": LakeResource(root=str(tmp_path / "lake"))}
+    with dg.build_sensor_context(instance=instance, cursor=None, definitions=defs,
+                                 resources=resources) as ctx:
+        result = sensor.evaluate_tick(ctx)
+    assert result.skip_message == "3 new file(s), none to run now"
+    return result
+
+
 def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ROBOLAKE_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("ROBOLAKE_LAKE", str(tmp_path / "lake"))
@@ -42,7 +81,6 @@ def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
                                                                  else 1)
             report = mats["cleaned_quality_reports"].materialization.metadata
             assert report["uploads"].value == (2 if robot_type == "delivery" else 1)
-            assert "removed_imu_duplicates" in report and "null_rate" in report
             # column lineage (robolake/governance/catalog.py): aligned GPS back to cleaned_gps
             lineage = aligned["dagster/column_lineage"].value.deps_by_column
             assert [(d.asset_key.to_user_string(), d.column_name)
@@ -55,6 +93,9 @@ def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
             assert {"raw/uploads", "cleaned/aligned_frames", "cleaned/gps"} <= written
             assert all(e["partition"] == f"2026-11-20|{robot_type}" and e["files"]
                        for e in trail)
+            _check_readable_metadata(mats, result, robot_type)
+        # after these runs (as after `make demo`), a first sensor tick has nothing to run
+        assert _first_sensor_tick(defs, instance, tmp_path).run_requests == []
 
     # robot-002 (delivery) has duplicate messages: that partition's duplicate check fails
     assert evaluations["delivery"][("cleaned_quality_reports", "duplicate_rate")] is False

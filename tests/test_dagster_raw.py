@@ -135,10 +135,16 @@ def test_cli_ingest_records_runs_in_the_instance(shared_data: Path, tmp_path: Pa
             "2015-05-21|husky", "2022-09-23|lidar_rig"]
         assert {r.job_name for r in runs} == {"ingest_through_raw"}
         assert all(r.is_success for r in runs)
+        # the UI's Jobs page lists a job's runs by their origin's repository label (issue 17)
+        listed = instance.get_runs(filters=dg.RunsFilter(
+            job_name="ingest_through_raw", tags={".dagster/repository": "__repository__@robolake"}))
+        assert sorted(r.run_id for r in listed) == sorted(r.run_id for r in runs)
+        assert {r.remote_job_origin.repository_origin.code_location_origin.location_name
+                for r in runs} == {"robolake"}
     # nothing new: no partition to run
     assert main(argv) == 0
     assert "0 partition(s) to ingest" in capsys.readouterr().out
-    assert main(["ingest", "--through", "bogus"]) == 2
+    assert main(["ingest", "--through", "bogus"]) == 2  # argparse names the choices
 
 
 @pytest.mark.parametrize("bad", ["not-a-uri://x"])

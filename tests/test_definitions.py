@@ -21,7 +21,8 @@ def _graph() -> dict:
             "partitions": type(partitions).__name__ if partitions else None,
             "dimensions": sorted(d.name for d in partitions.partitions_defs)
             if isinstance(partitions, dg.MultiPartitionsDefinition) else None,
-            "checks": sorted(c.name for c in assets_def.check_keys if c.asset_key == key),
+            # every check of the asset, also those defined apart (the freshness SLA)
+            "checks": sorted(c.name for c in graph.asset_check_keys if c.asset_key == key),
             "pool": assets_def.node_def.pool if hasattr(assets_def.node_def, "pool") else None,
             "automation": node.automation_condition.get_label()
             if node.automation_condition else None,
@@ -35,7 +36,8 @@ UNPARTITIONED = {"partitions": None, "dimensions": None, "pool": "cpu_spot", "au
 # models: one partition per registered version of their dataset
 GPU = {**UNPARTITIONED, "group": "models", "pool": "gpu_standard", "checks": [],
        "partitions": "DynamicPartitionsDefinition"}
-CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"], "automation": "eager"}
+CLEANED = {**PARTITIONED, "group": "cleaned", "deps": ["raw_uploads"],
+           "automation": "eager (any partition)"}
 
 
 def test_asset_graph_shape():
@@ -48,9 +50,10 @@ def test_asset_graph_shape():
         "cleaned_camera_frames": {**CLEANED, "checks": ["great_expectations"]},
         "cleaned_aligned_frames": {**CLEANED, "checks": ["great_expectations"]},
         "cleaned_quality_reports": {**CLEANED, "checks": [
-            "duplicate_rate", "latency", "max_gap", "null_rate", "outlier_rate"]},
+            "duplicate_rate", "freshness", "latency", "max_gap", "null_rate", "outlier_rate"]},
         # the feature layer: partitioned like the cleaned layer, scored right after it
-        "corner_case_scores": {**PARTITIONED, "group": "features", "automation": "eager",
+        "corner_case_scores": {**PARTITIONED, "group": "features",
+                               "automation": "eager (any partition)",
                                "deps": ["cleaned_aligned_frames"], "checks": []},
         # corner-case frames as Label Studio tasks, queued once each after new scores
         "annotation_queue": {**UNPARTITIONED, "group": "annotations", "automation": "eager",
@@ -72,19 +75,28 @@ def test_asset_graph_shape():
 def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
-        "build_datasets", "delta_maintenance", "ingest_through_cleaned",
+        "build_datasets", "cleaned_freshness", "delta_maintenance", "ingest_through_cleaned",
         "ingest_through_features", "ingest_through_raw", "instance_backup",
         "notebook_explore_day_job", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
-        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
+        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor",
+        "notify_failed_checks", "notify_failed_runs"]
     assert sorted(s.name for s in repo.schedule_defs) == [
-        "hourly_instance_backup", "nightly_delta_maintenance", "notebook_explore_day_schedule"]
+        "cleaned_freshness_schedule", "hourly_instance_backup", "nightly_delta_maintenance",
+        "notebook_explore_day_schedule"]
     # a laptop's SQLite instance has nothing to pg_dump: the backup schedule starts stopped
     backup_schedule = repo.get_schedule_def("hourly_instance_backup")
     assert backup_schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    # the freshness SLA runs on its schedule, not inside every partition run
+    assert not any(c.name == "freshness" for c in repo.get_job("ingest_through_cleaned")
+                   .asset_layer.asset_graph.asset_check_keys)
     # new uploads run through the cleaned layer; the automation sensor scores features after
     uploads = repo.get_sensor_def("new_uploads_sensor")
     assert [t.job_name for t in uploads.targets] == ["ingest_through_cleaned"]
+    # automation runs from the first `make ui` on: a raw partition launched from the UI or
+    # `dagster job launch -j ingest_through_raw` is cleaned without anyone turning it on
+    for name in ("default_automation_condition_sensor", "new_uploads_sensor"):
+        assert repo.get_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING, name
 
 
 def test_model_partitions_are_the_dataset_versions():

@@ -101,6 +101,9 @@ def test_verdict_is_posted_to_the_tenants_webhook(tmp_path, receiver):
         assert event["verdict"]["content_sha256"] == hashlib.sha256(data).hexdigest()
         assert event["verdict"]["status"] in ("accepted", "flagged")
         assert event["verdict"]["robot_id"] == "r-hook"
+        # Slack-compatible: a Slack incoming-webhook URL shows this line (issue 17)
+        assert event["text"].startswith(f"{event['upload']['file_name']}: "
+                                        f"{event['verdict']['status']}, score ")
         with gw.client(admin) as c:
             assert c.delete("/api/v1/tenants/webhook").status_code == 204
             assert c.delete("/api/v1/tenants/webhook").status_code == 404

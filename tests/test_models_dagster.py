@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 from robolake.models.synthetic import small_config, write_synthetic_dataset
@@ -38,6 +39,29 @@ def test_shipped_configs_make_training_and_evaluation_assets():
         assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     job = next(j for j in MODEL_JOBS if j.name == "train_imu_gps_demo")
     assert job.tags["robolake/queue"] == "training"
+
+
+def _check_mlflow_view(trained: dict, lake) -> None:
+    """Issue 17 finding 7: the link opens the run in the experiment's runs view, the
+    experiment is a model-development one (MLflow 3 opens its runs, not the GenAI traces),
+    and the loss Dagster shows is MLflow's figure of the same name."""
+    from robolake.models import tracking
+
+    client = tracking.configure(lake)
+    run = client.get_run(trained["mlflow_run_id"].value)
+    exp_id = run.info.experiment_id
+    assert isinstance(trained["mlflow_ui"], dg.UrlMetadataValue)
+    assert trained["mlflow_ui"].value == (
+        f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs/{run.info.run_id}")
+    assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development")
+    last_epoch = client.get_metric_history(run.info.run_id, "epoch_train_loss")[-1].value
+    assert trained["epoch_train_loss"].value == pytest.approx(last_epoch, rel=1e-3)
+    assert "train_loss" not in trained  # MLflow's train_loss is the last steps' mean
+    old = client.create_experiment("robolake/made-before-the-tag")
+    assert tracking.ensure_experiment(client, lake, "robolake/made-before-the-tag") == old
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == (
+        "custom_model_development")
 
 
 def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
@@ -73,7 +97,7 @@ def test_materialize_trains_registers_and_evaluates(tmp_path, monkeypatch):
             "datasets/scenes", "imu")
         assert trained["global_step"].value == 6 * 15
         assert trained["onnx"].value == "models/dag-model/versions/1/model.onnx"
-        assert trained["mlflow_ui"].value.startswith("mlflow ui --backend-store-uri sqlite:")
+        _check_mlflow_view(trained, lake)
         assert trained["val_accuracy"].value > 0.7
         assert 0 <= trained["data_wait_share"].value <= 1
 

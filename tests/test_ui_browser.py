@@ -2,7 +2,10 @@
 
 The global asset graph names every layer (a screenshot of it is saved under the
 test's tmp dir); each layer's page shows all its assets, the partitioned ones with
-their partitions.
+their partitions. The instance is configured by the shipped dagster.yaml as it is (no
+first-visit dialog), the daily partitions start where an empty lake's do (a week back), the
+automation sensor runs without anyone turning it on, and a run executed by the `robolake`
+process shows under its job.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from robolake_partitions import RECENT_DAYS
 from tests.conftest import require_service
-from tests.test_postgres_instance import webserver
+from tests.test_postgres_instance import graphql, webserver
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,7 +38,61 @@ def _groups() -> dict[str, list[str]]:
     return {g: sorted(a) for g, a in groups.items()}
 
 
-def test_asset_graph_shows_every_layer_with_partitions(tmp_path):
+def _run_from_the_cli(instance: dg.DagsterInstance, lake: Path, monkeypatch) -> str:
+    """A run executed in-process the way `robolake ingest` does (its instance links runs to
+    their jobs): the maintenance job on an empty lake, the quickest job there is."""
+    from robolake.settings import Settings
+    from robolake_assets.definitions import build_definitions
+    from robolake_assets.linked_runs import link_runs_to_jobs
+
+    monkeypatch.setenv("ROBOLAKE_LAKE", str(lake))  # resources read it through EnvVar
+    defs = build_definitions(Settings.from_env())
+    result = defs.resolve_job_def("delta_maintenance").execute_in_process(
+        instance=link_runs_to_jobs(instance))
+    assert result.success
+    return result.run_id
+
+
+ROBOLAKE = {"repositoryName": "__repository__", "repositoryLocationName": "robolake"}
+
+
+def _check_instance_state(url: str, run_id: str) -> None:
+    """What the UI shows first (issue 17): no newsletter dialog, automation running, the CLI's
+    run under its job."""
+    data = graphql(url, """query($sensor: SensorSelector!, $job: PipelineSelector!) {
+        shouldShowNux
+        sensorOrError(sensorSelector: $sensor) { ... on Sensor { sensorState { status } } }
+        pipelineOrError(params: $job) { ... on Pipeline { runs { runId } } } }""",
+        {"sensor": {**ROBOLAKE, "sensorName": "default_automation_condition_sensor"},
+         "job": {**ROBOLAKE, "pipelineName": "delta_maintenance"}})
+    assert data["shouldShowNux"] is False
+    assert data["sensorOrError"]["sensorState"]["status"] == "RUNNING"
+    assert [r["runId"] for r in data["pipelineOrError"]["runs"]] == [run_id]
+
+
+def _check_launch_feedback(url: str, env: dict[str, str]) -> None:
+    """`robolake launch` says what `dagster job launch` does not: the run, its state, its page
+    (no daemon here: it stays queued)."""
+    import datetime as dt
+    import subprocess
+    import sys
+
+    key = f"{dt.datetime.now(dt.UTC).date()}|delivery"
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "robolake"), "launch", "ingest_through_raw",
+         "--partition", key, "--url", url], env=env, cwd=REPO, capture_output=True,
+        text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_id, state, job, partition, page = out.stdout.split()[1:]
+    assert (state, job, partition, page) == (
+        "QUEUED:", "ingest_through_raw", key, f"{url}/runs/{run_id}")
+    run = graphql(url, "query($id: ID!) { runOrError(runId: $id) { ... on Run { status "
+                       "tags { key value } } } }", {"id": run_id})["runOrError"]
+    assert run["status"] == "QUEUED"
+    assert {"key": "dagster/partition/robot_type", "value": "delivery"} in run["tags"]
+
+
+def test_asset_graph_shows_every_layer_with_partitions(tmp_path, monkeypatch):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
@@ -43,23 +101,23 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path):
 
     home = tmp_path / "home"
     home.mkdir()
-    # the project's instance config, without the first-visit newsletter dialog
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text()
-                                       + "\nnux:\n  enabled: false\n")
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())  # as shipped
     env = {**os.environ, "DAGSTER_HOME": str(home), "ROBOLAKE_LAKE": str(tmp_path / "lake"),
            "ROBOLAKE_LANDING": str(tmp_path / "landing")}
-    env.pop("ROBOLAKE_DEPLOYMENT", None)
+    for name in ("ROBOLAKE_DEPLOYMENT", "ROBOLAKE_PARTITIONS_START"):
+        env.pop(name, None)  # the laptop's defaults: partitions from the lake's first date
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions("robot_type", ROBOT_TYPES)
-    from robolake_partitions import daily_partitions
-
-    total = len(daily_partitions.get_partition_keys()) * len(ROBOT_TYPES)
+        maintenance_run = _run_from_the_cli(instance, tmp_path / "lake", monkeypatch)
+    # an empty lake: from a week ago to today (end_offset=1), per robot type
+    total = (RECENT_DAYS + 1) * len(ROBOT_TYPES)
     groups = _groups()
     assert {"raw", "cleaned", "features", "datasets", "models"} <= set(groups)
 
     screenshot = tmp_path / "asset-graph.png"
     seen: dict[str, str] = {}
     with webserver(env) as url, sync_playwright() as p:
+        _check_instance_state(url, maintenance_run)
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 2400})
@@ -83,6 +141,7 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path):
                     page.wait_for_timeout(500)
         finally:
             browser.close()
+        _check_launch_feedback(url, env)  # last: its queued run shows on the asset nodes
     found = seen
 
     missing = sorted({a for g in groups.values() for a in g} - set(found))

@@ -40,6 +40,15 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 """
 
 
+def verdict_text(file_name: str, verdict: dict) -> str:
+    """One line for people (Slack's `text`, the email body): status, score, first reason."""
+    reasons = verdict.get("reasons") or []
+    score = verdict.get("quality_score")
+    return (f"{file_name}: {verdict.get('status')}"
+            + (f", score {score:.0f}" if isinstance(score, int | float) else "")
+            + (f"; {reasons[0]}" if reasons else ""))
+
+
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
@@ -87,6 +96,7 @@ class Webhooks:
                 if verdict is None:
                     continue  # not indexed yet
                 body = json.dumps({
+                    "text": verdict_text(session.file_name, verdict),  # Slack-compatible
                     "event": "upload.verdict",
                     "upload": {"upload_id": upload_id, "landing_key": session.landing_key,
                                "file_name": session.file_name, "robot_id": session.robot_id,
@@ -109,10 +119,39 @@ class Webhooks:
                     log.warning("webhook for upload %s: HTTP %d", upload_id, r.status_code)
         return delivered
 
+    async def email_once(self) -> int:
+        """Email each completed upload's verdict to its tenant's address (robolake/notify.py),
+        once; tenants without an address or without SMTP get none."""
+        from robolake.notify import Notice, Notifier, Smtp
+
+        smtp = Smtp.from_env()
+        if smtp is None:
+            return 0
+        notifier = Notifier(self.db, smtp)
+        rows, _ = self.db.execute(
+            "SELECT u.upload_id FROM uploads u JOIN tenant_emails e ON e.tenant = u.tenant "
+            "LEFT JOIN notification_deliveries d ON d.notice_key = 'upload.verdict:' || "
+            "u.upload_id AND d.channel = 'email:' || u.tenant WHERE u.status = 'completed' "
+            "AND d.notice_key IS NULL ORDER BY u.completed_ns LIMIT 500")
+        sent = 0
+        for (upload_id,) in rows:
+            session = self.uploads.get(upload_id)
+            verdict = await asyncio.to_thread(self.uploads.verdict, self.lake, session)
+            if verdict is None:
+                continue  # not indexed yet
+            notice = Notice(f"upload.verdict:{upload_id}", "upload.verdict",
+                            f"Upload {session.file_name}: {verdict.get('status')}",
+                            verdict_text(session.file_name, verdict),
+                            {"upload_id": upload_id, **verdict})
+            sent += len(await asyncio.to_thread(notifier.notify, notice, [session.tenant],
+                                                ("email",), False))
+        return sent
+
     async def _loop(self) -> None:
         while True:
             try:
                 await self.deliver_once()
+                await self.email_once()
             except Exception as exc:  # noqa: BLE001 - the next round tries again
                 log.warning("webhook round failed: %s", exc)
             await asyncio.sleep(self.poll_s)

@@ -73,14 +73,25 @@ def experiment_name(model_name: str) -> str:
     return f"robolake/{model_name}"
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and a new
+# experiment opens on the GenAI traces overview instead of the training runs
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# what `make mlflow` serves when the tracking store is a local file
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
 def ensure_experiment(client: MlflowClient, lake: Store, name: str) -> str:
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location(lake, name))
-    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(lake, name),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        return exp_id
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag: the runs view too
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def ui_command(lake: Store) -> str:
@@ -89,6 +100,18 @@ def ui_command(lake: Store) -> str:
     if uri.startswith("sqlite:"):
         return f"mlflow ui --backend-store-uri {uri}"
     return f"open {uri}"
+
+
+def ui_url(lake: Store, run_id: str = "", experiment_id: str = "") -> str:
+    """A link to a run (or an experiment's runs view) in the MLflow UI: the tracking server
+    itself, or `make mlflow`'s address for the embedded store."""
+    uri = tracking_uri(lake)
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    if run_id and not experiment_id:
+        experiment_id = configure(lake).get_run(run_id).info.experiment_id
+    if not experiment_id:
+        return base
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
 
 
 @functools.cache
