@@ -379,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     from robolake.gateway.cli import add_gateway_parsers  # the front door (issue 12)
 
     add_gateway_parsers(sub, debug, _cmd_gateway, _cmd_keys, _cmd_stream_writer)
+    from robolake_assets.cli_costs import add_cost_parsers  # cost and capacity (issue 14)
+
+    add_cost_parsers(sub, debug)
     return parser
 
 

@@ -20,7 +20,8 @@ from robolake_sensors.uploads import build_new_uploads_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir)
+    model_assets, model_jobs = models.build_models_layer(settings.training_configs_dir,
+                                                           settings.specs_dir)
     return dg.Definitions(
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
                 *datasets.build_dataset_assets(settings.specs_dir), *model_assets],

@@ -65,6 +65,7 @@ class NodeOverhead(Strict):
 class Compute(Strict):
     efficiency: float = Field(0.3, gt=0, le=1)
     cpu_gflops_per_vcpu: float = Field(40, gt=0)
+    step_overhead_s: float = Field(0.005, ge=0)  # per training step, whatever its FLOPs
     node_overhead: NodeOverhead = NodeOverhead()
 
 

@@ -1,0 +1,57 @@
+"""`robolake recommend` (and the other cost commands): registered on the main parser by
+`add_cost_parsers`, so robolake_assets/cli.py carries one line for them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from robolake.settings import Settings
+
+
+def _train_samples(config, lake: str) -> int | None:
+    """Training samples per epoch of the config's dataset version, if the lake has it."""
+    from robolake.datasets.loader import read_manifest
+    from robolake.storage import open_store
+
+    try:
+        manifest = read_manifest(config.dataset.name, config.dataset.version, open_store(lake))
+    except FileNotFoundError:
+        return None
+    split = manifest["splits"].get(config.dataset.splits.train) or {}
+    return split.get("samples")
+
+
+def _cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.costs.prices import load_prices
+    from robolake.costs.recommend import find_spec, format_table, recommend_for_spec, to_json
+    from robolake.datasets.spec import load_spec
+    from robolake.models.config import load_config
+
+    config = load_config(args.config)
+    if args.spec:
+        spec = load_spec(Path(args.spec)).model_dump(mode="json")
+    else:
+        spec = find_spec(settings.specs_dir, config.dataset.name)
+        if spec is None:
+            raise ValueError(f"{args.config}: dataset.name: no spec named "
+                             f"{config.dataset.name!r} in {settings.specs_dir} (pass --spec)")
+    samples = args.samples or _train_samples(config, args.lake or settings.lake)
+    rec = recommend_for_spec(config, spec, load_prices(args.prices), samples)
+    print(to_json(rec) if args.json else format_table(rec))
+    return 0 if rec.chosen is not None else 3
+
+
+def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
+    rec = sub.add_parser("recommend", parents=[debug],
+                         help="estimate a training config's peak GPU memory and time per "
+                              "epoch, and the cheapest instance type that fits")
+    rec.add_argument("config", help="training config YAML")
+    rec.add_argument("--json", action="store_true", help="machine-readable output")
+    rec.add_argument("--spec", help="dataset spec YAML (default: the one named by the config "
+                                    "in $ROBOLAKE_SPECS)")
+    rec.add_argument("--samples", type=int,
+                     help="training samples per epoch (default: the registered version's)")
+    rec.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    rec.add_argument("--prices", help="price file (default configs/prices.yaml)")
+    rec.set_defaults(func=_cmd_recommend)
