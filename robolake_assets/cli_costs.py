@@ -42,6 +42,21 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if rec.chosen is not None else 3
 
 
+def _cmd_costs_report(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.costs.runs import report
+    from robolake.storage import open_store
+
+    rows = report(open_store(args.lake or settings.lake), args.month, args.by)
+    if not rows:
+        print(f"no costs recorded for {args.month}")
+        return 0
+    print(f"{args.by:<32}{'USD':>12}{'runs':>8}{'node-hours':>12}")
+    for r in rows:
+        print(f"{r[args.by]:<32}{r['usd']:>12.2f}{r['runs']:>8}{r['node_hours']:>12.3f}")
+    print(f"{'total':<32}{sum(r['usd'] for r in rows):>12.2f}")
+    return 0
+
+
 def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
     rec = sub.add_parser("recommend", parents=[debug],
                          help="estimate a training config's peak GPU memory and time per "
@@ -55,3 +70,12 @@ def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
     rec.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     rec.add_argument("--prices", help="price file (default configs/prices.yaml)")
     rec.set_defaults(func=_cmd_recommend)
+
+    costs = sub.add_parser("costs", parents=[debug], help="what runs and storage cost")
+    costs_sub = costs.add_subparsers(dest="action", required=True)
+    rep = costs_sub.add_parser("report", parents=[debug],
+                               help="a month's spend by team, project or job (ops/costs)")
+    rep.add_argument("--month", required=True, help="YYYY-MM (UTC)")
+    rep.add_argument("--by", default="team", choices=["team", "project", "job", "kind", "pool"])
+    rep.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    rep.set_defaults(func=_cmd_costs_report)

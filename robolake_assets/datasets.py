@@ -24,6 +24,7 @@ from robolake_assets.helpers import (
     dataset_asset_key,
     markdown_table,
 )
+from robolake_assets.ownership import require_owner_tags
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -94,6 +95,7 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
         **pools.cpu_spot(),
     )
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource):
+        require_owner_tags(context)
         store = lake.store()
         current = load_spec(path)  # the file may have changed since the code location loaded
         with pools.retry_only_transient():  # passes the refusal's dg.Failure through

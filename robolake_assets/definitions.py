@@ -10,11 +10,12 @@ from __future__ import annotations
 import dagster as dg
 
 from robolake.settings import Settings, get_settings
-from robolake_assets import cleaned, datasets, features, models, raw
+from robolake_assets import cleaned, costs, datasets, features, models, raw
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
 from robolake_resources.lake import storage_resources
+from robolake_sensors.costs import run_costs_sensor
 from robolake_sensors.run_status import failed_runs_sensor
 from robolake_sensors.uploads import build_new_uploads_sensor
 
@@ -24,11 +25,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                                                            settings.specs_dir)
     return dg.Definitions(
         assets=[raw.raw_uploads, cleaned.cleaned_layer, features.corner_case_scores,
-                *datasets.build_dataset_assets(settings.specs_dir), *model_assets],
-        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance],
-        schedules=[delta_maintenance_schedule],
+                *datasets.build_dataset_assets(settings.specs_dir), *model_assets,
+                costs.ops_costs],
+        jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
+              costs.ops_costs_job],
+        schedules=[delta_maintenance_schedule, costs.ops_costs_schedule],
         # new uploads run through the cleaned layer; eager automation scores features after
-        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor],
+        sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor,
+                 run_costs_sensor],
         resources=storage_resources(settings),
         executor=robolake_executor(settings.deployment),  # k8s_job_executor on k8s
     )

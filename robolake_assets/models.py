@@ -28,8 +28,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from robolake.costs.budgets import job_owner_tags
 from robolake.models.config import TrainingConfig, load_config
 from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
+from robolake_assets.ownership import require_owner_tags
 from robolake_assets.placement import training_placement
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
@@ -163,6 +165,7 @@ def build_training_asset(config_path: Path, config: TrainingConfig,
     )
     def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
+        require_owner_tags(context)
         mlflow.activate()
         store = lake.store()
         trained = config.for_dataset_version(context.partition_key)
@@ -222,7 +225,7 @@ def build_models_layer(directory: Path, specs_dir: Path | None = None
         assets += pair
         jobs.append(dg.define_asset_job(
             train_job_name(config), selection=dg.AssetSelection.assets(*pair),
-            tags=pools.queue_tags("training"),
+            tags={**pools.queue_tags("training"), **job_owner_tags(train_job_name(config))},
             description=f"Train, register, evaluate and maybe promote {config.name}."))
     return assets, jobs
 

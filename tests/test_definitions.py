@@ -60,6 +60,9 @@ def test_asset_graph_shape():
         # one training and one evaluation asset per config in configs/training/
         "model_imu_gps_demo": {**GPU, "deps": ["datasets/ego_motion_demo"]},
         "evaluation_imu_gps_demo": {**GPU, "deps": ["model_imu_gps_demo"]},
+        # spend per team and project (issue 14), hourly
+        "ops/costs": {**UNPARTITIONED, "group": "ops", "deps": [], "checks": [],
+                      "pool": "cpu_on_demand"},
     }
 
 
@@ -67,10 +70,12 @@ def test_jobs_and_sensors():
     repo = defs.get_repository_def()
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "build_datasets", "delta_maintenance", "ingest_through_cleaned",
-        "ingest_through_features", "ingest_through_raw", "train_imu_gps_demo"]
+        "ingest_through_features", "ingest_through_raw", "ops_costs_job", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
-        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor"]
-    assert [s.name for s in repo.schedule_defs] == ["nightly_delta_maintenance"]
+        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor",
+        "run_costs_sensor"]
+    assert sorted(s.name for s in repo.schedule_defs) == ["hourly_ops_costs",
+                                                          "nightly_delta_maintenance"]
     # new uploads run through the cleaned layer; the automation sensor scores features after
     uploads = repo.get_sensor_def("new_uploads_sensor")
     assert [t.job_name for t in uploads.targets] == ["ingest_through_cleaned"]

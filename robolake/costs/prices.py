@@ -11,9 +11,9 @@ import functools
 import os
 from pathlib import Path
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from robolake.yaml_config import Strict, error_lines, read_yaml
+from robolake.yaml_config import Strict, read_yaml, validate_model
 
 GIB = 1024**3
 PRICES_ENV = "ROBOLAKE_PRICES"
@@ -131,13 +131,7 @@ def default_prices_path() -> Path:
 
 
 def parse_prices(data: object, source: str = "<prices>") -> Prices:
-    if not isinstance(data, dict):
-        raise PricesError(f"{source}: expected a mapping with pools and storage "
-                          f"(got {type(data).__name__})")
-    try:
-        return Prices.model_validate(data)
-    except ValidationError as exc:
-        raise PricesError(error_lines(source, exc)) from None
+    return validate_model(Prices, data, source, PricesError, "pools and storage")
 
 
 @functools.lru_cache(maxsize=8)
