@@ -226,6 +226,12 @@ QUEUES = {q.name: q for q in (INTERACTIVE, TRAINING, ETL, BATCH)}
 # Every run at once; a backfill (any, tagged or not) holds at most BACKFILL_LIMIT of them.
 MAX_CONCURRENT_RUNS = {"local": 5, "production": 60}
 BACKFILL_LIMIT = {"local": 2, "production": 12}
+# A run tagged robolake/hold=budget (its team or project spent its month's budget) or
+# =approval (expensive GPU work) stays queued: no slot for it, ever. The budget sensor
+# sets and lifts the tag (sensors/budgets.py); `robolake runs approve` lifts it.
+HOLD_TAG = "robolake/hold"
+HOLD_LIMITS = [{"key": HOLD_TAG, "value": "budget", "limit": 0},
+               {"key": HOLD_TAG, "value": "approval", "limit": 0}]
 # Laptop only: the upload sensor's runs (ETL) share the machine with the UI's.
 LOCAL_EXTRA_TAG_LIMITS = [{"key": "robolake/trigger", "value": "new_uploads_sensor", "limit": 2}]
 
@@ -247,6 +253,7 @@ def queue_limits(deployment: str) -> list[dict[str, Any]]:
         if cap is not None:
             limits.append({"key": QUEUE_TAG, "value": q.name, "limit": cap})
     limits.append({"key": BACKFILL_TAG, "limit": BACKFILL_LIMIT[deployment]})
+    limits += [dict(x) for x in HOLD_LIMITS]
     if deployment == "local":
         limits += [dict(x) for x in LOCAL_EXTRA_TAG_LIMITS]
     return limits

@@ -57,6 +57,40 @@ def _cmd_costs_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def approve_run(instance, run_id: str, who: str) -> str:
+    """Let a queued run that a budget (or approval rule) holds start; returns what was done."""
+    import datetime as dt
+
+    import dagster as dg
+
+    from robolake_resources.pools import HOLD_TAG
+    from robolake_sensors.budgets import APPROVED_TAG
+
+    run = instance.get_run_by_id(run_id)
+    if run is None:
+        raise ValueError(f"run {run_id}: no such run in {instance.root_directory or 'instance'}")
+    if run.status != dg.DagsterRunStatus.QUEUED:
+        raise ValueError(f"run {run_id} is {run.status.value}, not queued: nothing to approve")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    instance.add_run_tags(run_id, {APPROVED_TAG: f"{who} {stamp}", HOLD_TAG: "approved"})
+    held = run.tags.get(HOLD_TAG)
+    return (f"approved run {run_id} ({run.job_name}) as {who}"
+            + (f"; it was held ({held}) and may start now" if held else ""))
+
+
+def _cmd_runs_approve(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    import dagster as dg
+
+    from robolake.settings import ensure_dagster_home
+
+    ensure_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        print(approve_run(instance, args.run_id, args.by or getpass.getuser()))
+    return 0
+
+
 def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
     rec = sub.add_parser("recommend", parents=[debug],
                          help="estimate a training config's peak GPU memory and time per "
@@ -79,3 +113,11 @@ def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
     rep.add_argument("--by", default="team", choices=["team", "project", "job", "kind", "pool"])
     rep.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
     rep.set_defaults(func=_cmd_costs_report)
+
+    runs = sub.add_parser("runs", parents=[debug], help="queued runs held by a budget")
+    runs_sub = runs.add_subparsers(dest="action", required=True)
+    approve = runs_sub.add_parser("approve", parents=[debug],
+                                  help="(admin) let a queued run held by a budget start")
+    approve.add_argument("run_id")
+    approve.add_argument("--by", help="who approves (default: the user name)")
+    approve.set_defaults(func=_cmd_runs_approve)

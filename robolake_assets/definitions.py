@@ -15,6 +15,7 @@ from robolake_assets.jobs import INGEST_JOBS, build_datasets
 from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
 from robolake_resources.executors import robolake_executor
 from robolake_resources.lake import storage_resources
+from robolake_sensors.budgets import budget_sensor
 from robolake_sensors.costs import run_costs_sensor
 from robolake_sensors.run_status import failed_runs_sensor
 from robolake_sensors.uploads import build_new_uploads_sensor
@@ -32,7 +33,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[delta_maintenance_schedule, costs.ops_costs_schedule],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor,
-                 run_costs_sensor],
+                 run_costs_sensor, budget_sensor],
         resources=storage_resources(settings),
         executor=robolake_executor(settings.deployment),  # k8s_job_executor on k8s
     )

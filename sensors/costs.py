@@ -99,3 +99,21 @@ def run_costs_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
         context.log.info(f"priced {len(done)} run(s) into {C.COSTS}")
         context.update_cursor(str(cursor))
     return dg.SkipReason(f"priced {len(done)} finished run(s)")
+
+
+def planned_cost(instance: dg.DagsterInstance, run: dg.DagsterRun, hours: float) -> float:
+    """What a run that has not started would cost if each of its steps ran `hours`."""
+    if not run.execution_plan_snapshot_id:
+        return 0.0  # nothing known about its steps
+    prices = load_prices()
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    total = 0.0
+    for step in plan.steps:
+        tags = dict(step.tags or {})
+        pool = tags.get("robolake/pool")
+        if pool not in pools.POOLS:
+            continue
+        usage = C.StepUsage(step.key, pool, 0, int(hours * 3600e9), _step_requests(tags))
+        total += C.step_cost_row({"run_id": run.run_id, "job_name": run.job_name, "tags": {}},
+                                 usage, prices, pools.POOLS[pool].spot)["usd"]
+    return total

@@ -72,8 +72,8 @@ def test_jobs_and_sensors():
         "build_datasets", "delta_maintenance", "ingest_through_cleaned",
         "ingest_through_features", "ingest_through_raw", "ops_costs_job", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
-        "default_automation_condition_sensor", "failed_runs_sensor", "new_uploads_sensor",
-        "run_costs_sensor"]
+        "budget_sensor", "default_automation_condition_sensor", "failed_runs_sensor",
+        "new_uploads_sensor", "run_costs_sensor"]
     assert sorted(s.name for s in repo.schedule_defs) == ["hourly_ops_costs",
                                                           "nightly_delta_maintenance"]
     # new uploads run through the cleaned layer; the automation sensor scores features after

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 import os
+import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 from pydantic import Field, model_validator
 
 from robolake.costs.runs import PROJECT_TAG, TEAM_TAG
+from robolake.storage import Store
+from robolake.tables import append_new_rows
 from robolake.yaml_config import Strict, read_yaml, validate_model
 
 BUDGETS_ENV = "ROBOLAKE_BUDGETS"
@@ -95,3 +102,101 @@ def load_budgets(path: str | Path | None = None) -> Budgets:
 def job_owner_tags(job_name: str) -> dict[str, str]:
     """robolake/team and robolake/project for a job's definition (none if unowned)."""
     return load_budgets().owner_tags(job_name)
+
+
+# --------------------------------------------------------------------------- status
+
+ALERTS = "ops/alerts"
+ALERTS_SCHEMA = pa.schema([
+    ("alert_id", pa.string()), ("month", pa.string()), ("scope", pa.string()),
+    ("name", pa.string()), ("level", pa.string()), ("threshold", pa.float64()),
+    ("budget_usd", pa.float64()), ("spent_usd", pa.float64()), ("queued_usd", pa.float64()),
+    ("ratio", pa.float64()), ("team", pa.string()), ("text", pa.string()),
+    ("webhook_env", pa.string()), ("created_ns", pa.int64()),
+])
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    scope: str  # team or project
+    name: str
+    budget_usd: float
+    spent_usd: float
+    queued_usd: float  # estimated cost of the scope's queued runs
+
+    @property
+    def ratio(self) -> float:
+        total = self.spent_usd + self.queued_usd
+        return total / self.budget_usd if self.budget_usd else (float("inf") if total else 0.0)
+
+    def levels(self, thresholds: Thresholds) -> list[str]:
+        """Every level reached (info, warning, alert, hold), lowest first."""
+        return [lvl for lvl in LEVELS if self.ratio >= getattr(thresholds, lvl)]
+
+    def over(self, thresholds: Thresholds) -> bool:
+        return self.ratio >= thresholds.hold
+
+
+def statuses(budgets: Budgets, spent: dict[str, dict[str, float]],
+             queued: dict[str, dict[str, float]]) -> list[BudgetStatus]:
+    """Each budgeted team and project: its month's spend and queued estimate
+    (`spent` and `queued`: scope -> name -> USD)."""
+    out = []
+    for scope, table in (("team", budgets.teams), ("project", budgets.projects)):
+        for name, budget in table.items():
+            out.append(BudgetStatus(scope, name, budget.monthly_usd,
+                                    spent.get(scope, {}).get(name, 0.0),
+                                    queued.get(scope, {}).get(name, 0.0)))
+    return out
+
+
+def alert_rows(budgets: Budgets, status: BudgetStatus, month: str) -> list[dict]:
+    """One row per level the status reached (keyed month:scope:name:level)."""
+    rows = []
+    for level in status.levels(budgets.thresholds):
+        threshold = getattr(budgets.thresholds, level)
+        budget = (budgets.teams if status.scope == "team" else budgets.projects)[status.name]
+        text = (f"{LEVEL_ICONS[level]} Budget {level}: {status.scope} {status.name} is at "
+                f"{status.ratio:.0%} of its {month} budget (${status.spent_usd:,.2f} spent + "
+                f"${status.queued_usd:,.2f} queued of ${status.budget_usd:,.2f})")
+        if level == "hold":
+            text += ("; its new non-critical runs wait in the queue until the budget is "
+                     "raised or an admin approves them (robolake runs approve RUN_ID)")
+        rows.append({"alert_id": f"{month}:{status.scope}:{status.name}:{level}",
+                     "month": month, "scope": status.scope, "name": status.name,
+                     "level": level, "threshold": threshold, "budget_usd": status.budget_usd,
+                     "spent_usd": status.spent_usd, "queued_usd": status.queued_usd,
+                     "ratio": status.ratio,
+                     "team": status.name if status.scope == "team" else "",
+                     "text": text, "webhook_env": budget.webhook_env or "",
+                     "created_ns": time.time_ns()})
+    return rows
+
+
+LEVEL_ICONS = {"info": ":information_source:", "warning": ":warning:",
+               "alert": ":rotating_light:", "hold": ":no_entry:"}
+
+
+def record_alerts(lake: Store, rows: list[dict]) -> list[dict]:
+    """Append the alerts `ops/alerts` does not hold yet (one per threshold, scope and
+    month, whatever else writes); returns the ones this call wrote (to be sent)."""
+    if not rows:
+        return []
+    _version, written = append_new_rows(lake, ALERTS, rows, ALERTS_SCHEMA, ["alert_id"])
+    return written
+
+
+def slack_payload(row: dict) -> dict:
+    """Slack-compatible incoming-webhook JSON for an alert."""
+    return {"text": row["text"],
+            "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": row["text"]}}],
+            "robolake": {k: row[k] for k in ("alert_id", "scope", "name", "level", "ratio",
+                                             "budget_usd", "spent_usd", "queued_usd")}}
+
+
+def post_webhook(url: str, payload: dict, timeout: float = 10.0) -> int:
+    """POST the JSON; returns the HTTP status (raises on a network error)."""
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status
