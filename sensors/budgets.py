@@ -23,29 +23,59 @@ import dagster as dg
 
 from robolake.costs import budgets as B
 from robolake.costs import runs as C
+from robolake.costs.prices import load_prices
 from robolake_resources.lake import LakeResource
 from robolake_resources.pools import HOLD_TAG
 from robolake_sensors.costs import planned_cost
 
 APPROVED_TAG = "robolake/approved"
+GPU_HOURS_TAG = "robolake/gpu_hours"
 
 
-def _job_averages(lake) -> dict[str, float]:
+def _job_averages(lake) -> dict[str, tuple[float, float]]:
+    """Per job: its average run's (USD, GPU-hours) so far."""
+    prices = load_prices()
     rows = C.read_costs(lake, {"kind": "compute"})
-    totals: dict[str, dict[str, float]] = {}
+    totals: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        runs = totals.setdefault(r["job_name"], {})
-        runs[r["run_id"]] = runs.get(r["run_id"], 0.0) + r["usd"]
-    return {job: sum(v.values()) / len(v) for job, v in totals.items()}
+        run = totals.setdefault(r["job_name"], {}).setdefault(r["run_id"], [0.0, 0.0])
+        run[0] += r["usd"]
+        if r["pool"] in prices.pools:
+            run[1] += r["quantity"] * prices.pool(r["pool"]).reference_type.gpus
+    return {job: (sum(v[0] for v in runs.values()) / len(runs),
+                  sum(v[1] for v in runs.values()) / len(runs))
+            for job, runs in totals.items()}
+
+
+def gpu_hours_estimate(run: dg.DagsterRun, averages: dict[str, tuple[float, float]]) -> float:
+    """The launcher's own estimate (tag robolake/gpu_hours), else the job's average run."""
+    try:
+        return float(run.tags[GPU_HOURS_TAG])
+    except (KeyError, ValueError):
+        return averages.get(run.job_name, (0.0, 0.0))[1]
 
 
 def queued_costs(instance: dg.DagsterInstance, lake, budgets: B.Budgets
-                 ) -> list[tuple[dg.DagsterRun, float]]:
-    """Each queued run with its estimated cost."""
+                 ) -> list[tuple[dg.DagsterRun, float, float]]:
+    """Each queued run with its estimated cost (USD) and GPU-hours."""
     averages = _job_averages(lake)
     queued = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED]))
-    return [(run, averages.get(run.job_name)
-             or planned_cost(instance, run, budgets.queued_run_hours)) for run in queued]
+    return [(run, averages.get(run.job_name, (0.0, 0.0))[0]
+             or planned_cost(instance, run, budgets.queued_run_hours),
+             gpu_hours_estimate(run, averages)) for run in queued]
+
+
+def hold_reason(run: dg.DagsterRun, over: set[tuple[str, str]], gpu_hours: float,
+                budgets: B.Budgets) -> str | None:
+    """Why a queued run must wait: approval (expensive GPU work), budget, or None."""
+    if run.tags.get(APPROVED_TAG):
+        return None
+    if budgets.approval_gpu_hours and gpu_hours > budgets.approval_gpu_hours:
+        return "approval"  # even a critical run: someone must agree to spend this much
+    team, project = C.owner(dict(run.tags))
+    if (("team", team) in over or ("project", project) in over) and not exempt(run):
+        return "budget"
+    return None
 
 
 def exempt(run: dg.DagsterRun) -> bool:
@@ -71,7 +101,7 @@ def evaluate_budgets(instance: dg.DagsterInstance, lake, log, now: dt.datetime |
     spent = {scope: C.spend(lake, month, scope) for scope in ("team", "project")}
     queued = queued_costs(instance, lake, budgets)
     estimate: dict[str, dict[str, float]] = {"team": {}, "project": {}}
-    for run, usd in queued:
+    for run, usd, _gpu_hours in queued:
         team, project = C.owner(dict(run.tags))
         estimate["team"][team] = estimate["team"].get(team, 0.0) + usd
         estimate["project"][project] = estimate["project"].get(project, 0.0) + usd
@@ -82,13 +112,12 @@ def evaluate_budgets(instance: dg.DagsterInstance, lake, log, now: dt.datetime |
         _send(row, log)
     over = {(s.scope, s.name) for s in statuses if s.over(budgets.thresholds)}
     held, released = [], []
-    for run, _usd in queued:
-        team, project = C.owner(dict(run.tags))
-        hold = (("team", team) in over or ("project", project) in over) and not exempt(run)
-        if hold and run.tags.get(HOLD_TAG) != "budget":
-            instance.add_run_tags(run.run_id, {HOLD_TAG: "budget"})
+    for run, _usd, gpu_hours in queued:
+        reason, current = hold_reason(run, over, gpu_hours, budgets), run.tags.get(HOLD_TAG)
+        if reason and current != reason:
+            instance.add_run_tags(run.run_id, {HOLD_TAG: reason})
             held.append(run.run_id)
-        elif not hold and run.tags.get(HOLD_TAG) == "budget":
+        elif not reason and current in ("budget", "approval"):
             instance.add_run_tags(run.run_id, {HOLD_TAG: "released"})
             released.append(run.run_id)
     return {"month": month, "alerts": [r["alert_id"] for r in sent], "held": held,

@@ -140,3 +140,36 @@ def test_a_bad_budgets_file_names_the_field(tmp_path):
     budgets = B.Budgets.model_validate({"owners": {"train_*": {"team": "t", "project": "p"}}})
     assert budgets.owner_tags("train_lidar") == {C.TEAM_TAG: "t", C.PROJECT_TAG: "p"}
     assert budgets.owner_tags("build_datasets") == {}
+
+
+def test_expensive_gpu_training_waits_for_approval(tmp_path, monkeypatch):
+    from robolake_sensors.budgets import GPU_HOURS_TAG
+
+    budgets_file = tmp_path / "budgets.yaml"
+    budgets_file.write_text(yaml.safe_dump({"approval_gpu_hours": 8,
+                                            "teams": {"perception": {"monthly_usd": 1e6}}}))
+    monkeypatch.setenv(B.BUDGETS_ENV, str(budgets_file))
+    lake = open_store(tmp_path / "lake")
+    # train_big's last run used 12 node-hours of gpu_standard (1 GPU each): 12 GPU-hours
+    spend(lake, "old-big", 14.5)
+    rows = C.read_costs(lake)
+    rows[0]["quantity"], rows[0]["job_name"] = 12.0, "train_big"
+    C.record_run_costs(lake, "old-big", rows)
+    with _instance() as instance:
+        queue = Queue(instance)
+        try:
+            big = queue.submit("train_big", {**PERCEPTION, C.CRITICAL_TAG: "true"})
+            tagged = queue.submit("train_small", {**PERCEPTION, GPU_HOURS_TAG: "20"})
+            small = queue.submit("train_small", {**PERCEPTION, GPU_HOURS_TAG: "2"})
+            tick = evaluate_budgets(instance, lake, LOG)
+            assert sorted(tick["held"]) == sorted([big, tagged])
+            assert {instance.get_run_by_id(r).tags[HOLD_TAG] for r in (big, tagged)} == {
+                "approval"}
+            assert queue.tick() == ["train_small"]  # only the cheap one starts
+            assert instance.get_run_by_id(small).status.value == "STARTING"
+            approve_run(instance, big, "admin")
+            assert evaluate_budgets(instance, lake, LOG)["held"] == []
+            assert queue.tick() == ["train_big"]
+            assert instance.get_run_by_id(tagged).status.value == "QUEUED"
+        finally:
+            queue.close()

@@ -57,6 +57,8 @@ class Budget(Strict):
 class Budgets(Strict):
     thresholds: Thresholds = Thresholds()
     queued_run_hours: float = Field(1.0, ge=0)
+    # a queued run estimated above this many GPU-hours waits for an admin's approval
+    approval_gpu_hours: float | None = Field(None, gt=0)
     owners: dict[str, Owner] = Field(default_factory=dict)
     teams: dict[str, Budget] = Field(default_factory=dict)
     projects: dict[str, Budget] = Field(default_factory=dict)
