@@ -23,8 +23,8 @@ from robolake_assets.helpers import (
     cleaned_asset_of_table,
     dataset_asset_key,
     markdown_table,
+    require_owner_tags,
 )
-from robolake_assets.ownership import require_owner_tags
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource

@@ -30,13 +30,17 @@ import dagster as dg
 
 from robolake.costs.budgets import job_owner_tags
 from robolake.models.config import TrainingConfig, load_config
-from robolake_assets.helpers import dataset_asset_key, markdown_list, markdown_table
-from robolake_assets.ownership import require_owner_tags
-from robolake_assets.placement import training_placement
+from robolake_assets.helpers import (
+    dataset_asset_key,
+    markdown_list,
+    markdown_table,
+    require_owner_tags,
+)
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
 from robolake_resources.mlflow import MlflowResource
+from robolake_resources.placement import training_placement
 
 GROUP = "models"
 

@@ -134,7 +134,7 @@ def _ops_costs():
 
 def test_jobs_carry_their_owner_and_untagged_training_fails_on_k8s(priced):
     from robolake_assets.definitions import defs
-    from robolake_assets.ownership import require_owner_tags
+    from robolake_assets.helpers import require_owner_tags
 
     repo = defs.get_repository_def()
     owners = {name: (repo.get_job(name).tags.get(C.TEAM_TAG),
