@@ -6,7 +6,9 @@ Pools (where a step runs on Kubernetes): `cpu_spot()`, `cpu_on_demand()`,
 limit) used by `k8s_job_executor`, the Dagster `pool` whose slots the
 instance limits (`POOL_LIMITS`), the step priority within a run, and the
 retry policy for preemptible capacity. Locally the tags are inert and the same
-definitions run with the default executor.
+definitions run with the default executor. What each pool's nodes are and cost
+(instance types, on-demand and Spot prices) is in configs/prices.yaml
+(`Pool.prices()`); the Karpenter NodePools list exactly those types.
 
 Run queues (which run the queue launches first): interactive > training >
 ETL > batch, as the run tag `dagster/priority` plus a `robolake/queue` tag
@@ -19,6 +21,8 @@ highest priority (0) and no cap; automated work is tagged lower by its job.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,12 +30,14 @@ from typing import Any
 
 import dagster as dg
 
+from robolake.costs.prices import PoolPrices, Prices, load_prices
 from robolake.errors import is_transient
 
 # --------------------------------------------------------------------------- pools
 
 POOL_LABEL = "robolake.io/pool"
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class Pool:
     preemptible: bool = False
     priority: int = 0  # dagster/priority of this pool's steps inside a run (training first)
     limit: int = 8  # production: steps of this pool running at once across all runs
+    # when set, the node must be one of these types (the recommender's fitting ones)
+    instance_types: tuple[str, ...] = ()
 
     def k8s_config(self) -> dict[str, Any]:
         requests, limits = dict(self.requests), dict(self.limits)
@@ -55,12 +63,16 @@ class Pool:
         if not self.preemptible:
             # consolidation must not evict a training step or an on-demand step mid-run
             annotations["karpenter.sh/do-not-disrupt"] = "true"
+        pod_spec: dict[str, Any] = {"node_selector": dict(self.node_selector),
+                                    "tolerations": [dict(t) for t in self.tolerations]}
+        if self.instance_types:
+            pod_spec["affinity"] = {"node_affinity": {
+                "required_during_scheduling_ignored_during_execution": {"node_selector_terms": [
+                    {"match_expressions": [{"key": INSTANCE_TYPE, "operator": "In",
+                                            "values": list(self.instance_types)}]}]}}}
         return {
             "container_config": {"resources": {"requests": requests, "limits": limits}},
-            "pod_spec_config": {
-                "node_selector": dict(self.node_selector),
-                "tolerations": [dict(t) for t in self.tolerations],
-            },
+            "pod_spec_config": pod_spec,
             "pod_template_spec_metadata": {"labels": {POOL_LABEL: self.label},
                                            "annotations": annotations},
         }
@@ -68,6 +80,15 @@ class Pool:
     @property
     def label(self) -> str:
         return self.node_selector[POOL_LABEL]
+
+    @property
+    def spot(self) -> bool:
+        return self.node_selector.get(CAPACITY_TYPE) == "spot"
+
+    def prices(self, prices: Prices | None = None) -> PoolPrices:
+        """This pool's instance types and their prices: configs/prices.yaml is the one
+        list (the Karpenter NodePool allows exactly these types)."""
+        return (prices or load_prices()).pool(self.name)
 
     def retry_policy(self) -> dg.RetryPolicy:
         # Spot nodes disappear with two minutes' notice: ETL steps retry, and
@@ -158,6 +179,31 @@ def gpu(high: bool = False) -> dict[str, Any]:
     return (GPU_HIGH if high else GPU_STANDARD).asset_kwargs()
 
 
+def gpu_sized(pool: str, gpus: int, instance_types: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """A GPU step sized by the instance recommender (robolake.costs.recommend): `gpus`
+    devices (one per training process) on one of `instance_types` of `pool`. A part of
+    a multi-GPU node asks for the same part of its CPUs and memory."""
+    base = POOLS[pool]
+    if not base.gpus or not 1 <= gpus <= base.gpus:
+        raise ValueError(f"pool {pool} cannot give a step {gpus} GPU(s) (it has {base.gpus})")
+
+    def part(quantities: dict[str, str]) -> dict[str, str]:
+        if gpus == base.gpus:
+            return dict(quantities)
+        return {k: _scaled(v, gpus / base.gpus) for k, v in quantities.items()}
+
+    sized = dataclasses.replace(base, gpus=gpus, requests=part(base.requests),
+                                limits=part(base.limits), instance_types=tuple(instance_types))
+    return sized.asset_kwargs()
+
+
+def _scaled(quantity: str, factor: float) -> str:
+    """A CPU or memory quantity times `factor`, rounded up (cores, or Gi)."""
+    if quantity.endswith("Gi"):
+        return f"{math.ceil(float(quantity[:-2]) * factor)}Gi"
+    return str(math.ceil(float(quantity) * factor))
+
+
 def apply_pool_limits(instance: dg.DagsterInstance,
                       limits: dict[str, int] | None = None) -> dict[str, int]:
     """Set each pool's slot count on the instance (idempotent); returns what was set."""
@@ -239,6 +285,12 @@ QUEUES = {q.name: q for q in (INTERACTIVE, TRAINING, ETL, BATCH)}
 # Every run at once; a backfill (any, tagged or not) holds at most BACKFILL_LIMIT of them.
 MAX_CONCURRENT_RUNS = {"local": 5, "production": 60}
 BACKFILL_LIMIT = {"local": 2, "production": 12}
+# A run tagged robolake/hold=budget (its team or project spent its month's budget) or
+# =approval (expensive GPU work) stays queued: no slot for it, ever. The budget sensor
+# sets and lifts the tag (sensors/budgets.py); `robolake runs approve` lifts it.
+HOLD_TAG = "robolake/hold"
+HOLD_LIMITS = [{"key": HOLD_TAG, "value": "budget", "limit": 0},
+               {"key": HOLD_TAG, "value": "approval", "limit": 0}]
 # Laptop only: the upload sensor's runs (ETL) share the machine with the UI's.
 LOCAL_EXTRA_TAG_LIMITS = [{"key": "robolake/trigger", "value": "new_uploads_sensor", "limit": 2}]
 
@@ -260,6 +312,7 @@ def queue_limits(deployment: str) -> list[dict[str, Any]]:
         if cap is not None:
             limits.append({"key": QUEUE_TAG, "value": q.name, "limit": cap})
     limits.append({"key": BACKFILL_TAG, "limit": BACKFILL_LIMIT[deployment]})
+    limits += [dict(x) for x in HOLD_LIMITS]
     if deployment == "local":
         limits += [dict(x) for x in LOCAL_EXTRA_TAG_LIMITS]
     return limits

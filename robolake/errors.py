@@ -20,6 +20,11 @@ _TRANSIENT_S3_CODES = {"SlowDown", "Throttling", "ThrottlingException", "Request
                        "503", "500", "502", "504"}
 
 
+class CapacityLost(RuntimeError):
+    """The node is going away (a Spot reclaim's SIGTERM); what was done is saved and a
+    retry continues from it."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures of capacity or the network (worth a retry), False for failures
     that the same input will cause again (bad data, bad config, a bug)."""
@@ -35,7 +40,7 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionClosedError
                       | bce.ReadTimeoutError | bce.ConnectTimeoutError):
             return True
-    if isinstance(exc, ConnectionError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError | CapacityLost):
         return True
     if isinstance(exc, OSError):
         return exc.errno in _TRANSIENT_ERRNOS

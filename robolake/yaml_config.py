@@ -82,3 +82,15 @@ def read_yaml(path: Path, error: type[ValueError], what: str) -> object:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise error(f"{path}: not valid YAML{where}") from None
+
+
+def validate_model(model: type[BaseModel], data: object, source: str, error: type[ValueError],
+                   expected: str) -> Any:
+    """`data` (parsed YAML) validated as `model`; `error` lists every problem, one per
+    line, naming `source` and the field. `expected` says what the top level should be."""
+    if not isinstance(data, dict):
+        raise error(f"{source}: expected a mapping with {expected} (got {type(data).__name__})")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(error_lines(source, exc)) from None

@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_launch_parser(sub, debug)
     add_notify_parser(sub, debug)
     _add_metrics_parser(sub, debug)
+    from robolake_assets.cli_costs import add_cost_parsers  # cost and capacity (issue 14)
+
+    add_cost_parsers(sub, debug)
     return parser
 
 

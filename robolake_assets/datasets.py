@@ -28,6 +28,7 @@ from robolake_assets.helpers import (
     dataset_asset_key,
     dataset_column_lineage,
     markdown_table,
+    require_owner_tags,
 )
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
@@ -105,6 +106,7 @@ def build_dataset_asset(path: Path, spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     def _dataset(context: dg.AssetExecutionContext, lake: LakeResource, engine: EngineResource,
                  pyspark: SparkSessionResource):
+        require_owner_tags(context)
         store = lake.store()
         current = load_spec(path)  # the file may have changed since the code location loaded
         chosen = choose_engine(engine.engine, input_bytes(store, current), engine.min_bytes())

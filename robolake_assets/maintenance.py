@@ -10,6 +10,7 @@ safe to repeat, but there is no point paying a Spot interruption for it.
 import dagster as dg
 
 from robolake import maintenance
+from robolake.costs.budgets import job_owner_tags
 from robolake_assets.helpers import markdown_table
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -51,7 +52,7 @@ def compact_and_vacuum_lake(context: dg.OpExecutionContext, config: MaintenanceC
     return dg.Output(len(results), metadata=metadata)
 
 
-@dg.job(tags=pools.queue_tags("batch"),
+@dg.job(tags={**pools.queue_tags("batch"), **job_owner_tags("delta_maintenance")},
         description="Nightly: compact and vacuum the lake's Delta tables.")
 def delta_maintenance():
     compact_and_vacuum_lake()

@@ -28,18 +28,21 @@ from pathlib import Path
 
 import dagster as dg
 
+from robolake.costs.budgets import job_owner_tags
 from robolake.models.config import TrainingConfig, load_config
 from robolake_assets.helpers import (
     dataset_asset_key,
     markdown_list,
     markdown_table,
     model_column_lineage,
+    require_owner_tags,
 )
 from robolake_assets.metadata import figure, without_blanks
 from robolake_partitions import dataset_version_partitions
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
 from robolake_resources.mlflow import MlflowResource
+from robolake_resources.placement import training_placement
 
 GROUP = "models"
 
@@ -155,12 +158,14 @@ def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey,
     return str(entry.value) if entry is not None and entry.value else None
 
 
-def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.AssetsDefinition:
+def build_training_asset(config_path: Path, config: TrainingConfig,
+                         specs_dir: Path | None = None) -> dg.AssetsDefinition:
     """`model_<name>`: train, register and export one config's model."""
     from robolake.models import pipeline
 
-    # several processes per node need the multi-GPU pool; compute routing sets the k8s tags
-    placement = pools.gpu(high=config.distributed.nproc_per_node > 1)
+    # the recommender sizes the GPU request (one GPU per process, on types that hold the
+    # estimated peak); compute routing turns it into the k8s tags
+    placement, sizing = training_placement(config, specs_dir)
 
     @dg.asset(
         name=f"model_{asset_suffix(config)}",
@@ -171,12 +176,13 @@ def build_training_asset(config_path: Path, config: TrainingConfig) -> dg.Assets
         description=f"{config.model.architecture} trained on a version of "
                     f"{config.dataset.name} (one partition per version; {config_path.name} "
                     f"names {config.dataset.version}); checkpoints in the lake, registered in "
-                    f"MLflow as {config.name}",
+                    f"MLflow as {config.name}. {sizing}",
         tags={"robolake/model": config.name},
         **placement,
     )
     def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
+        require_owner_tags(context)
         mlflow.activate()
         store = lake.store()
         trained = config.for_dataset_version(context.partition_key)
@@ -219,22 +225,24 @@ def build_evaluation_asset(config_path: Path, config: TrainingConfig,
     return evaluation_asset
 
 
-def build_model_assets(config_path: Path, config: TrainingConfig) -> list[dg.AssetsDefinition]:
+def build_model_assets(config_path: Path, config: TrainingConfig,
+                       specs_dir: Path | None = None) -> list[dg.AssetsDefinition]:
     """The training and evaluation assets of one config."""
-    training = build_training_asset(config_path, config)
+    training = build_training_asset(config_path, config, specs_dir)
     return [training, build_evaluation_asset(config_path, config, training.key)]
 
 
-def build_models_layer(directory: Path) -> tuple[list[dg.AssetsDefinition], list]:
+def build_models_layer(directory: Path, specs_dir: Path | None = None
+                       ) -> tuple[list[dg.AssetsDefinition], list]:
     """Assets and jobs (`train_<name>`: a config's training and evaluation, training queue)."""
     assets: list[dg.AssetsDefinition] = []
     jobs = []
     for path, config in training_configs(directory).items():
-        pair = build_model_assets(path, config)
+        pair = build_model_assets(path, config, specs_dir)
         assets += pair
         jobs.append(dg.define_asset_job(
             train_job_name(config), selection=dg.AssetSelection.assets(*pair),
-            tags=pools.queue_tags("training"),
+            tags={**pools.queue_tags("training"), **job_owner_tags(train_job_name(config))},
             description=f"Train, register, evaluate and maybe promote {config.name}."))
     return assets, jobs
 

@@ -7,9 +7,11 @@ deterministic algorithms are on, and every RNG draw that is not part of
 training (creating a DataLoader iterator draws a worker seed) is fenced off.
 
 Checkpoints. Every `checkpoint.every_steps` steps or `every_minutes` minutes,
-and at each epoch's end, rank 0 writes model, optimiser, scheduler, AMP scaler,
-RNG states (torch, CUDA, numpy, random), the loader position (epoch, samples
-consumed this epoch) and the early-stopping state to
+at each epoch's end, and on SIGTERM (a Spot node's two-minute notice: the step in
+flight finishes, every rank stops at the same step, and `train` raises
+`CapacityLost`, which the pool's retry policy retries), rank 0 writes model,
+optimiser, scheduler, AMP scaler, RNG states (torch, CUDA, numpy, random), the
+loader position (epoch, samples consumed this epoch) and the early-stopping state to
 `models/<name>/checkpoints/<run key>/step-XXXXXXXX.pt` in the lake, then the
 pointer `latest.json` (last, so a half-written checkpoint is never picked), and
 keeps the newest `keep`. A restarted run with the same run key resumes from the
@@ -40,7 +42,9 @@ import json
 import math
 import os
 import random
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +56,7 @@ import torch.distributed as dist
 from torch import nn
 
 from robolake.datasets.loader import load, rank_stream_length, read_manifest
+from robolake.errors import CapacityLost
 from robolake.models import metrics as M
 from robolake.models.architectures import (
     ARCHITECTURES,
@@ -341,15 +346,33 @@ def train(config: TrainingConfig, lake: Store, *, run_key: str | None = None,
         torch.use_deterministic_algorithms(True, warn_only=True)
         if config.training.cpu_threads:
             torch.set_num_threads(config.training.cpu_threads)
+    sigterm = threading.Event()
+    previous = _handle_sigterm(sigterm)
     try:
         run = _Run(config, lake, env, device, run_key or default_run_key(config, env.world_size),
                    resume, track, log)
-        return run.train(stop_after_steps)
+        run.sigterm = sigterm
+        result = run.train(stop_after_steps)
+        if run.preempted:
+            raise CapacityLost(f"SIGTERM at step {result.global_step}: checkpointed to "
+                               f"{result.checkpoint_key}; a retry resumes from it")
+        return result
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         torch.use_deterministic_algorithms(deterministic_before)
         torch.set_num_threads(threads_before)
         if created_group:
             dist.destroy_process_group()
+
+
+def _handle_sigterm(event: threading.Event):
+    """On SIGTERM (a Spot node's two-minute notice, a pod deleted) set `event`: training
+    checkpoints after the current step and stops. Returns the previous handler (None when
+    not on the main thread, where Python cannot install one)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, lambda _signum, _frame: event.set())
 
 
 @dataclass(frozen=True)
@@ -462,6 +485,8 @@ class _Run:
         self.last_checkpoint = time.monotonic()
         self.stop = self.pos.global_step >= self.plan.total_steps
         self.upcoming = None  # the next epoch's batches, started before this epoch ends
+        self.sigterm = threading.Event()  # set by the SIGTERM handler (`train`)
+        self.preempted = False
 
     # ----------------------------------------------------------------------- resuming
 
@@ -580,11 +605,23 @@ class _Run:
                     and steps_left == EPOCH_PREFETCH
                     and pos.global_step + EPOCH_PREFETCH < plan.total_steps):
                 self.upcoming = self._epoch_batches(pos.epoch + 1, 0)
-            if self._checkpoint_due():
+            # every rank asks (a collective under DDP), before the time-based check
+            if self._preempted() or self._checkpoint_due():
                 self._checkpoint()
-            if stop_after_steps is not None and pos.global_step >= stop_after_steps:
+            if self.preempted or (stop_after_steps is not None
+                                  and pos.global_step >= stop_after_steps):
                 return True
         return False
+
+    def _preempted(self) -> bool:
+        """SIGTERM reached this process (or, under DDP, any rank): stop after this step."""
+        flag = self.sigterm.is_set()
+        if self.env.distributed:  # every rank must stop at the same step
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flag = bool(t.item())
+        self.preempted = self.preempted or flag
+        return self.preempted
 
     def _step(self, batches: Iterator[dict]) -> None:
         """One optimiser step on the next batch, then the counters and step metrics."""

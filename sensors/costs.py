@@ -1,0 +1,119 @@
+"""`run_costs_sensor`: the cost of every finished run, step by step, into `ops/costs`.
+
+For each run that finished (success, failure or cancel) since its cursor, it reads
+the run's step starts and ends from the event log and what each step asked for from
+the run's execution plan (the `robolake/pool` and `dagster-k8s/config` step tags), and
+prices them with robolake.costs.runs. A run's rows replace any earlier ones, so a
+re-evaluated tick or a reset cursor never double counts. A laptop's runs are priced as
+if they ran in their pools (what they would cost in production).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from robolake.costs import runs as C
+from robolake.costs.prices import load_prices
+from robolake_resources import pools
+from robolake_resources.lake import LakeResource
+
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE,
+            dg.DagsterRunStatus.CANCELED]
+_STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS,
+                dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.ASSET_MATERIALIZATION}
+_ENDS = (dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+
+
+def _step_requests(tags: dict) -> dict[str, str]:
+    config = tags.get("dagster-k8s/config") or {}
+    config = json.loads(config) if isinstance(config, str) else config
+    resources = (config.get("container_config") or {}).get("resources") or {}
+    return {k: str(v) for k, v in (resources.get("requests") or {}).items()}
+
+
+def step_usages(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[C.StepUsage]:
+    """Each step of a run: its pool and requests, its attempts' total time, its assets."""
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    step_tags = {s.key: dict(s.tags or {}) for s in plan.steps}
+    starts: dict[str, int] = {}
+    spans: dict[str, list[int]] = {}  # step -> [first start, last end, seconds in ns]
+    assets: dict[str, list[str]] = {}
+    for entry in instance.all_logs(run.run_id, of_type=_STEP_EVENTS):
+        event, key = entry.dagster_event, entry.step_key
+        if event is None or key is None:
+            continue
+        ns = int(entry.timestamp * 1e9)
+        if event.event_type == dg.DagsterEventType.STEP_START:
+            starts[key] = ns
+            spans.setdefault(key, [ns, ns, 0])
+        elif event.event_type in _ENDS and key in starts:
+            span = spans[key]
+            span[1], span[2] = ns, span[2] + ns - starts.pop(key)
+        elif event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+            assets.setdefault(key, []).append(event.asset_key.to_user_string())
+    usages = []
+    for key, (first, _last, busy) in sorted(spans.items()):
+        tags = step_tags.get(key, {})
+        pool = tags.get("robolake/pool")
+        usages.append(C.StepUsage(key, pool if pool in pools.POOLS else None, first,
+                                  first + busy, _step_requests(tags),
+                                  ",".join(sorted(set(assets.get(key, []))))))
+    return usages
+
+
+def run_cost_rows(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dict]:
+    prices = load_prices()
+    info = {"run_id": run.run_id, "job_name": run.job_name, "tags": dict(run.tags)}
+    return [C.step_cost_row(info, u, prices, bool(u.pool) and pools.POOLS[u.pool].spot)
+            for u in step_usages(instance, run)]
+
+
+def record_finished_runs(instance: dg.DagsterInstance, lake, after: float | None,
+                         limit: int = 50) -> tuple[float | None, list[str]]:
+    """Price the runs that finished after `after` (update time); returns the new cursor
+    and the runs recorded."""
+    filters = dg.RunsFilter(statuses=FINISHED, updated_after=(
+        datetime.fromtimestamp(after, UTC) if after else None))
+    records = instance.get_run_records(filters=filters, limit=limit,
+                                       order_by="update_timestamp", ascending=True)
+    done = []
+    for record in records:
+        C.record_run_costs(lake, record.dagster_run.run_id,
+                           run_cost_rows(instance, record.dagster_run))
+        done.append(record.dagster_run.run_id)
+        after = record.update_timestamp.timestamp()
+    return after, done
+
+
+@dg.sensor(name="run_costs_sensor", minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Prices each finished run's steps (duration x share of the node asked "
+                       "for x the pool's price) into the Delta table ops/costs.")
+def run_costs_sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+    after = float(context.cursor) if context.cursor else None
+    cursor, done = record_finished_runs(context.instance, lake.store(), after)
+    if done:
+        context.log.info(f"priced {len(done)} run(s) into {C.COSTS}")
+        context.update_cursor(str(cursor))
+    return dg.SkipReason(f"priced {len(done)} finished run(s)")
+
+
+def planned_cost(instance: dg.DagsterInstance, run: dg.DagsterRun, hours: float) -> float:
+    """What a run that has not started would cost if each of its steps ran `hours`."""
+    if not run.execution_plan_snapshot_id:
+        return 0.0  # nothing known about its steps
+    prices = load_prices()
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    total = 0.0
+    for step in plan.steps:
+        tags = dict(step.tags or {})
+        pool = tags.get("robolake/pool")
+        if pool not in pools.POOLS:
+            continue
+        usage = C.StepUsage(step.key, pool, 0, int(hours * 3600e9), _step_requests(tags))
+        total += C.step_cost_row({"run_id": run.run_id, "job_name": run.job_name, "tags": {}},
+                                 usage, prices, pools.POOLS[pool].spot)["usd"]
+    return total
