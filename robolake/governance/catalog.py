@@ -344,8 +344,8 @@ FILE_AREAS: dict[str, FileArea] = {a.prefix: a for a in (
              "of queued corner cases, per upload", RESTRICTED),
     FileArea("annotations/tasks", "features", OWNERS["ml"], "Label Studio import files of the "
              "queue (robot, time and scenario of each task)", CONFIDENTIAL),
-    FileArea("notebooks", "ops", OWNERS["ml"], "Executed notebooks, their HTML and figures "
-             "(plots may show GPS tracks)", RESTRICTED),
+    FileArea("notebooks", "features", OWNERS["ml"], "Executed notebooks, their HTML and "
+             "figures (plots may show GPS tracks)", RESTRICTED),
 )}
 
 
