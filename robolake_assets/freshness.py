@@ -16,6 +16,7 @@ import dagster as dg
 from robolake.freshness import cleaned_lag
 from robolake.settings import get_settings
 from robolake_assets.metadata import figure
+from robolake_resources import pools
 from robolake_resources.lake import LakeResource, LandingResource
 
 CHECK_NAME = "freshness"
@@ -23,7 +24,8 @@ CHECK_NAME = "freshness"
 
 @dg.asset_check(asset="cleaned_quality_reports", name=CHECK_NAME,
                 description="The cleaned layer is at most ROBOLAKE_FRESHNESS_MAX_LAG_S (default "
-                            "1 h) behind the landing zone: no landing file waits longer")
+                            "1 h) behind the landing zone: no landing file waits longer",
+                **pools.cpu_spot())  # a step like any other: its pool, node selector, retries
 def cleaned_freshness(landing: LandingResource, lake: LakeResource) -> dg.AssetCheckResult:
     limit = get_settings().freshness_max_lag_s
     lag = cleaned_lag(landing.store(), lake.store())
