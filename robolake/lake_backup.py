@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
+from robolake.governance.audit import AUDIT
 from robolake.maintenance import MIN_RETENTION_HOURS, discover_tables
 from robolake.storage import S3Store, Store
 from robolake.tables import open_table
@@ -236,14 +237,21 @@ def pin_key(stamp: str) -> str:
     return f"{PIN_PREFIX}/{stamp}.json"
 
 
+# the audit log is append-only and hash-chained: a restore never rolls it back (a restore is
+# itself an event it records)
+NEVER_RESTORED = frozenset({AUDIT})
+
+
 def pin_table_versions(lake: Store, stamp: str) -> dict[str, int]:
-    """Record the current version of every Delta table under `ops/backups/delta/<stamp>.json`
-    (once per stamp: a second call returns the first pin)."""
+    """Record the current version of every Delta table (but the audit log) under
+    `ops/backups/delta/<stamp>.json` (once per stamp: a second call returns the first pin)."""
     key = pin_key(stamp)
     if lake.exists(key):
         return json.loads(lake.read_bytes(key))["tables"]
     tables = {}
     for table_key in discover_tables(lake):
+        if table_key in NEVER_RESTORED:
+            continue
         table = open_table(lake, table_key)
         if table is not None:
             tables[table_key] = table.version()
