@@ -57,8 +57,9 @@ def _cmd_costs_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def approve_run(instance, run_id: str, who: str) -> str:
-    """Let a queued run that a budget (or approval rule) holds start; returns what was done."""
+def approve_run(instance, run_id: str, who: str, lake=None) -> str:
+    """Let a queued run that a budget (or approval rule) holds start; returns what was done.
+    With `lake`, the approval is recorded in its audit log (ops/audit)."""
     import datetime as dt
 
     import dagster as dg
@@ -74,6 +75,12 @@ def approve_run(instance, run_id: str, who: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     instance.add_run_tags(run_id, {APPROVED_TAG: f"{who} {stamp}", HOLD_TAG: "approved"})
     held = run.tags.get(HOLD_TAG)
+    if lake is not None:
+        from robolake.governance import audit
+
+        audit.record(lake, "approve", f"run:{run_id}", actor=audit.Actor(f"user:{who}", "admin"),
+                     details={"job": run.job_name, "held": held or "",
+                              "team": run.tags.get("robolake/team", "")})
     return (f"approved run {run_id} ({run.job_name}) as {who}"
             + (f"; it was held ({held}) and may start now" if held else ""))
 
@@ -84,10 +91,12 @@ def _cmd_runs_approve(args: argparse.Namespace, settings: Settings) -> int:
     import dagster as dg
 
     from robolake.settings import ensure_dagster_home
+    from robolake.storage import open_store
 
     ensure_dagster_home(settings)
     with dg.DagsterInstance.get() as instance:
-        print(approve_run(instance, args.run_id, args.by or getpass.getuser()))
+        print(approve_run(instance, args.run_id, args.by or getpass.getuser(),
+                          open_store(settings.lake)))
     return 0
 
 

@@ -111,7 +111,9 @@ def test_alerts_once_per_threshold_then_hold_approve_and_release(tmp_path, monke
             assert instance.get_run_by_id(other).status.value == "STARTING"
             assert {instance.get_run_by_id(r).status.value for r in held} == {"QUEUED"}
             # an admin approves one: it goes; the other stays held
-            assert "may start now" in approve_run(instance, held[0], "admin")
+            assert "may start now" in approve_run(instance, held[0], "admin", lake)
+            [entry] = read_table(lake, "ops/audit", filters={"action": "approve"}).to_pylist()
+            assert (entry["target"], entry["actor"]) == (f"run:{held[0]}", "user:admin")
             assert evaluate_budgets(instance, lake, LOG)["held"] == []
             assert queue.tick() == ["train_x"]
             assert instance.get_run_by_id(held[1]).tags[HOLD_TAG] == "budget"

@@ -40,7 +40,7 @@ from robolake.storage import Store
 AUDIT = "ops/audit"
 GENESIS = "0" * 64
 TAIL_KEY = "robolake.audit_tail"  # commit metadata: {"seq": n, "hash": …}
-ACTIONS = ("read", "write", "erase", "purge", "promote")
+ACTIONS = ("read", "write", "erase", "purge", "promote", "approve")
 AUDIT_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("entry_id", pa.string()), ("ts_ns", pa.int64()),
     ("date", pa.string()), ("actor", pa.string()), ("role", pa.string()),

@@ -244,7 +244,7 @@ _AUDIT = (
     _c("date", "UTC day of ts_ns; partition column"),
     _c("actor", "Who: API key id, Dagster run id or OS user", CONFIDENTIAL),
     _c("role", "Role of the key (robot, engineer, admin, auditor) or run/cli"),
-    _c("action", "read, write, erase, purge or promote"),
+    _c("action", "read, write, erase, purge, promote or approve (a held run)"),
     _c("target", "Table key, API path or model name"),
     _c("version", "Delta table or model version written"),
     _c("partition", "Partition written or read"),
