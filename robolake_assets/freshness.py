@@ -28,7 +28,8 @@ CHECK_NAME = "freshness"
                 **pools.cpu_spot())  # a step like any other: its pool, node selector, retries
 def cleaned_freshness(landing: LandingResource, lake: LakeResource) -> dg.AssetCheckResult:
     limit = get_settings().freshness_max_lag_s
-    lag = cleaned_lag(landing.store(), lake.store())
+    with pools.retry_only_transient():  # a bad lake or landing setting fails at once
+        lag = cleaned_lag(landing.store(), lake.store())
     metadata = {"lag_s": figure(lag.seconds), "max_lag_s": limit, "files_waiting": lag.waiting}
     if lag.waiting:
         metadata |= {"oldest_file": lag.oldest_key, "oldest_partition": lag.oldest_partition}
