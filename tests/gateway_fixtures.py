@@ -3,10 +3,7 @@ keys and tokens made through the real endpoints, and a real nats-server."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +12,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from robolake.gateway import broker
 from robolake.gateway.app import create_app
 from robolake.gateway.config import GatewaySettings
 from robolake.gateway.keys import KeyStore
@@ -83,43 +81,16 @@ def make_settings(tmp: Path, **overrides) -> GatewaySettings:
 
 
 def nats_server_binary() -> str | None:
-    here = Path(sys.executable).parent / "nats-server"
-    return str(here) if here.exists() else shutil.which("nats-server")
+    try:
+        return broker.nats_server_binary()
+    except FileNotFoundError:
+        return None
 
 
-class NatsServer:
-    """A real nats-server with JetStream on a loopback port, its storage in a folder."""
+class NatsServer(broker.EmbeddedNats):
+    """The gateway's own embedded nats-server (JetStream on loopback); `start` returns the
+    server so tests can chain it, and `stop`/`start` again keep its port and storage."""
 
-    def __init__(self, store: Path, port: int | None = None):
-        self.store, self.port = store, port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> NatsServer:
-        binary = nats_server_binary()
-        assert binary, "nats-server not installed"
-        self.store.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+    def start(self, timeout_s: float = 20) -> NatsServer:
+        super().start(timeout_s)
+        return self

@@ -481,9 +481,7 @@ def _select_recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int],
     else:
         from robolake.datasets.spark_build import read_version
 
-        columns = pl.scan_delta(lake.table_uri(CORNER_CASES), version=versions[CORNER_CASES],
-                                storage_options=lake.delta_options or None).collect_schema()
-        scored = read_version(spark, lake, CORNER_CASES, versions[CORNER_CASES], list(columns),
+        scored = read_version(spark, lake, CORNER_CASES, versions[CORNER_CASES], None,
                               _source_filters(spec))
     reports = pl.from_arrow(read_table(lake, TABLES["report"], columns=["upload_id", "null_rate"],
                                        version=versions[TABLES["report"]]))

@@ -53,16 +53,18 @@ def _spark_condition(filters: Sequence[tuple[str, str, object]]):
     return condition
 
 
-def read_version(spark, lake: Store, key: str, version: int, columns: Sequence[str],
+def read_version(spark, lake: Store, key: str, version: int, columns: Sequence[str] | None,
                  filters: Sequence[tuple[str, str, object]]) -> pl.DataFrame:
-    """`columns` of the rows of table `key` at `version` that pass `filters` ((column, op,
-    value) with op in `in`, `>=`, `<=`), read by Spark from the version's files."""
+    """`columns` (None: all) of the rows of table `key` at `version` that pass `filters`
+    ((column, op, value) with op in `in`, `>=`, `<=`), read by Spark from the version's
+    files."""
     table = open_table(lake, key)
     assert table is not None, key
     table.load_as_version(version)
     schema = pl.scan_delta(lake.table_uri(key), version=version,
-                           storage_options=lake.delta_options or None).select(columns
-                                                                               ).collect_schema()
+                           storage_options=lake.delta_options or None).collect_schema()
+    columns = list(columns or schema)
+    schema = {c: schema[c] for c in columns}
     files = [u.replace("s3://", "s3a://", 1) for u in table.file_uris()]
     if not files:
         return pl.DataFrame(schema=schema)
@@ -73,7 +75,7 @@ def read_version(spark, lake: Store, key: str, version: int, columns: Sequence[s
              .where(_spark_condition(filters)).select(*columns))
     out = pl.from_arrow(frame.toArrow())
     assert isinstance(out, pl.DataFrame)
-    return out.cast(dict(schema))
+    return out.cast(schema)
 
 
 # --------------------------------------------------------------------------- feature tasks
