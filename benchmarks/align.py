@@ -201,6 +201,50 @@ def bench_alignment(minutes: float) -> None:
     print(f"    robolake / fastest baseline time = {ours / fastest:.2f} (target <= 1)")
 
 
+def _slice_peak(path: Path, start_ns: int, end_ns: int, queue) -> None:
+    """One chunk-range worker's work in a fresh process: the peak of what it allocates
+    (tracemalloc sees Python objects and numpy arrays) and the bytes of its output columns."""
+    import tracemalloc
+
+    from robolake.decode import _decode_slice
+
+    tracemalloc.start()
+    decoded = _decode_slice(path, "raw/bench.mcap", start_ns, end_ns)
+    peak = tracemalloc.get_traced_memory()[1]
+    columns = sum(a.nbytes + (sum(len(str(x)) + 49 for x in a) if a.dtype == object else 0)
+                  for kind in ("imu", "gps", "lidar", "camera")
+                  for a in getattr(decoded, kind).values())
+    queue.put((peak / 2**20, columns / 2**20))
+
+
+def _in_fresh_process(target, *args):
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    value = queue.get()
+    proc.join()
+    return value
+
+
+def memory_report(path: Path, workers: int) -> None:
+    """Each chunk-range worker holds one inflated chunk (and its compressed bytes) at a time,
+    bounded batches of messages, and its slice's output columns: per worker the bound is
+    2 x the largest chunk + its output columns. Each worker's slice is run alone here."""
+    from mcap.reader import make_reader
+
+    with open(path, "rb") as f:
+        summary = make_reader(f).get_summary()
+    largest = max(c.uncompressed_size for c in summary.chunk_indexes) / 2**20
+    start, end = summary.statistics.message_start_time, summary.statistics.message_end_time
+    edges = [start + (end + 1 - start) * i // workers for i in range(workers + 1)]
+    for i in range(workers):
+        peak, columns = _in_fresh_process(_slice_peak, path, edges[i], edges[i + 1])
+        print(f"    memory, worker {i + 1}/{workers}: peak {peak:.1f} MB allocated; bound "
+              f"{2 * largest + columns:.1f} MB (2 x largest chunk {largest:.1f} MB + its "
+              f"output columns {columns:.1f} MB)")
+
+
 def bench_cleaned(minutes: float) -> None:
     from mcap.stream_reader import StreamReader
 
@@ -263,6 +307,7 @@ def bench_cleaned(minutes: float) -> None:
         print(f"    per core: {n / one:,.0f} msg/s, {one / (path.stat().st_size / 1e9):.0f} s/GB; "
               f"{cores} cores: {one / timings[runs_of[2][0]][0]:.2f}x the 1-core speed "
               "(targets: <= 1.0x floor per core, >= 100 K msg/s, <= 30 s/GB)")
+        memory_report(path, max(cores, 2))
 
 
 def main() -> None:

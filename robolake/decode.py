@@ -384,26 +384,29 @@ def image_levels(msg) -> tuple[int, int, np.ndarray]:
 
 
 class _CameraColumns:
-    """Collects camera frames; brightness and the black flag are computed for all at once."""
+    """Collects camera frames; brightness and the black flag are computed a batch of frames at
+    a time (vectorised), and the 8x8 block levels are dropped after each batch."""
 
     NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
+    BATCH = 1024
 
     def __init__(self) -> None:
         self.rows: list[tuple] = []
-        self.levels: list[np.ndarray] = []
+        self.levels: list[np.ndarray] = []  # of the frames not yet summarised
+        self.brightness: list[np.ndarray] = []
+        self.black: list[np.ndarray] = []
 
     def add(self, topic: str, log_ns: int, stamp_ns: int, size: int,
             frame: tuple[int, int, np.ndarray]) -> None:
         width, height, levels = frame
         self.rows.append((topic, log_ns, stamp_ns, size, width, height))
         self.levels.append(levels)
+        if len(self.levels) >= self.BATCH:
+            self._summarise()
 
-    def columns(self) -> dict[str, np.ndarray]:
-        cols = _rows_to_columns(self.rows, list(self.NAMES))
-        if not cols:
-            return cols
-        brightness = np.empty(len(self.rows))
-        black = np.empty(len(self.rows), dtype=bool)
+    def _summarise(self) -> None:
+        brightness = np.empty(len(self.levels))
+        black = np.empty(len(self.levels), dtype=bool)
         by_shape: dict[tuple, list[int]] = {}
         for i, levels in enumerate(self.levels):
             by_shape.setdefault(levels.shape, []).append(i)
@@ -411,7 +414,17 @@ class _CameraColumns:
             stack = np.stack([self.levels[i] for i in idx]).reshape(len(idx), -1)
             brightness[idx] = stack.mean(axis=1)
             black[idx] = stack.max(axis=1) <= BLACK_MAX_LEVEL
-        cols["brightness"], cols["is_black"] = brightness, black
+        self.brightness.append(brightness)
+        self.black.append(black)
+        self.levels = []
+
+    def columns(self) -> dict[str, np.ndarray]:
+        cols = _rows_to_columns(self.rows, list(self.NAMES))
+        if not cols:
+            return cols
+        self._summarise()
+        cols["brightness"] = np.concatenate(self.brightness)
+        cols["is_black"] = np.concatenate(self.black)
         return cols
 
 
@@ -508,10 +521,45 @@ def _concat_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+FIXED_BATCH = 8192  # fixed-layout messages held as bytes per topic before decoding to columns
+
+
+class _FixedColumns:
+    """IMU and GPS messages of each topic, decoded to columns every FIXED_BATCH messages, so a
+    worker holds a bounded number of message bytes however long its slice is."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, RawMessages] = {}
+        self.parts: dict[str, list[dict[str, np.ndarray]]] = {}
+        self.msgtypes: dict[str, str] = {}  # in the order topics first appear
+
+    def add(self, topic: str, msgtype: str, log_ns: int, data: bytes, encoding: str) -> None:
+        raw = self.pending.get(topic)
+        if raw is None:
+            raw = self.pending[topic] = RawMessages(topic, msgtype)
+            self.msgtypes[topic] = msgtype
+        raw.log_ns.append(log_ns)
+        raw.data.append(data)
+        if len(raw.data) >= FIXED_BATCH:
+            self._flush(topic, encoding)
+
+    def _flush(self, topic: str, encoding: str) -> None:
+        raw = self.pending.pop(topic)
+        decode = decode_imu if sensor_kind(raw.msgtype) == "imu" else decode_gps
+        self.parts.setdefault(topic, []).append(decode(raw, encoding))
+
+    def columns(self, kind: str, encoding: str) -> dict[str, np.ndarray]:
+        for topic in list(self.pending):
+            self._flush(topic, encoding)
+        return _concat_topics([(topic, _concat_parts(self.parts[topic]))
+                               for topic, msgtype in self.msgtypes.items()  # first seen first
+                               if sensor_kind(msgtype) == kind])
+
+
 def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
                   end_ns: int | None = None) -> Decoded:
     deserialize = _Deserializer()
-    fixed: dict[str, RawMessages] = {}
+    fixed = _FixedColumns()
     encoding = "cdr"
     lidar = _LidarColumns()
     camera = _CameraColumns()
@@ -520,11 +568,7 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
     for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path, start_ns, end_ns):
         kind = kinds.get(msgtype) or kinds.setdefault(msgtype, sensor_kind(msgtype))
         if kind in ("imu", "gps"):
-            raw = fixed.get(topic)
-            if raw is None:
-                raw = fixed[topic] = RawMessages(topic, msgtype)
-            raw.log_ns.append(log_ns)
-            raw.data.append(data)
+            fixed.add(topic, msgtype, log_ns, data, encoding)
         elif kind == "lidar" and msgtype.endswith("PointCloud2"):
             lidar.add_cloud(topic, log_ns, data, layouts(data, encoding))
         elif kind == "lidar":
@@ -536,16 +580,10 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
         elif kind == "camera":
             msg = deserialize(data, msgtype, encoding)
             camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
-    imu_parts, gps_parts = [], []
-    for raw in fixed.values():
-        if sensor_kind(raw.msgtype) == "imu":
-            imu_parts.append((raw.topic, decode_imu(raw, encoding)))
-        else:
-            gps_parts.append((raw.topic, decode_gps(raw, encoding)))
     return Decoded(
         format=detect_format(read_head(path)) or "",
-        imu=_concat_topics(imu_parts),
-        gps=_concat_topics(gps_parts),
+        imu=fixed.columns("imu", encoding),
+        gps=fixed.columns("gps", encoding),
         lidar=_with_payload_ref(lidar.columns(), payload_ref),
         camera=_with_payload_ref(camera.columns(), payload_ref),
     )

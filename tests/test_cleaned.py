@@ -267,24 +267,32 @@ def test_great_expectations_suites_catch_contract_violations(tmp_path: Path):
         f"expect_column_values_to_be_between(az): {spiky.height} unexpected"]
 
 
-@pytest.mark.parametrize("fmt", ["mcap", "bag"])
-def test_parallel_decoding_equals_serial(tmp_path: Path, monkeypatch, fmt: str):
-    import robolake.decode as decode
-
-    truth = simulate_recording(tmp_path, ROBOT, _start("2026-11-20", 9, 0), 6.0, seed=8,
-                               fmt=fmt, faults=("duplicate_messages", "black_frames"))
-    path = tmp_path / truth["file"]
-    serial = decode.decode_recording(path, "ref", workers=1)
-    monkeypatch.setattr(decode, "PARALLEL_MIN_MESSAGES", 1)
-    parallel = decode.decode_recording(path, "ref", workers=2)
+def _same_columns(serial, other) -> None:
     for kind in ("imu", "gps", "lidar", "camera"):
-        a, b = getattr(serial, kind), getattr(parallel, kind)
+        a, b = getattr(serial, kind), getattr(other, kind)
         assert a.keys() == b.keys() and len(a["log_ns"]) == len(b["log_ns"]) > 0
         for col in a:
             if a[col].dtype.kind == "f":
                 assert np.array_equal(a[col], b[col], equal_nan=True), (kind, col)
             else:
                 assert np.array_equal(a[col], b[col]), (kind, col)
+
+
+@pytest.mark.parametrize("fmt", ["mcap", "bag"])
+def test_parallel_decoding_equals_serial(tmp_path: Path, monkeypatch, fmt: str):
+    """Chunk-range workers and small batches (what bounds a worker's memory) change nothing."""
+    import robolake.decode as decode
+
+    truth = simulate_recording(tmp_path, ROBOT, _start("2026-11-20", 9, 0), 6.0, seed=8,
+                               fmt=fmt, faults=("duplicate_messages", "black_frames"))
+    path = tmp_path / truth["file"]
+    serial = decode.decode_recording(path, "ref", workers=1)
+    monkeypatch.setattr(decode, "FIXED_BATCH", 7)
+    monkeypatch.setattr(decode._CameraColumns, "BATCH", 5)
+    monkeypatch.setattr(decode, "CLOUD_BATCH", 3)
+    _same_columns(serial, decode.decode_recording(path, "ref", workers=1))
+    monkeypatch.setattr(decode, "PARALLEL_MIN_MESSAGES", 1)
+    _same_columns(serial, decode.decode_recording(path, "ref", workers=2))
 
 
 def test_concurrent_runs_on_different_partitions(tmp_path: Path):

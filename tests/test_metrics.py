@@ -21,9 +21,8 @@ from robolake_assets.metrics import registry
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _scrape(landing: Path, lake: Path, instance) -> dict[tuple, float]:
-    server, thread = start_http_server(0, addr="127.0.0.1",
-                                       registry=registry(str(landing), str(lake), instance))
+def _scrape(reg) -> dict[tuple, float]:
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=reg)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
         with urllib.request.urlopen(url, timeout=60) as r:
@@ -52,17 +51,24 @@ def test_kpis_are_scraped_from_the_lake_and_instance(tmp_path):
         yield dg.AssetCheckResult(check_name="positive", passed=False)
 
     with dg.instance_for_test() as instance:
+        reg = registry(str(landing), str(lake), instance)
+        for _ in range(2):
+            assert dg.materialize([n], instance=instance, raise_on_error=False,
+                                  tags={"robolake/queue": "etl"}).success
+        first = _scrape(reg)
         assert dg.materialize([n], instance=instance, raise_on_error=False,
                               tags={"robolake/queue": "etl"}).success
-        metrics = _scrape(landing, lake, instance)
+        metrics = _scrape(reg)
+    failures = ("robolake_check_failures_total", (("asset", "n"), ("check", "positive")))
+    runs = ("robolake_run_duration_seconds_count", (("queue", "etl"), ("status", "SUCCESS")))
+    # counters over the whole history, read incrementally: never recounted, never dropped
+    assert (first[failures], first[runs]) == (2, 2)
+    assert (metrics[failures], metrics[runs]) == (3, 3)
     assert metrics[("robolake_uploads_total", (("status", "quarantined"),))] == 1
     assert metrics[("robolake_uploads_total", (("status", "accepted"),))] == 0
     assert metrics[("robolake_cleaned_messages_total", ())] == 0
     assert metrics[("robolake_landing_files_waiting", ())] == 1
     assert 590 < metrics[("robolake_cleaned_lag_seconds", ())] < 900
-    assert metrics[("robolake_check_failures_total", (("asset", "n"), ("check", "positive")))] == 1
-    assert metrics[("robolake_run_duration_seconds_count",
-                    (("queue", "etl"), ("status", "SUCCESS")))] == 1
 
 
 def test_dashboard_charts_exported_metrics():
