@@ -515,13 +515,15 @@ def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -
 
 
 def _concat_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Concatenate column by column, releasing each part's column once it is copied: the
+    peak is the output plus one column, not twice the output."""
     parts = [p for p in parts if p]
     if not parts:
         return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
 
 
-FIXED_BATCH = 8192  # fixed-layout messages held as bytes per topic before decoding to columns
+FIXED_BATCH = 2048  # fixed-layout messages held as bytes per topic before decoding to columns
 
 
 class _FixedColumns:
@@ -592,16 +594,24 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
 def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
     if not parts:
         return {}
-    out = {k: np.concatenate([p[k] for _, p in parts]) for k in parts[0][1]}
-    out["topic"] = np.concatenate([np.full(len(p["log_ns"]), t, dtype=object) for t, p in parts])
+    sizes = [(t, len(p["log_ns"])) for t, p in parts]
+    out = _concat_parts([p for _, p in parts])
+    out["topic"] = np.concatenate([_repeat(t, n) for t, n in sizes])
     return out
+
+
+def _repeat(value: str, n: int) -> np.ndarray:
+    """An object column holding one str n times (np.full would make n copies of it)."""
+    column = np.empty(n, dtype=object)
+    column.fill(value)
+    return column
 
 
 def _rows_to_columns(rows: list[tuple], names: list[str]) -> dict[str, np.ndarray]:
     if not rows:
         return {}
-    cols = {name: np.asarray([r[i] for r in rows]) for i, name in enumerate(names)}
-    cols["topic"] = cols["topic"].astype(object)
+    cols = {name: np.asarray([r[i] for r in rows], dtype=object if name == "topic" else None)
+            for i, name in enumerate(names)}  # the topic column shares the rows' str objects
     return cols
 
 
