@@ -276,7 +276,9 @@ def erase_robot_tasks(lake: Store, robot_id: str, start: str | None = None,
     (a GDPR erase; its rows and media go with the tables and its uploads' files). Returns
     the files rewritten."""
     def erased(data: dict) -> bool:
-        day = data.get("date", "")
+        # by the frame's own time (a task of a recording crossing midnight: its frame's day)
+        day = (datetime.fromtimestamp(data["ts_ns"] / 1e9, UTC).strftime("%Y-%m-%d")
+               if data.get("ts_ns") is not None else data.get("date", ""))
         return (data.get("robot_id") == robot_id and (start is None or day >= start)
                 and (end is None or day <= end))
 

@@ -27,9 +27,10 @@ class Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def canonical_hash(self) -> str:
-        """sha256 of the canonical JSON (sorted keys, no spaces) of the validated model."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True,
+    def canonical_hash(self, exclude: set[str] | None = None) -> str:
+        """sha256 of the canonical JSON (sorted keys, no spaces) of the validated model
+        (without the top-level fields in `exclude`)."""
+        canonical = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True,
                                separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

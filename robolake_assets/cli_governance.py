@@ -86,7 +86,10 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
                                    "withdraw datasets built on them; print the receipt")
     era.add_argument("--robot-id", required=True)
     era.add_argument("--from", dest="date_from", help="first day (YYYY-MM-DD, UTC)")
-    era.add_argument("--to", dest="date_to", help="last day (YYYY-MM-DD, UTC)")
+    era.add_argument("--to", dest="date_to",
+                     help="last day (YYYY-MM-DD, UTC): rows with ts_ns before the next "
+                          "midnight; a recording crossing the window keeps its raw copy "
+                          "(receipt: partial_uploads)")
     era.add_argument("--reason", required=True, help="legal basis, kept with the receipt")
     era.add_argument("--purge-now", action="store_true",
                      help="vacuum the touched tables at once (admins; no old version keeps "

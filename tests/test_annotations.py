@@ -165,7 +165,10 @@ def test_label_studio_export_imports_once_and_labels_a_dataset(lake_dir, queued,
         "features": {"gps_trajectory": {"history": 3}},
         "labels": {"kind": "scenario", "source": "annotations"},
         "output": {"shard_size_mb": 1, "splits": {"train": 0.5, "val": 0.5, "test": 0.0}},
-        "quality_gates": {"min_samples": 1, "max_missing_rate": 1.0}})
+        "quality_gates": {"min_samples": 1, "max_missing_rate": 1.0},
+        "privacy": "approved",
+        "approval": {"by": "tests", "when": "2026-12-01",
+                     "reason": "test data from the simulator"}})
     built = build_dataset(lake, spec)
     labelled = {(r["upload_id"], r["ts_ns"]): r["label"] for r in by_task.values()}
     seen = {}

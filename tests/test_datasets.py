@@ -74,6 +74,10 @@ def _spec_data(version: str = "1.0.0", name: str = "ego", start: str = DAY1, end
         # ~6 samples per shard: many shards, so shuffling and worker shard-skipping matter
         "output": {"shard_size_mb": 0.02, "splits": {"train": 0.8, "val": 0.1, "test": 0.1}},
         "quality_gates": {"min_samples": 50},
+        # GPS as recorded (simulated robots): tests/test_privacy.py covers masked
+        "privacy": "approved",
+        "approval": {"by": "tests", "when": "2026-12-01",
+                     "reason": "test data from the simulator"},
     }
     data.update(sections)
     return data

@@ -34,6 +34,9 @@ SPEC = {
     "labels": {"kind": "ego_motion"},
     "output": {"shard_size_mb": 1, "splits": {"train": 0.34, "val": 0.33, "test": 0.33}},
     "quality_gates": {"min_samples": 10},
+    "privacy": "approved",
+    "approval": {"by": "tests", "when": "2026-12-01",
+                 "reason": "test data from the simulator"},
 }
 
 

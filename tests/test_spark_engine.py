@@ -314,7 +314,10 @@ def _sensor_spec(version: str):
                      "camera": {"resize": [32, 24]}},
         "labels": {"kind": "ego_motion"},
         "output": {"shard_size_mb": 0.05, "splits": {"train": 0.5, "val": 0.5, "test": 0.0}},
-        "quality_gates": {"min_samples": 10}})
+        "quality_gates": {"min_samples": 10},
+        "privacy": "approved",
+        "approval": {"by": "tests", "when": "2026-12-01",
+                     "reason": "test data from the simulator"}})
 
 
 def test_dataset_build_on_spark_equals_the_local_build(spark, fleet_day, tmp_path: Path):

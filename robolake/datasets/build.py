@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date
@@ -51,6 +52,7 @@ from robolake.datasets.scenarios import (
 from robolake.datasets.shards import dataset_prefix, manifest_key, write_split
 from robolake.datasets.spec import DatasetSpec
 from robolake.decode import cloud_points, compressed_image_payload, iter_sensor_messages
+from robolake.governance import audit, privacy
 from robolake.raw import RAW_UPLOADS
 from robolake.storage import Store
 from robolake.tables import append_new_rows, open_table, read_table
@@ -333,7 +335,8 @@ class FeatureCache:
         h = hashlib.sha256()
         h.update(json.dumps({"upload_id": upload_id, "code": FEATURE_CODE_VERSION,
                              "features": spec.features.model_dump(mode="json"),
-                             "labels": spec.labels.model_dump(mode="json")},
+                             "labels": spec.labels.model_dump(mode="json"),
+                             **privacy.cache_marker(spec)},
                             sort_keys=True).encode())
         for frame in inputs:
             h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
@@ -567,6 +570,7 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None,
     refresh_corner_cases(lake)
     versions = _pin_inputs(lake, spec)
     recordings = _recordings(lake, spec, versions, log, spark)
+    audit_reads(lake, spec, versions)
     existing = _existing_version(lake, spec, recordings.fingerprint, log)
     if existing is not None:
         return existing
@@ -594,6 +598,7 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None,
         "created_ns": time.time_ns(), "splits": manifest_splits,
         "split_of_recording": splits, "normalization": normalization,
         "quality": quality, "cache": {"hits": cache.hits, "misses": cache.misses},
+        "privacy": privacy.manifest_section(spec),
     }
     lake.write_bytes(manifest_key(spec.name, spec.version),
                      json.dumps(manifest, indent=1).encode())
@@ -612,6 +617,25 @@ def _pin_inputs(lake: Store, spec: DatasetSpec) -> dict[str, int]:
                                     f"(run robolake ingest --through cleaned first)")
         versions[key] = table.version()
     return versions
+
+
+def audit_reads(lake: Store, spec: DatasetSpec, versions: dict[str, int]) -> int | None:
+    """ops/audit: one `read` entry per pinned input table of this build (table, Delta
+    version, the spec's dates, dataset, run id), and the `approve` entry of an approved
+    spec, in one commit. Recorded whether the build then creates the version or finds it
+    built (it read the rows either way); None when auditing is off."""
+    if not audit.enabled():
+        return None
+    actor = getattr(lake, "audit_actor", None) or audit.current_actor()
+    dates = spec.sources.dates
+    details = {"dataset": f"{spec.name}@{spec.version}", "build_id": uuid.uuid4().hex,
+               "run_id": actor.name.removeprefix("run:") if actor.role == "run" else None,
+               "privacy": spec.privacy}
+    entries = [audit.Entry("read", key, version=version, actor=actor, details=details,
+                           partition=f"date={dates.start}..{dates.end or ''}")
+               for key, version in sorted(versions.items())]
+    approval = privacy.approval_entry(spec, actor)
+    return audit.append(lake, entries + ([approval] if approval else []))
 
 
 @dataclass
@@ -633,6 +657,7 @@ def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log,
                 spark=None) -> _Recordings:
     stride = spec.features.imu_window.stride if spec.features.imu_window else 1
     frames = _main_topic_frames(_select_recordings(lake, spec, versions, spark), stride)
+    frames = privacy.mask_frames(spec, frames)  # before any feature, cache key or shard
     if spec.labels.source == "annotations":
         frames = _annotated(lake, frames, versions[ANNOTATIONS])
     by_upload = {key[0]: rows for key, rows in frames.partition_by(

@@ -181,6 +181,15 @@ class QualityGates(Strict):
     max_missing_rate: float = Field(0.05, ge=0, le=1)
 
 
+class Approval(Strict):
+    """Who approved reading restricted columns as recorded, when and why (see
+    robolake/governance/privacy.py; recorded in ops/audit by each build)."""
+
+    by: str = Field(min_length=1)
+    when: date
+    reason: str = Field(min_length=3)
+
+
 class DatasetSpec(Strict):
     name: DatasetName
     version: SemVer
@@ -191,10 +200,15 @@ class DatasetSpec(Strict):
     labels: Labels
     output: Output
     quality_gates: QualityGates = QualityGates()
+    # required when a feature or label reads a restricted column (robolake.governance.privacy)
+    privacy: Literal["masked", "approved"] | None = None
+    approval: Approval | None = None
 
     @property
     def spec_hash(self) -> str:
-        return self.canonical_hash()
+        # a spec without privacy fields hashes as it did before they existed
+        unset = {k for k in ("privacy", "approval") if getattr(self, k) is None}
+        return self.canonical_hash(exclude=unset)
 
 
 def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
@@ -202,10 +216,16 @@ def parse_spec(data: object, source: str = "<spec>") -> DatasetSpec:
     if not isinstance(data, dict):
         raise SpecError(f"{source}: expected a mapping with name, version, sources, features, "
                         f"labels and output (got {type(data).__name__})")
+    from robolake.governance.privacy import spec_problems
+
     try:
-        return DatasetSpec.model_validate(data)
+        spec = DatasetSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(error_lines(source, exc)) from None
+    problems = spec_problems(spec)
+    if problems:
+        raise SpecError("\n".join(f"{source}: {p}" for p in problems))
+    return spec
 
 
 def load_spec(path: Path) -> DatasetSpec:

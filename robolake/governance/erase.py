@@ -1,6 +1,17 @@
 """GDPR erase: every trace of one robot's recordings (optionally within dates) taken out of
 the lake, with a receipt.
 
+The window (`--from`, `--to`) is by row timestamp: rows with ts_ns in [from 00:00 UTC,
+to + 1 day 00:00 UTC) are erased from every table with a ts_ns column, whichever day the
+recording started. A recording that lies entirely inside the window is erased whole (its
+index row, quality report, raw/quarantine copy and landing file too). A recording that
+crosses the window's edge (e.g. one running past midnight of `--to`) is erased *partly*:
+its rows inside the window go, its derived files (feature-cache entries, annotation media,
+the shards of dataset versions built from it) go, but its raw copy, landing file,
+raw/uploads row and quality report stay, because they also hold data outside the window;
+the receipt lists it under `partial_uploads` with what was kept. Erase without dates (or
+with a window that covers the whole recording) to remove those as well.
+
 What an erase does, in an order that a re-run can finish after any interruption:
 
 1. finds the robot's uploads in raw/uploads (the index is cleaned last, so a re-run still
@@ -61,7 +72,9 @@ class Receipt:
     date_from: str | None
     date_to: str | None
     reason: str
-    uploads: list[str] = field(default_factory=list)
+    uploads: list[str] = field(default_factory=list)  # erased whole
+    # recordings crossing the window's edge: {upload_id, start_ns, end_ns, kept, note}
+    partial_uploads: list[dict] = field(default_factory=list)
     tables: list[dict] = field(default_factory=list)  # {table, version, rows, files_removed}
     files_deleted: list[str] = field(default_factory=list)
     datasets_withdrawn: list[str] = field(default_factory=list)
@@ -90,39 +103,91 @@ def _check_request(robot_id: str, reason: str, start: str | None, end: str | Non
         raise ValueError(f"erase: --from {start} is after --to {end}")
 
 
-def _predicate(robot_id: str, start: str | None, end: str | None) -> str:
-    terms = [sql_equals({"robot_id": robot_id})]
-    terms += [f"date >= '{start}'"] if start else []
-    terms += [f"date <= '{end}'"] if end else []
-    return " AND ".join(terms)
+@dataclass(frozen=True)
+class Window:
+    """Days `start`..`end` (None: open) as ts_ns bounds [lo, hi)."""
+
+    start: str | None
+    end: str | None
+
+    @property
+    def whole(self) -> bool:
+        return self.start is None and self.end is None
+
+    @property
+    def lo(self) -> int | None:
+        return None if self.start is None else _day_ns(self.start)
+
+    @property
+    def hi(self) -> int | None:
+        return None if self.end is None else _day_ns(self.end) + DAY_NS
+
+    def ts_terms(self, column: str = "ts_ns") -> list[str]:
+        return ([f"{column} >= {self.lo}"] if self.start else []) + (
+            [f"{column} < {self.hi}"] if self.end else [])
 
 
-def _robot_uploads(lake: Store, robot_id: str, start: str | None,
-                   end: str | None) -> pl.DataFrame:
-    table = read_table(lake, "raw/uploads", columns=["upload_id", "raw_key", "landing_key",
-                                                     "date", "status"],
-                       filters={"robot_id": robot_id})
+DAY_NS = 86_400 * 10**9
+
+
+def _day_ns(day: str) -> int:
+    return (date.fromisoformat(day) - date(1970, 1, 1)).days * DAY_NS
+
+
+def _upload_flags(window: Window) -> tuple[pl.Expr, pl.Expr]:
+    """(overlaps the window, lies entirely inside it) per raw/uploads row; by the recording's
+    time range, by its day when the range is unknown (an unreadable, quarantined file)."""
+    start, end, day = pl.col("start_ns"), pl.col("end_ns"), pl.col("date")
+    overlap = inside = day_in = pl.lit(True)
+    if window.start:
+        overlap, inside = overlap & (end >= window.lo), inside & (start >= window.lo)
+        day_in = day_in & (day >= window.start)
+    if window.end:
+        overlap, inside = overlap & (start < window.hi), inside & (end < window.hi)
+        day_in = day_in & (day <= window.end)
+    unknown = start.is_null() | end.is_null()
+    return (pl.when(unknown).then(day_in).otherwise(overlap),
+            pl.when(unknown).then(day_in).otherwise(inside))
+
+
+def _robot_uploads(lake: Store, robot_id: str, window: Window) -> pl.DataFrame:
+    """The robot's uploads that overlap the window, `inside` marking those entirely in it."""
+    columns = ["upload_id", "raw_key", "landing_key", "date", "status", "start_ns", "end_ns"]
+    table = read_table(lake, "raw/uploads", columns=columns, filters={"robot_id": robot_id})
     frame = pl.from_arrow(table) if table is not None else pl.DataFrame(
-        schema={"upload_id": pl.String, "raw_key": pl.String, "landing_key": pl.String,
-                "date": pl.String, "status": pl.String})
-    if start:
-        frame = frame.filter(pl.col("date") >= start)
-    if end:
-        frame = frame.filter(pl.col("date") <= end)
-    return frame
+        schema={**{c: pl.String for c in columns[:5]}, "start_ns": pl.Int64,
+                "end_ns": pl.Int64})
+    overlap, inside = _upload_flags(window)
+    return frame.filter(overlap).with_columns(inside.alias("inside"))
 
 
-def _erase_rows(lake: Store, robot_id: str, upload_ids: list[str], start: str | None,
-                end: str | None, receipt: Receipt) -> None:
+def _table_predicate(table: catalog.Table, robot_id: str, window: Window,
+                     inside_ids: list[str]) -> str | None:
+    """Which rows of a per-robot table go: all the robot's without a window; with one, rows
+    by their ts_ns, or (tables without ts_ns: one row per recording) the rows of the
+    recordings entirely inside; None: nothing to delete."""
+    from robolake.tables import sql_list
+
+    robot = sql_equals({"robot_id": robot_id})
+    if window.whole:
+        return robot
+    if any(c.name == "ts_ns" for c in table.columns):
+        return " AND ".join([robot, *window.ts_terms()])
+    return f"{robot} AND upload_id IN ({sql_list(inside_ids)})" if inside_ids else None
+
+
+def _erase_rows(lake: Store, robot_id: str, inside_ids: list[str], window: Window,
+                receipt: Receipt) -> None:
     """Rows per robot in every catalog table (the raw index last), the landing index's rows
-    of the uploads."""
+    of the uploads erased whole."""
     from robolake.tables import delete_rows, sql_list
 
     order = sorted((t for t in catalog.TABLES.values() if t.robot_column),
                    key=lambda t: t.key == "raw/uploads")  # the index last: re-runs find them
-    steps = [(t.key, _predicate(robot_id, start, end)) for t in order]
-    if upload_ids:
-        steps.insert(0, ("raw/landing_index", f"upload_id IN ({sql_list(upload_ids)})"))
+    steps = [(t.key, _table_predicate(t, robot_id, window, inside_ids)) for t in order]
+    steps = [(k, p) for k, p in steps if p is not None]
+    if inside_ids:
+        steps.insert(0, ("raw/landing_index", f"upload_id IN ({sql_list(inside_ids)})"))
     for key, predicate in steps:
         version, rows = delete_rows(lake, key, predicate)
         if version is None:
@@ -133,18 +198,37 @@ def _erase_rows(lake: Store, robot_id: str, upload_ids: list[str], start: str | 
                                "files_removed": removed})
 
 
+PARTIAL_NOTE = ("the recording crosses the erase window: its rows inside the window, "
+                "feature-cache entries and annotation media were erased; the files and rows "
+                "listed in `kept` also hold data outside the window and were kept (erase a "
+                "window covering the whole recording to remove them). Caution: re-cleaning "
+                "its days (a backfill) would restore the erased rows from the raw copy")
+
+
+def _partial(row: dict, landing: Store | None) -> dict:
+    kept = [row["raw_key"]] if row["raw_key"] else []
+    kept += ["raw/uploads row", "cleaned/quality_reports row"]
+    if landing is not None and row["landing_key"]:
+        kept.append(f"landing:sha256:{subject_hash(row['landing_key'])}")
+    return {"upload_id": row["upload_id"], "start_ns": row["start_ns"],
+            "end_ns": row["end_ns"], "kept": kept, "note": PARTIAL_NOTE}
+
+
 def _delete_files(lake: Store, landing: Store | None, uploads: pl.DataFrame,
                   receipt: Receipt) -> None:
-    """Raw and quarantine copies, landing files and sidecars, feature-cache entries and
-    annotation media."""
+    """Feature-cache entries and annotation media of every upload; raw and quarantine
+    copies, landing files and sidecars of the uploads entirely inside the window."""
     for row in uploads.iter_rows(named=True):
-        keys = [row["raw_key"], f"{row['raw_key']}.reasons.json"] if row["raw_key"] else []
-        keys += [o.key for prefix in ("features/cache", MEDIA_PREFIX)
-                 for o in lake.list(f"{prefix}/{row['upload_id']}/")]
+        keys = [o.key for prefix in ("features/cache", MEDIA_PREFIX)
+                for o in lake.list(f"{prefix}/{row['upload_id']}/")]
+        if not row["inside"]:
+            receipt.partial_uploads.append(_partial(row, landing))
+        elif row["raw_key"]:
+            keys = [row["raw_key"], f"{row['raw_key']}.reasons.json", *keys]
         for key in keys:
             if lake.delete(key):
                 receipt.files_deleted.append(key)
-        if landing is not None and row["landing_key"]:
+        if landing is not None and row["landing_key"] and row["inside"]:
             for key in (row["landing_key"], row["landing_key"] + SIDECAR_SUFFIX):
                 if landing.delete(key):
                     # landing names often carry the robot id: the receipt keeps a hash
@@ -224,15 +308,16 @@ def erase_robot(lake: Store, robot_id: str, reason: str, start: str | None = Non
     """Erase one robot's data (see the module doc); returns the receipt, also kept in
     ops/erasures. Re-running finishes an interrupted erase and is a no-op after one."""
     _check_request(robot_id, reason, start, end)
+    window = Window(start, end)
     receipt = Receipt(uuid.uuid4().hex, subject_hash(robot_id), start, end, reason)
-    uploads = _robot_uploads(lake, robot_id, start, end)
-    receipt.uploads = sorted(uploads["upload_id"].to_list())
-    _withdraw_datasets(lake, set(receipt.uploads), reason, receipt)
+    uploads = _robot_uploads(lake, robot_id, window)
+    receipt.uploads = sorted(uploads.filter(pl.col("inside"))["upload_id"].to_list())
+    _withdraw_datasets(lake, set(uploads["upload_id"]), reason, receipt)
     _tag_models(lake, reason, receipt)
-    _delete_files(lake, landing, uploads, receipt)
+    _delete_files(lake, landing, uploads.sort("upload_id"), receipt)
     receipt.files_deleted += [f"rewritten:{k}" for k in erase_robot_tasks(lake, robot_id, start,
                                                                           end)]
-    _erase_rows(lake, robot_id, receipt.uploads, start, end, receipt)
+    _erase_rows(lake, robot_id, receipt.uploads, window, receipt)
     if purge_now:
         receipt.purged = [purge_table(lake, t["table"]) for t in receipt.tables]
     _record(lake, receipt)
@@ -250,6 +335,7 @@ def _record(lake: Store, receipt: Receipt) -> None:
     audit.record(lake, "erase", subject, files=receipt.files_deleted, details={
         "erasure_id": receipt.erasure_id, "reason": receipt.reason,
         "uploads": len(receipt.uploads), "datasets_withdrawn": receipt.datasets_withdrawn,
+        "partial_uploads": [p["upload_id"] for p in receipt.partial_uploads],
         "models_tagged": receipt.models_tagged,
         "tables": {t["table"]: t["version"] for t in receipt.tables}})
     if receipt.purged:

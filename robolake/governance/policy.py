@@ -1,6 +1,8 @@
 """Access control from one policy file (configs/access_policy.yaml): per role and layer, the
 most sensitive classification the role may read or write. The same file yields the IAM
-policies of deploy/iam/ (`iam_policy`), so the lake enforces what the platform says."""
+identity policies of deploy/iam/ (`iam_policy`) and the lake bucket's policy
+(`bucket_policy`, deploy/iam/bucket-policy.json), so the lake enforces what the platform
+says."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ POLICY_FILE = Path(__file__).resolve().parents[2] / "configs" / "access_policy.y
 POLICY_ENV = "ROBOLAKE_ACCESS_POLICY"
 ACTIONS = ("read", "write")
 S3_ACTIONS = {"read": ["s3:GetObject"], "write": ["s3:PutObject", "s3:DeleteObject"]}
+ROLE_TAG = "robolake-role"  # IAM principal tag naming the role (bucket policy conditions)
+BUCKET_POLICY_FILE = "bucket-policy.json"
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def iam_policy(policy: Policy, role: str, bucket: str, root: str = "") -> dict:
     """The IAM identity policy of `role` on the lake at s3://bucket/root: object access to
     exactly the tables and file areas the policy file allows, and an explicit deny on the
     rest (so no broader grant attached elsewhere can open a restricted prefix)."""
-    base = f"arn:aws:s3:::{bucket}/{root.strip('/') + '/' if root.strip('/') else ''}"
+    base = _arn_base(bucket, root)
     statements = []
     for action in ACTIONS:
         allowed = [p for p in _prefixes() if policy.allows(role, action, p)]
@@ -114,3 +118,42 @@ def write_iam_policies(out_dir: Path, bucket: str, root: str = "lake",
         path.write_text(json.dumps(iam_policy(policy, role, bucket, root), indent=1) + "\n")
         paths.append(path)
     return paths
+
+
+def _arn_base(bucket: str, root: str) -> str:
+    return f"arn:aws:s3:::{bucket}/{root.strip('/') + '/' if root.strip('/') else ''}"
+
+
+def bucket_policy(policy: Policy, bucket: str, root: str = "") -> dict:
+    """The lake bucket's resource policy: for each action and group of tables and file areas
+    with the same readers (writers), an explicit Deny to every principal whose IAM tag
+    `robolake-role` is not one of them (Deny to all when no role may). It holds even for a
+    principal whose identity policies grant more (e.g. s3:* from another team's policy);
+    pipeline service accounts carry the tag of the role they act as."""
+    base = _arn_base(bucket, root)
+    statements = []
+    for action in ACTIONS:
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for prefix in _prefixes():
+            roles = tuple(r for r in sorted(policy.roles) if policy.allows(r, action, prefix))
+            groups.setdefault(roles, []).append(prefix)
+        for roles, prefixes in sorted(groups.items()):
+            statement = {"Sid": f"Deny{action.title()}Unless" + (
+                             "".join(r.title() for r in roles) or "Nobody"),
+                         "Effect": "Deny", "Principal": "*", "Action": S3_ACTIONS[action],
+                         "Resource": [f"{base}{p}/*" for p in prefixes]}
+            if roles:
+                statement["Condition"] = {"StringNotEquals": {
+                    f"aws:PrincipalTag/{ROLE_TAG}": list(roles)}}
+            statements.append(statement)
+    return {"Version": "2012-10-17", "Id": "robolake-lake-access", "Statement": statements}
+
+
+def write_bucket_policy(out_dir: Path, bucket: str, root: str = "lake",
+                        policy: Policy | None = None) -> Path:
+    """deploy/iam/bucket-policy.json (regenerate after changing the policy file)."""
+    policy = policy or load_policy()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / BUCKET_POLICY_FILE
+    path.write_text(json.dumps(bucket_policy(policy, bucket, root), indent=1) + "\n")
+    return path

@@ -38,12 +38,17 @@ def synthetic_spec(name: str, version: str, kind: str, features: tuple[str, ...]
         feats["gps_trajectory"] = {"history": gps_history}
     if "lidar" in features:
         feats["lidar"] = {"voxel_size_m": 0.2, "range_crop_m": 20.0, "bev_cells": bev_cells}
-    spec = parse_spec({
+    data = {
         "name": name, "version": version, "description": "synthetic (robolake.models.synthetic)",
         "sources": {"dates": {"start": "2026-01-01", "end": "2026-12-31"}},
         "features": feats, "labels": {"kind": kind},
         "output": {"splits": {"train": 0.8, "val": 0.1, "test": 0.1}},
-    }, f"<synthetic {name}>")
+    }
+    if "gps" in features or kind == "ego_motion":  # GPS columns: restricted
+        data.update(privacy="approved", approval={
+            "by": "robolake.models.synthetic", "when": "2026-12-01",
+            "reason": "synthetic samples: no person and no place is recorded"})
+    spec = parse_spec(data, f"<synthetic {name}>")
     return spec
 
 
