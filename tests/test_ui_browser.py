@@ -70,9 +70,9 @@ def _check_instance_state(url: str, run_id: str) -> None:
     assert [r["runId"] for r in data["pipelineOrError"]["runs"]] == [run_id]
 
 
-def _check_launch_feedback(url: str, env: dict[str, str]) -> None:
+def _check_launch_feedback(url: str, env: dict[str, str]) -> str:
     """`robolake launch` says what `dagster job launch` does not: the run, its state, its page
-    (no daemon here: it stays queued)."""
+    (no daemon yet: it stays queued). Returns the run id."""
     import datetime as dt
     import subprocess
     import sys
@@ -90,6 +90,48 @@ def _check_launch_feedback(url: str, env: dict[str, str]) -> None:
                        "tags { key value } } } }", {"id": run_id})["runOrError"]
     assert run["status"] == "QUEUED"
     assert {"key": "dagster/partition/robot_type", "value": "delivery"} in run["tags"]
+    return run_id
+
+
+RUNS = """{ runsOrError { ... on Runs { results { runId status assetSelection { path }
+           tags { key value } } } } }"""
+
+
+def _check_daemon_cleans_the_launched_partition(url: str, env: dict[str, str],
+                                                raw_run: str) -> None:
+    """Finding 1 end to end: `dagster-daemon` (what `make ui` starts) runs the queued raw run
+    as launched from the UI, then the automation sensor, on by default, starts the cleaning
+    of that partition and it succeeds."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_postgres_instance import graphql as query
+
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    cleaning: dict = {}
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and cleaning.get("status") not in ("SUCCESS", "FAILURE"):
+            runs = query(url, RUNS)["runsOrError"]["results"]
+            cleaning = next((r for r in runs if {"path": ["cleaned_imu"]}
+                             in (r["assetSelection"] or [])), {})
+            time.sleep(2)
+    finally:
+        os.killpg(daemon.pid, signal.SIGTERM)
+        daemon.wait(timeout=60)
+    status = {r["runId"]: r["status"] for r in runs}
+    assert status[raw_run] == "SUCCESS", status
+    assert cleaning.get("status") == "SUCCESS", (cleaning, daemon.stderr.read()[-3000:])
+    tags = {t["key"]: t["value"] for t in cleaning["tags"]}
+    assert tags["dagster/sensor_name"] == "default_automation_condition_sensor", tags
+    raw_tags = {t["key"]: t["value"] for t in next(r for r in runs
+                                                   if r["runId"] == raw_run)["tags"]}
+    assert tags["dagster/partition"] == raw_tags["dagster/partition"], (tags, raw_tags)
 
 
 def test_asset_graph_shows_every_layer_with_partitions(tmp_path, monkeypatch):
@@ -141,7 +183,8 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path, monkeypatch):
                     page.wait_for_timeout(500)
         finally:
             browser.close()
-        _check_launch_feedback(url, env)  # last: its queued run shows on the asset nodes
+        raw_run = _check_launch_feedback(url, env)  # after the graph: its run shows there
+        _check_daemon_cleans_the_launched_partition(url, env, raw_run)
     found = seen
 
     missing = sorted({a for g in groups.values() for a in g} - set(found))
