@@ -188,6 +188,20 @@ def test_pytorchjob_is_gang_admitted_in_the_team_queue_with_the_sized_gpus(multi
     assert kueue.TEAMS["perception"]["gpu_high"] == 1
 
 
+def test_an_unsized_config_gets_the_default_gpu_pool_and_team():
+    config = parse_config(_demo(nnodes=2, nproc_per_node=1))
+    placement, sizing = training_placement(config, None)  # no dataset spec: not sized
+    assert sizing == "GPU request: the default (no dataset spec to size it)"
+    job = training_jobs.pytorchjob_manifest(config, placement, image=IMAGE)
+    validate(job)
+    assert job["metadata"]["namespace"] == "team-platform"  # an untagged run's team
+    assert job["metadata"]["labels"][pools.KUEUE_QUEUE_LABEL] == "gpu-standard"
+    pod = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]
+    assert pod["spec"]["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert "affinity" not in pod["spec"]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
+
+
 def test_the_team_service_account_may_submit_it(multi):
     *_, job = multi
     rbac = [d for d in yaml.safe_load_all((REPO / "deploy" / "teams" / "rbac.yaml").read_text())
