@@ -88,6 +88,13 @@ def cluster_queue(team: str, pool: pools.Pool, steps: int) -> dict[str, Any]:
             }}
 
 
+def namespace_manifest(team: str) -> dict[str, Any]:
+    """A team's namespace (also in deploy/teams/rbac.yaml, with its service account)."""
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+        "name": pools.team_namespace(team),
+        "labels": {pools.TEAM_LABEL: team, "app.kubernetes.io/part-of": "robolake"}}}
+
+
 def manifests(teams: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """Every Kueue object (and the team namespaces), in apply order."""
     teams = TEAMS if teams is None else teams
@@ -100,9 +107,7 @@ def manifests(teams: dict[str, dict[str, int]] | None = None) -> list[dict[str, 
                  "spec": {}})
     for team, quota in teams.items():
         namespace = pools.team_namespace(team)
-        docs.append({"apiVersion": "v1", "kind": "Namespace", "metadata": {
-            "name": namespace, "labels": {pools.TEAM_LABEL: team,
-                                          "app.kubernetes.io/part-of": "robolake"}}})
+        docs.append(namespace_manifest(team))
         docs.append({"apiVersion": KUEUE_API, "kind": "Cohort", "metadata": _meta(namespace),
                      "spec": {"parentName": ROOT_COHORT}})
         for pool in pools.POOLS.values():

@@ -24,12 +24,14 @@ training_configs_dir):
 The business rules live in robolake.models; these assets only call them.
 """
 
+import os
 from pathlib import Path
 
 import dagster as dg
 
 from robolake.costs.budgets import job_owner_tags
 from robolake.models.config import TrainingConfig, load_config
+from robolake.settings import get_settings
 from robolake_assets.helpers import (
     dataset_asset_key,
     markdown_list,
@@ -39,7 +41,7 @@ from robolake_assets.helpers import (
 )
 from robolake_assets.metadata import figure, without_blanks
 from robolake_partitions import dataset_version_partitions
-from robolake_resources import pools
+from robolake_resources import pools, training_jobs
 from robolake_resources.lake import LakeResource
 from robolake_resources.mlflow import MlflowResource
 from robolake_resources.placement import training_placement
@@ -158,14 +160,23 @@ def latest_model_version(instance: dg.DagsterInstance, model_key: dg.AssetKey,
     return str(entry.value) if entry is not None and entry.value else None
 
 
+def _run_image(context: dg.AssetExecutionContext) -> str | None:
+    """The image PyTorchJob pods run: $ROBOLAKE_TRAINING_IMAGE, else the code location's."""
+    origin = context.run.job_code_origin
+    return os.environ.get("ROBOLAKE_TRAINING_IMAGE") or (
+        origin.repository_origin.container_image if origin else None)
+
+
 def build_training_asset(config_path: Path, config: TrainingConfig,
                          specs_dir: Path | None = None) -> dg.AssetsDefinition:
     """`model_<name>`: train, register and export one config's model."""
-    from robolake.models import pipeline
 
     # the recommender sizes the GPU request (one GPU per process, on types that hold the
     # estimated peak); compute routing turns it into the k8s tags
     placement, sizing = training_placement(config, specs_dir)
+    # multi-node: on k8s the step only submits a PyTorchJob (GPU pods placed as sized
+    # here) and waits for it, so the step pod itself needs no GPU
+    step_placement = pools.cpu_on_demand() if config.distributed.nnodes > 1 else placement
 
     @dg.asset(
         name=f"model_{asset_suffix(config)}",
@@ -178,7 +189,7 @@ def build_training_asset(config_path: Path, config: TrainingConfig,
                     f"names {config.dataset.version}); checkpoints in the lake, registered in "
                     f"MLflow as {config.name}. {sizing}",
         tags={"robolake/model": config.name},
-        **placement,
+        **step_placement,
     )
     def model_asset(context: dg.AssetExecutionContext, lake: LakeResource,
                     mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -187,7 +198,10 @@ def build_training_asset(config_path: Path, config: TrainingConfig,
         store = lake.store()
         trained = config.for_dataset_version(context.partition_key)
         with pools.retry_only_transient():
-            summary = pipeline.train_model(store, trained, log=context.log.info)
+            summary = training_jobs.train_step(
+                store, trained, placement, deployment=get_settings().deployment,
+                team=context.run.tags.get(pools.TEAM_TAG), image=_run_image(context),
+                log=context.log.info)
         return dg.MaterializeResult(metadata=training_metadata(trained, summary, store))
 
     return model_asset

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_serializer
 
 from robolake.models.architectures import ARCHITECTURES
 from robolake.yaml_config import SemVer, Strict, error_lines, name_type, read_yaml
@@ -111,10 +111,29 @@ class EarlyStopping(Strict):
 
 class Distributed(Strict):
     """`nproc_per_node` > 1 launches `torchrun` with that many processes (DDP). A run
-    started by torchrun (RANK/WORLD_SIZE set) uses its world size whatever this says."""
+    started by torchrun (RANK/WORLD_SIZE set) uses its world size whatever this says.
 
+    `nnodes` > 1 is multi-node DDP: on Kubernetes the training asset submits a PyTorchJob
+    of `nnodes` pods with `nproc_per_node` GPUs each, gang-admitted by Kueue
+    (robolake_resources.training_jobs); run anywhere else, the same world size
+    (`world_size`) runs on this one node, so checkpoints and the run key are the same."""
+
+    nnodes: int = Field(1, ge=1, le=256)
     nproc_per_node: int = Field(1, ge=1, le=64)
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, else gloo
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # one node is left out of the dump, so the config hash of every config written
+        # before `nnodes` existed stays the same (and its checkpoints and versions reused)
+        data = handler(self)
+        if data.get("nnodes") == 1:
+            del data["nnodes"]
+        return data
 
 
 class RegressionTolerance(Strict):

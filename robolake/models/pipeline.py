@@ -3,7 +3,8 @@
 - `train_model`: train (resuming from the lake's checkpoints), log to MLflow,
   register the model with its lineage and put its ONNX export beside it (in the
   training run's artifacts and at `models/<name>/versions/<v>/model.onnx` in the
-  lake). With `distributed.nproc_per_node` > 1 it runs itself under `torchrun`.
+  lake). With more than one process (`distributed.nproc_per_node` x `nnodes`) it runs
+  itself under `torchrun` on this node: a multi-node config keeps its world size here.
 - `evaluate_and_promote` (robolake.models.evaluate): the promotion gate.
 - `train_and_evaluate`: both, for `robolake ingest --through models` and the demo.
 
@@ -157,6 +158,13 @@ def registered_run(lake: Store, config: TrainingConfig, run_key: str) -> dict | 
     return None
 
 
+def local_processes(config: TrainingConfig) -> int:
+    """Processes a run on this node starts: `nnodes x nproc_per_node`. A multi-node config
+    keeps its world size (so its batch, learning rate and run key) and runs every process
+    here (torchrun --nnodes=1); only the k8s training asset spreads it over nodes."""
+    return config.distributed.world_size
+
+
 def train_model(lake: Store | str | Path | None, config: TrainingConfig | str | Path, *,
                 run_key: str | None = None, retrain: bool = False, log: Log = print) -> dict:
     """Train, register and export a model; DDP under torchrun when the config asks for
@@ -165,8 +173,12 @@ def train_model(lake: Store | str | Path | None, config: TrainingConfig | str | 
     unless `retrain`."""
     lake = resolve_lake(lake)
     cfg = _config(config)
-    nproc = cfg.distributed.nproc_per_node
+    nproc = local_processes(cfg)
     spawn = nproc > 1 and not launched_by_torchrun()
+    if spawn and cfg.distributed.nnodes > 1:
+        log(f"{cfg.name}: distributed.nnodes={cfg.distributed.nnodes} x nproc_per_node="
+            f"{cfg.distributed.nproc_per_node}: running all {nproc} processes on this node "
+            "(torchrun --nnodes=1); on Kubernetes the training asset submits a PyTorchJob")
     if not retrain:
         key = run_key or default_run_key(cfg, nproc if spawn else dist_env().world_size)
         reused = registered_run(lake, cfg, key)
