@@ -137,10 +137,14 @@ def _delete_files(lake: Store, landing: Store | None, uploads: pl.DataFrame,
                   receipt: Receipt) -> None:
     """Raw and quarantine copies, landing files and sidecars, feature-cache entries and
     annotation media."""
+    from robolake.governance.tiering import cold_twins
+
     for row in uploads.iter_rows(named=True):
-        keys = [row["raw_key"], f"{row['raw_key']}.reasons.json"] if row["raw_key"] else []
-        keys += [o.key for prefix in ("features/cache", MEDIA_PREFIX)
-                 for o in lake.list(f"{prefix}/{row['upload_id']}/")]
+        copies = [row["raw_key"], f"{row['raw_key']}.reasons.json"] if row["raw_key"] else []
+        folders = [f"{prefix}/{row['upload_id']}/" for prefix in ("features/cache", MEDIA_PREFIX)]
+        keys = copies + cold_twins(lake, copies)  # a tiered copy lies in the cold folder
+        keys += [o.key for folder in folders + cold_twins(lake, folders)
+                 for o in lake.list(folder)]
         for key in keys:
             if lake.delete(key):
                 receipt.files_deleted.append(key)
