@@ -78,3 +78,26 @@ def test_delta_rs_zorder_keeps_content_and_the_checksum_sees_a_lost_row(written)
     assert deleted == 30 and version is not None  # 60 s at 0.5 Hz
     assert zorder.content_checksum(copy, KEY, version)[0] == rows - 30
     assert zorder.content_checksum(copy, KEY, version) != as_written
+
+
+def test_a_write_during_the_rewrite_makes_it_plan_again_and_keeps_both(written, monkeypatch):
+    base, _lake, commits, rows, _expected = written
+    shutil.copytree(base / "lake", base / "race")
+    lake = open_store(base / "race")
+    open_table(lake, KEY).restore(commits - 1)  # the 8 small files again
+    late = upload_frames(1, 1, 0.5, 1, DAY_NS, PART["date"], seed=9)[0].with_columns(
+        pl.lit("robot-009").alias("robot_id"))
+    real, calls = zorder.write_part_files, []
+
+    def racing(*args, **kwargs):  # another writer commits while the first plan writes
+        if not calls:
+            write_runs(lake, KEY, [late], per_run=1)
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(zorder, "write_part_files", racing)
+    done = zorder.zorder_table(lake, KEY, 10**9)
+    assert done.partitions == [PART] and done.files_removed == 9  # planned again: 8 + late
+    assert done.rows == rows + late.height == zorder.content_checksum(
+        lake, KEY, open_table(lake, KEY).version())[0]
+    assert len(open_table(lake, KEY).file_uris()) == 5  # one file per robot
