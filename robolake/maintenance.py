@@ -1,4 +1,5 @@
-"""Lake housekeeping: find the Delta tables, compact small files, vacuum safely; log failed runs.
+"""Lake housekeeping: find the Delta tables, compact small files (Z-order the cleaned
+tables, see robolake.zorder), vacuum safely; log failed runs.
 
 Plain functions on a `Store` (folder or S3); no Dagster here, so the CLI, a
 notebook or a cron job can run the same maintenance.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -31,6 +32,7 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 
 from robolake.storage import LocalStore, Store
 from robolake.tables import open_table, replace_rows
+from robolake.zorder import ZOrderChangedDataError, zorder_columns, zorder_table
 
 DELTA_LOG = "_delta_log"
 MAX_RUN_HOURS = 12  # no run lives longer (run_monitoring.max_runtime_seconds in dagster.yaml)
@@ -117,6 +119,8 @@ class TableMaintenance:
     files_added: int = 0  # by compaction
     files_removed: int = 0  # by compaction (still on storage until a later vacuum)
     files_vacuumed: int = 0
+    partitions_zordered: int = 0  # cleaned tables: clustered by (robot_id, ts_ns) instead
+    audited_versions: list[int] = field(default_factory=list)  # by the commit itself
     vacuum_candidates: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -141,9 +145,7 @@ def maintain_table(lake: Store, key: str, retention_hours: int | None = None,
     result = TableMaintenance(key, before_version, before_version, before_files, before_files)
     try:
         if not dry_run:
-            metrics = table.optimize.compact(target_size=target_size)
-            result.files_added = int(metrics.get("numFilesAdded", 0))
-            result.files_removed = int(metrics.get("numFilesRemoved", 0))
+            _rewrite(lake, key, table, target_size, result)
             table = DeltaTable(lake.table_uri(key), storage_options=lake.delta_options or None)
             if table.version() != before_version:
                 table.create_checkpoint()
@@ -153,22 +155,42 @@ def maintain_table(lake: Store, key: str, retention_hours: int | None = None,
                                                 enforce_retention_duration=True, full=True)
         result.files_vacuumed = 0 if dry_run else len(result.vacuum_candidates)
         table = DeltaTable(lake.table_uri(key), storage_options=lake.delta_options or None)
-    except (CommitFailedError, DeltaError) as exc:
+    except (CommitFailedError, DeltaError, ZOrderChangedDataError) as exc:
         result.error = f"{key}: {type(exc).__name__}: {exc}"
     result.version_after, result.files_after = table.version(), len(table.file_uris())
-    _audit_versions(lake, key, result.version_before, result.version_after)
+    _audit_versions(lake, key, result.version_before, result.version_after,
+                    set(result.audited_versions))
     return result
 
 
-def _audit_versions(lake: Store, key: str, before: int, after: int) -> None:
+def _rewrite(lake: Store, key: str, table: DeltaTable, target_size: int,
+             result: TableMaintenance) -> None:
+    """Cluster a cleaned table's partitions by (robot_id, ts_ns) where new files arrived
+    (robolake.zorder: also compacts them), else compact the table's small files."""
+    columns = zorder_columns(lake, key, table)
+    if columns:
+        done = zorder_table(lake, key, target_size, columns)
+        result.files_added, result.files_removed = done.files_added, done.files_removed
+        result.partitions_zordered = len(done.partitions)
+        result.audited_versions = done.audited
+        return
+    metrics = table.optimize.compact(target_size=target_size)
+    result.files_added = int(metrics.get("numFilesAdded", 0))
+    result.files_removed = int(metrics.get("numFilesRemoved", 0))
+
+
+def _audit_versions(lake: Store, key: str, before: int, after: int,
+                    skip: Collection[int] = ()) -> None:
     """Compaction and vacuum commit through deltalake directly: audit their commits here
-    (the audit log's own maintenance is not audited again)."""
+    (the audit log's own maintenance is not audited again, nor are `skip`: commits made
+    through robolake.tables, which audits them itself)."""
     from robolake.governance import audit
 
     if key == audit.AUDIT or not audit.enabled():
         return
     for version in range(before + 1, after + 1):
-        audit.record_commit(lake, key, version)
+        if version not in skip:
+            audit.record_commit(lake, key, version)
 
 
 def maintain_lake(lake: Store, retention_hours: int | None = None,
@@ -180,7 +202,8 @@ def maintain_lake(lake: Store, retention_hours: int | None = None,
     for key in tables if tables is not None else discover_tables(lake):
         r = maintain_table(lake, key, hours, dry_run=dry_run)
         log(f"{key}: files {r.files_before} -> {r.files_after} (compacted {r.files_removed} "
-            f"into {r.files_added}), vacuumed {r.files_vacuumed}, version {r.version_before} "
+            f"into {r.files_added}; clustered {r.partitions_zordered} partitions), vacuumed "
+            f"{r.files_vacuumed}, version {r.version_before} "
             f"-> {r.version_after}" + (f"; FAILED {r.error}" if r.error else ""))
         results.append(r)
     return results

@@ -381,10 +381,12 @@ def replace_files(lake: Store, key: str, table: DeltaTable, column: str,
 
 def commit_files(lake: Store, key: str, plan: Callable[[Snapshot], FileCommit | None],
                  schema: pa.Schema, partition_by: Sequence[str],
-                 attempts: int = COMMIT_ATTEMPTS) -> int | None:
+                 attempts: int = COMMIT_ATTEMPTS,
+                 metadata: dict[str, str] | None = None) -> int | None:
     """Commit files written elsewhere in one Delta transaction, decided on the latest
     snapshot and committed against exactly that version (as `commit_keyed`): when another
-    writer commits first, `plan` runs again on the new snapshot. Returns the version."""
+    writer commits first, `plan` runs again on the new snapshot. `metadata` goes into the
+    commit's commitInfo. Returns the version."""
     from deltalake import Schema as DeltaSchema
     from deltalake.transaction import create_table_with_add_actions
 
@@ -393,7 +395,7 @@ def commit_files(lake: Store, key: str, plan: Callable[[Snapshot], FileCommit | 
         change = plan(snap)
         if change is None:
             return snap.version
-        props = CommitProperties(max_commit_retries=0)
+        props = CommitProperties(max_commit_retries=0, custom_metadata=metadata)
         actions = [f.add_action() for f in change.adds]
         try:
             if snap.table is None:

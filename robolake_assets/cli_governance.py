@@ -60,6 +60,39 @@ def _cmd_storage_report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_storage_tier(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.governance import tiering
+    from robolake.storage import LocalStore
+
+    lake = _lake(args, settings)
+    if not isinstance(lake, LocalStore):
+        print(f"{lake.uri}: an S3 lake is tiered by its bucket's lifecycle rules "
+              "(robolake.governance.retention.apply_lifecycle), not by moving files")
+        return 2
+    plan = tiering.plan_tiering(lake)
+    for a in plan.actions:
+        verb = "move to cold" if a.action == "cold" else f"delete ({a.tier})"
+        print(f"{verb:<16} {a.key}  ({a.size} B, {a.age_days:.0f} days old)")
+    print(f"{len(plan.actions)} file(s) to tier; left alone: {plan.in_tables} in Delta tables, "
+          f"{plan.pinned} pinned by live dataset/model versions")
+    if not args.apply:
+        print("dry run: nothing changed (use --apply)")
+        return 0
+    for what, count in tiering.apply_tiering(lake, plan).items():
+        print(f"done {what}: {count} file(s) (audited)")
+    return 0
+
+
+def _cmd_storage_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from robolake.governance.tiering import restore
+
+    if restore(_lake(args, settings), args.key):
+        print(f"restored {args.key} to the hot tier")
+        return 0
+    print(f"{args.key}: not in the cold tier")
+    return 1
+
+
 def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     cat = sub.add_parser("catalog", parents=[debug],
                          help="the catalog: tables, columns, datasets and models with their "
@@ -102,5 +135,21 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     sto_sub = sto.add_subparsers(dest="action", required=True)
     rep = sto_sub.add_parser("report", parents=[debug], help="objects and bytes per layer and "
                                                            "storage tier")
-    rep.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    _storage_args(rep)
     rep.set_defaults(func=_cmd_storage_report)
+    tier = sto_sub.add_parser("tier", parents=[debug],
+                              help="a local lake: move files past their layer's tier age to "
+                                   "<lake>/.cold, delete expired ones (configs/retention.yaml); "
+                                   "a dry run unless --apply")
+    _storage_args(tier)
+    tier.add_argument("--apply", action="store_true", help="move and delete (audited)")
+    tier.set_defaults(func=_cmd_storage_tier)
+    res = sto_sub.add_parser("restore", parents=[debug],
+                             help="move one cold file back where readers find it")
+    res.add_argument("key", help="path relative to the lake root, e.g. raw/files/…")
+    _storage_args(res)
+    res.set_defaults(func=_cmd_storage_restore)
+
+
+def _storage_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")

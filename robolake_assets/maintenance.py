@@ -1,4 +1,5 @@
-"""Nightly Delta maintenance: compact and vacuum every table in the lake.
+"""Nightly Delta maintenance: compact (cleaned tables: Z-order by robot_id, ts_ns) and
+vacuum every table in the lake.
 
 The rules (table discovery, the retention that protects writes in flight)
 live in `robolake.maintenance`; this module only schedules them. The job runs
@@ -42,6 +43,7 @@ def compact_and_vacuum_lake(context: dg.OpExecutionContext, config: MaintenanceC
         "tables": len(results),
         "files_compacted": sum(r.files_removed for r in results),
         "files_vacuumed": sum(r.files_vacuumed for r in results),
+        "partitions_zordered": sum(r.partitions_zordered for r in results),
         "retention_hours": config.retention_hours,
         "failed_tables": len(failed),
         "report": dg.MetadataValue.md(report),

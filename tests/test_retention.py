@@ -59,4 +59,4 @@ def test_storage_report_counts_bytes_per_layer_and_tier(s3_endpoint, tmp_path, c
     local.write_bytes("raw/files/c.mcap", b"y" * 30)
     assert main(["storage", "report", "--lake", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "raw          local                  1             30" in out
+    assert "raw          hot                    1             30" in out

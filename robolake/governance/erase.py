@@ -217,14 +217,20 @@ def _partial(row: dict, landing: Store | None) -> dict:
 def _delete_files(lake: Store, landing: Store | None, uploads: pl.DataFrame,
                   receipt: Receipt) -> None:
     """Feature-cache entries and annotation media of every upload; raw and quarantine
-    copies, landing files and sidecars of the uploads entirely inside the window."""
+    copies, landing files and sidecars of the uploads entirely inside the window; and the
+    cold-folder twins of all of these (a tiered copy lies there)."""
+    from robolake.governance.tiering import cold_twins
+
     for row in uploads.iter_rows(named=True):
-        keys = [o.key for prefix in ("features/cache", MEDIA_PREFIX)
-                for o in lake.list(f"{prefix}/{row['upload_id']}/")]
+        copies = []
         if not row["inside"]:
             receipt.partial_uploads.append(_partial(row, landing))
         elif row["raw_key"]:
-            keys = [row["raw_key"], f"{row['raw_key']}.reasons.json", *keys]
+            copies = [row["raw_key"], f"{row['raw_key']}.reasons.json"]
+        folders = [f"{prefix}/{row['upload_id']}/" for prefix in ("features/cache", MEDIA_PREFIX)]
+        keys = copies + cold_twins(lake, copies)
+        keys += [o.key for folder in folders + cold_twins(lake, folders)
+                 for o in lake.list(folder)]
         for key in keys:
             if lake.delete(key):
                 receipt.files_deleted.append(key)

@@ -1,6 +1,7 @@
 """Retention and tiering per layer from configs/retention.yaml, applied to an S3 lake as
 lifecycle rules: objects move to STANDARD_IA after `infrequent_access` days, to GLACIER
-after `archive` days and are deleted after `expire` days (absent: never)."""
+after `archive` days and are deleted after `expire` days (absent: never). A local lake
+is tiered by robolake.governance.tiering with the same rules."""
 
 from __future__ import annotations
 
@@ -65,13 +66,28 @@ def apply_lifecycle(s3_client, bucket: str, root: str = "",
     return wanted
 
 
+def _objects(lake):
+    """(key, tier, size) of every object: an S3 lake's tier is the storage class; a local
+    lake's is hot or cold (robolake.governance.tiering)."""
+    from robolake.storage import LocalStore
+
+    if not isinstance(lake, LocalStore):
+        for obj in lake.list(""):
+            yield obj.key, obj.storage_class or "STANDARD", obj.size
+        return
+    from robolake.governance.tiering import cold_objects, hot_objects
+
+    for tier, objects in (("hot", hot_objects(lake)), ("cold", cold_objects(lake))):
+        for obj in objects:
+            yield obj.key, tier, obj.size
+
+
 def storage_report(lake) -> dict[tuple[str, str], tuple[int, int]]:
-    """(layer, tier) -> (objects, bytes) of everything under the lake root. The tier is the
-    S3 storage class (a local folder's files are all "local")."""
+    """(layer, tier) -> (objects, bytes) of everything under the lake root (a local
+    lake's cold folder <lake>/.cold as the tier `cold`)."""
     report: dict[tuple[str, str], tuple[int, int]] = {}
-    for obj in lake.list(""):
-        layer = obj.key.split("/", 1)[0] if "/" in obj.key else "(root)"
-        tier = obj.storage_class or "local"
-        count, size = report.get((layer, tier), (0, 0))
-        report[(layer, tier)] = (count + 1, size + obj.size)
+    for key, tier, size in _objects(lake):
+        layer = key.split("/", 1)[0] if "/" in key else "(root)"
+        count, total = report.get((layer, tier), (0, 0))
+        report[(layer, tier)] = (count + 1, total + size)
     return dict(sorted(report.items()))
