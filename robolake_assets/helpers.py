@@ -83,30 +83,30 @@ def dataset_asset_key(name: str) -> dg.AssetKey:
     return dg.AssetKey([DATASETS_GROUP, name])
 
 
+def _column(c, type_name: str) -> dg.TableColumn:
+    """A catalog column as the UI shows it: classification tag, description and, for a derived
+    column, the columns it comes from (the open-source UI does not draw column lineage)."""
+    source = f" (from {', '.join(c.derived_from)})" if c.derived_from else ""
+    return dg.TableColumn(c.name, type_name, description=f"[{c.classification}] "
+                          f"{c.description}{source}", tags={"classification": c.classification})
+
+
 def column_schema(schema: pa.Schema, table_key: str | None = None) -> dg.TableSchema:
     """The schema as Dagster shows it; with `table_key`, each column carries its catalog
     description and a `classification` tag (robolake/governance/catalog.py)."""
     declared = {c.name: c for c in catalog.table(table_key).columns} if table_key else {}
 
-    def column(f: pa.Field) -> dg.TableColumn:
-        c = declared.get(f.name)
-        if c is None:
-            return dg.TableColumn(f.name, str(f.type))
-        return dg.TableColumn(f.name, str(f.type), description=f"[{c.classification}] "
-                              f"{c.description}", tags={"classification": c.classification})
-
-    return dg.TableSchema(columns=[column(f) for f in schema])
+    return dg.TableSchema(columns=[
+        _column(declared[f.name], str(f.type)) if f.name in declared
+        else dg.TableColumn(f.name, str(f.type)) for f in schema])
 
 
 def catalog_schema(table_key: str, schema: pa.Schema | None = None) -> dg.TableSchema:
     """A table's declared columns (definition metadata: shown before any materialization),
     typed from `schema` where it has the column."""
     types = {f.name: str(f.type) for f in schema} if schema is not None else {}
-    return dg.TableSchema(columns=[
-        dg.TableColumn(c.name, types.get(c.name, "?"),
-                       description=f"[{c.classification}] {c.description}",
-                       tags={"classification": c.classification})
-        for c in catalog.table(table_key).columns])
+    return dg.TableSchema(columns=[_column(c, types.get(c.name, "?"))
+                                   for c in catalog.table(table_key).columns])
 
 
 def governed(table_key: str, schema: pa.Schema | None = None) -> dict:

@@ -134,6 +134,41 @@ def _check_daemon_cleans_the_launched_partition(url: str, env: dict[str, str],
     assert tags["dagster/partition"] == raw_tags["dagster/partition"], (tags, raw_tags)
 
 
+LINEAGE = """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+    assetMaterializations(limit: 1) { metadataEntries { label
+      ... on TableColumnLineageMetadataEntry { lineage { columnName
+        columnDeps { assetKey { path } columnName } } } } } } } }"""
+
+
+def _check_governance_on_the_asset_page(p, url: str, screenshot: Path) -> None:
+    """Issue 13: a cleaned table's page shows its owner, its classification and each
+    column's classification, description and source columns; the materialization the daemon
+    just made carries `dagster/column_lineage` (drawn as a graph by Dagster+ only)."""
+    browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    try:
+        page = browser.new_page(viewport={"width": 1600, "height": 3000})
+        page.goto(f"{url}/assets/cleaned_aligned_frames", wait_until="domcontentloaded")
+        page.get_by_text("(from cleaned/imu.ax, cleaned/imu.ts_ns)").first.wait_for(timeout=60_000)
+        page.screenshot(path=str(screenshot), full_page=True)
+        rows = {r.split("\t")[0].split("\n")[0]: r for r in
+                page.locator("table tr").all_inner_texts()}
+        sidebar = page.inner_text("body")
+    finally:
+        browser.close()
+    assert "Owners\nperception" in sidebar and "classification: restricted" in sidebar
+    assert "classification: restricted" in rows["gps_lat"], rows["gps_lat"]
+    assert "[restricted] Latitude" in rows["gps_lat"]
+    assert "classification: internal" in rows["imu_ax"]
+    assert "(from cleaned/imu.ax, cleaned/imu.ts_ns)" in rows["imu_ax"]
+    entries = graphql(url, LINEAGE, {"key": {"path": ["cleaned_aligned_frames"]}})[
+        "assetNodeOrError"]["assetMaterializations"][0]["metadataEntries"]
+    lineage = {c["columnName"]: c["columnDeps"] for e in entries
+               if e["label"] == "dagster/column_lineage" for c in e["lineage"]}
+    assert lineage["imu_ax"] == [{"assetKey": {"path": ["cleaned_imu"]}, "columnName": c}
+                                 for c in ("ax", "ts_ns")]
+    assert screenshot.stat().st_size > 20_000
+
+
 def test_asset_graph_shows_every_layer_with_partitions(tmp_path, monkeypatch):
     try:
         from playwright.sync_api import sync_playwright
@@ -185,6 +220,7 @@ def test_asset_graph_shows_every_layer_with_partitions(tmp_path, monkeypatch):
             browser.close()
         raw_run = _check_launch_feedback(url, env)  # after the graph: its run shows there
         _check_daemon_cleans_the_launched_partition(url, env, raw_run)
+        _check_governance_on_the_asset_page(p, url, tmp_path / "aligned-frames.png")
     found = seen
 
     missing = sorted({a for g in groups.values() for a in g} - set(found))
