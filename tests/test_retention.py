@@ -17,13 +17,25 @@ def test_rules_apply_as_s3_lifecycle_configuration(s3_endpoint):
     apply_lifecycle(s3, "gov-retention", "lake")
     rules = {r["ID"]: r for r in
              s3.get_bucket_lifecycle_configuration(Bucket="gov-retention")["Rules"]}
-    raw = rules["robolake-raw"]
-    assert raw["Filter"]["Prefix"] == "lake/raw/"
+    # the catalog's plain-file areas under their layer's rule; datasets are pinned
+    assert {r["ID"]: r["Filter"]["Prefix"] for r in rules.values()} == {
+        "robolake-raw-files": "lake/raw/files/",
+        "robolake-raw-quarantine": "lake/raw/quarantine/",
+        "robolake-features-cache": "lake/features/cache/",
+        "robolake-annotations-media": "lake/annotations/media/",
+        "robolake-annotations-tasks": "lake/annotations/tasks/",
+        "robolake-notebooks": "lake/notebooks/"}
+    raw = rules["robolake-raw-files"]
     assert [(t["Days"], t["StorageClass"]) for t in raw["Transitions"]] == [
         (30, "STANDARD_IA"), (180, "GLACIER")]
     assert raw["Expiration"]["Days"] == 730
-    assert "Expiration" not in rules["robolake-datasets"]  # kept while a version is live
-    assert rules["robolake-ops"]["Expiration"]["Days"] == 2555
+    assert "Expiration" not in rules["robolake-features-cache"]
+    # no rule reaches a Delta table: its live files would expire or become unreadable
+    from robolake.governance.catalog import TABLES
+
+    for table in TABLES:
+        assert not any(f"lake/{table}/".startswith(r["Filter"]["Prefix"])
+                       for r in rules.values()), table
 
 
 def test_bad_rules_name_the_layer(tmp_path):

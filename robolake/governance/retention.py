@@ -40,13 +40,26 @@ def load_rules(path: Path = RETENTION_FILE) -> list[LayerRule]:
     return rules
 
 
+PINNED_LAYERS = {"datasets", "models"}  # a live version is pinned: decided per version
+
+
 def lifecycle_rules(rules: list[LayerRule], root: str = "") -> list[dict]:
-    """S3 lifecycle rules (PutBucketLifecycleConfiguration) for a lake under `root`."""
+    """S3 lifecycle rules (PutBucketLifecycleConfiguration) for a lake under `root`: one per
+    plain-file area of the catalog (raw copies, feature cache, annotation media, …) under its
+    layer's rule. None covers a Delta table (its live files must stay readable where its log
+    points; rows leave a table by erase and vacuum, not by file age), nor dataset and model
+    versions (pinned while live, which a prefix cannot tell)."""
+    from robolake.governance.catalog import FILE_AREAS
+
     prefix = root.strip("/") + "/" if root.strip("/") else ""
+    by_layer = {r.layer: r for r in rules}
     out = []
-    for r in rules:
-        rule = {"ID": f"robolake-{r.layer}", "Status": "Enabled",
-                "Filter": {"Prefix": f"{prefix}{r.layer}/"},
+    for area in FILE_AREAS.values():
+        r = by_layer.get(area.layer)
+        if r is None or area.layer in PINNED_LAYERS:
+            continue
+        rule = {"ID": f"robolake-{area.prefix.replace('/', '-')}", "Status": "Enabled",
+                "Filter": {"Prefix": f"{prefix}{area.prefix}/"},
                 "Transitions": [{"Days": getattr(r, field), "StorageClass": cls}
                                 for field, cls in TIERS if getattr(r, field) is not None]}
         if r.expire is not None:
