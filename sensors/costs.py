@@ -3,7 +3,9 @@
 For each run that finished (success, failure or cancel) since its cursor, it reads
 the run's step starts and ends from the event log and what each step asked for from
 the run's execution plan (the `robolake/pool` and `dagster-k8s/config` step tags), and
-prices them with robolake.costs.runs. A run's rows replace any earlier ones, so a
+prices them with robolake.costs.runs, plus the run's object-store requests (PUTs of its
+Delta commits from the audit log, GETs of its dataset builds' inputs: robolake.costs
+.requests). A run's rows replace any earlier ones, so a
 re-evaluated tick or a reset cursor never double counts. A laptop's runs are priced as
 if they ran in their pools (what they would cost in production).
 """
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
+from robolake.costs import requests as R
 from robolake.costs import runs as C
 from robolake.costs.prices import load_prices
 from robolake_resources import pools
@@ -64,11 +67,40 @@ def step_usages(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[C.Step
     return usages
 
 
-def run_cost_rows(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[dict]:
+def dataset_reads(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[tuple[str, int]]:
+    """(table, Delta version) of every input a dataset build of the run read (its
+    materializations' `input_delta_versions`)."""
+    reads = []
+    for entry in instance.all_logs(run.run_id,
+                                   of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        meta = entry.asset_materialization.metadata if entry.asset_materialization else {}
+        versions = meta.get("input_delta_versions")
+        if versions is not None:
+            reads += [(k, int(v)) for k, v in sorted(versions.value.items())]
+    return reads
+
+
+def request_cost_rows(instance: dg.DagsterInstance, run: dg.DagsterRun, lake,
+                      info: dict) -> list[dict]:
+    """The run's object-store requests: PUTs of its Delta commits (audit log), GETs of its
+    dataset builds' inputs (robolake.costs.requests)."""
+    stats = instance.get_run_stats(run.run_id)
+    end = stats.end_time or stats.start_time or stats.launch_time
+    if end is None:
+        return []
+    start_ns, end_ns = int((stats.start_time or end) * 1e9), int(end * 1e9)
+    puts = R.put_counts(lake, run.run_id, R.run_dates(start_ns, end_ns))
+    gets = R.get_counts(lake, dataset_reads(instance, run))
+    return R.request_rows(info, puts, gets, load_prices(), end_ns)
+
+
+def run_cost_rows(instance: dg.DagsterInstance, run: dg.DagsterRun, lake=None) -> list[dict]:
+    """Each step's compute and (with `lake`) the run's object-store requests."""
     prices = load_prices()
     info = {"run_id": run.run_id, "job_name": run.job_name, "tags": dict(run.tags)}
-    return [C.step_cost_row(info, u, prices, bool(u.pool) and pools.POOLS[u.pool].spot)
+    rows = [C.step_cost_row(info, u, prices, bool(u.pool) and pools.POOLS[u.pool].spot)
             for u in step_usages(instance, run)]
+    return rows + (request_cost_rows(instance, run, lake, info) if lake is not None else [])
 
 
 def record_finished_runs(instance: dg.DagsterInstance, lake, after: float | None,
@@ -82,7 +114,7 @@ def record_finished_runs(instance: dg.DagsterInstance, lake, after: float | None
     done = []
     for record in records:
         C.record_run_costs(lake, record.dagster_run.run_id,
-                           run_cost_rows(instance, record.dagster_run))
+                           run_cost_rows(instance, record.dagster_run, lake))
         done.append(record.dagster_run.run_id)
         after = record.update_timestamp.timestamp()
     return after, done
