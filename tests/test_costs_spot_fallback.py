@@ -1,0 +1,201 @@
+"""Spot fallback: a step whose pod gets SIGTERM on Kubernetes (a Spot reclaim) retries as
+lost capacity; after two losses, counted in the real event log over the run and the runs
+retried from it, its next attempt's Job lands on the on-demand CPU pool and its Kueue queue,
+and the run says so. Real signals, real runs on a real (temporary) Dagster instance; the
+Job manifest is built offline with dagster-k8s's own functions."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import dagster as dg
+import kubernetes
+import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster_k8s.container_context import K8sContainerContext
+from dagster_k8s.job import (
+    UserDefinedDagsterK8sConfig,
+    construct_dagster_k8s_job,
+    get_user_defined_k8s_config,
+)
+
+from robolake.costs import spot as S
+from robolake.errors import CapacityLost
+from robolake_resources import executors, kueue, pools
+from robolake_resources import spot as RS
+from tests.test_pools_k8s import JOB_CONFIG, steps_in_defs
+
+FAST_RETRY = dg.RetryPolicy(max_retries=2)  # the pool's own waits 30 s, 60 s ...
+
+
+def _reclaimed_unless_retried_run(context) -> None:
+    """SIGTERM to this process, as the kubelet sends a pod on a reclaimed Spot node (Dagster
+    maps SIGTERM to its interrupt, as `dagster api execute_step` does in a step pod)."""
+    with pools.retry_only_transient():
+        if context.run.parent_run_id is None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises right here
+
+
+@dg.op(retry_policy=FAST_RETRY, tags=pools.CPU_SPOT.op_tags())
+def reclaimed_step(context) -> None:
+    _reclaimed_unless_retried_run(context)
+
+
+ONCE = {"attempts": 0}
+
+
+@dg.op(retry_policy=FAST_RETRY, tags=pools.CPU_SPOT.op_tags())
+def flaky_step(context) -> None:
+    ONCE["attempts"] += 1
+    with pools.retry_only_transient():
+        if ONCE["attempts"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # one loss
+        elif ONCE["attempts"] == 2:
+            raise ConnectionResetError("S3 reset the connection")  # transient, not capacity
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def spot_job():
+    reclaimed_step()
+    flaky_step()
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """A run whose reclaimed_step loses its node on all 3 attempts (and fails), then the
+    run retried from it (as run_retries does), where it succeeds."""
+    from dagster._utils.interrupts import setup_interrupt_handlers
+
+    with dg.instance_for_test() as instance:
+        previous = signal.getsignal(signal.SIGTERM)
+        os.environ[pools.DEPLOYMENT_VAR] = "k8s"  # as in a step pod
+        try:
+            setup_interrupt_handlers()  # what the step worker's CLI does first
+            parent = dg.execute_job(dg.reconstructable(spot_job), instance,
+                                    raise_on_error=False)
+            child = dg.execute_job(dg.reconstructable(spot_job), instance, raise_on_error=False,
+                                   reexecution_options=dg.ReexecutionOptions.from_failure(
+                                       parent.run_id, instance))
+        finally:
+            os.environ.pop(pools.DEPLOYMENT_VAR, None)
+            signal.signal(signal.SIGTERM, previous)
+        yield (instance, instance.get_run_by_id(parent.run_id),
+               instance.get_run_by_id(child.run_id))
+
+
+def test_sigterm_on_kubernetes_is_lost_capacity_counted_across_run_retries(runs):
+    instance, parent, child = runs
+    assert parent.status == dg.DagsterRunStatus.FAILURE
+    assert child.status == dg.DagsterRunStatus.SUCCESS
+    assert child.root_run_id == parent.run_id
+    events = [e.dagster_event.event_type for e in instance.all_logs(
+        parent.run_id, of_type={dg.DagsterEventType.STEP_UP_FOR_RETRY,
+                                dg.DagsterEventType.STEP_FAILURE})
+        if e.step_key == "reclaimed_step"]
+    # retried as transient (not failed at once), twice, then out of retries
+    assert events == [dg.DagsterEventType.STEP_UP_FOR_RETRY] * 2 + [
+        dg.DagsterEventType.STEP_FAILURE]
+    assert RS.capacity_losses(instance, parent, "reclaimed_step") == 3
+    assert RS.capacity_losses(instance, child, "reclaimed_step") == 3  # the group's count
+    # flaky_step: one SIGTERM, one network error (retried, but not lost capacity)
+    assert RS.capacity_losses(instance, parent, "flaky_step") == 1
+    assert RS.retry_chain(instance, child) == [parent.run_id, child.run_id]
+
+
+def test_the_next_attempt_after_two_losses_falls_back_and_the_run_says_so(runs):
+    instance, parent, child = runs
+    tags = dict(pools.CPU_SPOT.op_tags())
+    assert RS.fallback_for(instance, parent, "flaky_step", tags, attempt=2) is None  # 1 loss
+    assert RS.fallback_for(instance, parent, "reclaimed_step", tags, attempt=0) is None
+    moved, losses = RS.fallback_for(instance, child, "reclaimed_step", tags, attempt=0)
+    assert losses == 3 and moved["robolake/pool"] == "cpu_on_demand"
+    assert moved[RS.FALLBACK_TAG] == "cpu_spot"
+    on_demand = dict(pools.CPU_ON_DEMAND.op_tags())
+    assert RS.fallback_for(instance, child, "reclaimed_step", on_demand, attempt=1) is None
+    RS.record_fallback(instance, child, "reclaimed_step", losses, moved)
+    RS.record_fallback(instance, child, "other_step", 2, moved)
+    assert instance.get_run_by_id(child.run_id).tags[RS.FALLBACK_TAG] == (
+        "other_step=2,reclaimed_step=3")
+    [event] = [e for e in instance.all_logs(child.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+               if e.step_key == "reclaimed_step"]
+    meta = event.dagster_event.engine_event_data.metadata
+    assert (meta["capacity_losses"].value, meta["pool"].value) == (3, "cpu_on_demand")
+
+
+def test_decision_rules():
+    assert S.fallback_pool("cpu_spot", 1) is None
+    assert S.fallback_pool("cpu_spot", 2) == "cpu_on_demand"
+    assert S.fallback_pool("gpu_standard", 5) is None  # training checkpoints instead
+    assert S.is_capacity_loss([("DagsterExecutionStepExecutionError", "Error in op"),
+                               ("CapacityLost", "SIGTERM")])
+    assert not S.is_capacity_loss([("OSError", "No space left")])
+    # a Dagster interrupt off Kubernetes (a person's Ctrl-C) is not turned into a retry
+    with pytest.raises(DagsterExecutionInterruptedError), pools.retry_only_transient():
+        raise DagsterExecutionInterruptedError()
+    os.environ[pools.DEPLOYMENT_VAR] = "k8s"
+    try:
+        with pytest.raises(CapacityLost), pools.retry_only_transient():
+            raise DagsterExecutionInterruptedError()
+    finally:
+        os.environ.pop(pools.DEPLOYMENT_VAR)
+
+
+def test_health_check_failures_are_capacity_only_when_kubernetes_disrupted_the_pod():
+    evicted = {"status": {"phase": "Failed", "conditions": [
+        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+         "message": "Pod was terminated in response to imminent node shutdown."}]}}
+    lost_node = {"status": {"phase": "Failed", "reason": "NodeLost", "message": "node gone"}}
+    oom = {"status": {"phase": "Failed", "conditions": [{"type": "Ready", "status": "False"}],
+                      "containerStatuses": [{"state": {"terminated": {
+                          "reason": "OOMKilled", "exitCode": 137}}}]}}
+    assert S.pod_disruption(evicted) == ("TerminationByKubelet: Pod was terminated in response "
+                                         "to imminent node shutdown.")
+    assert S.pod_disruption(lost_node) == "NodeLost: node gone"
+    assert S.pod_disruption(oom) is None
+    # what the Kueue step handler's health check reports for the evicted pod
+    reason = (f"Step s failed health check: Discovered failed Kubernetes job j for step s. "
+              f"Spot {S.CAPACITY_LOST}: pod p: {S.pod_disruption(evicted)}")
+    assert S.is_capacity_loss([(None, reason)])
+    assert not S.is_capacity_loss([(None, "Step s failed health check: Discovered failed "
+                                          "Kubernetes job j for step s.")])
+
+
+def test_the_fallback_attempt_job_lands_on_the_on_demand_pool_and_queue():
+    op_tags = dict(steps_in_defs()["raw_uploads"][0])
+    assert op_tags["robolake/pool"] == "cpu_spot"
+    run_tags = {pools.TEAM_TAG: "perception", pools.QUEUE_TAG: "etl"}
+    context = K8sContainerContext(
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(executors.STEP_K8S_CONFIG))
+    context = context.merge(K8sContainerContext(run_k8s_config=get_user_defined_k8s_config(
+        op_tags)))
+    placed = executors.placed_container_context(context, run_tags, op_tags,
+                                                RS.fallback_tags(op_tags, "cpu_on_demand"))
+    job = kubernetes.client.ApiClient().sanitize_for_serialization(construct_dagster_k8s_job(
+        JOB_CONFIG, ["dagster", "api", "execute_step"], "dagster-step-raw-uploads-2",
+        user_defined_k8s_config=placed.run_k8s_config, component="step_worker"))
+    pod = job["spec"]["template"]
+    spec, [container] = pod["spec"], pod["spec"]["containers"]
+    assert placed.namespace == "team-perception"
+    assert spec["nodeSelector"] == {pools.POOL_LABEL: "cpu-on-demand",
+                                    pools.CAPACITY_TYPE: "on-demand"}
+    assert not spec.get("tolerations")  # the Spot toleration is gone, not appended to
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"},
+                                      "limits": {"memory": "16Gi"}}  # sized as on Spot
+    assert pod["metadata"]["labels"][pools.POOL_LABEL] == "cpu-on-demand"
+    assert pod["metadata"]["annotations"] == {"karpenter.sh/do-not-disrupt": "true"}
+    labels = job["metadata"]["labels"]
+    assert labels[pools.KUEUE_QUEUE_LABEL] == "cpu-on-demand"
+    assert labels[pools.KUEUE_PRIORITY_LABEL] == "robolake-etl"
+    # the executor's base config still reaches the pod
+    assert job["spec"]["backoffLimit"] == 0 and spec["terminationGracePeriodSeconds"] == 90
+    assert {"name": "ROBOLAKE_DEPLOYMENT", "value": "k8s"} in container["env"]
+    # the team's on-demand ClusterQueue covers exactly what the Job asks for, and has room
+    [queue] = [d for d in kueue.manifests() if d["kind"] == "ClusterQueue"
+               and d["metadata"]["name"] == "perception-cpu-on-demand"]
+    [group] = queue["spec"]["resourceGroups"]
+    assert set(group["coveredResources"]) == set(container["resources"]["requests"])
+    [flavor] = group["flavors"]
+    assert flavor["name"] == "cpu-on-demand"
+    quota = {r["name"]: r["nominalQuota"] for r in flavor["resources"]}
+    assert quota == {"cpu": "4", "memory": "16Gi"}  # 4 steps of 1 CPU / 4Gi: room for it
