@@ -90,9 +90,12 @@ def _kueue_k8s_executor() -> dg.ExecutorDefinition:
     from robolake_resources import spot
 
     class KueueStepHandler(K8sStepHandler):
-        def _fallback(self, step_handler_context, step_key: str):
+        def _attempt(self, step_handler_context, step_key: str) -> int:
             known = step_handler_context.execute_step_args.known_state
-            attempt = known.get_retry_state().get_attempt_count(step_key) if known else 0
+            return known.get_retry_state().get_attempt_count(step_key) if known else 0
+
+        def _fallback(self, step_handler_context, step_key: str):
+            attempt = self._attempt(step_handler_context, step_key)
             run = step_handler_context.dagster_run
             cache = self.__dict__.setdefault("_fallbacks", {})  # health checks ask often
             key = (run.run_id, step_key, attempt)
@@ -115,8 +118,9 @@ def _kueue_k8s_executor() -> dg.ExecutorDefinition:
             fallback = self._fallback(step_handler_context, step_key)
             if fallback is not None:
                 spot.record_fallback(step_handler_context.instance,
-                                     step_handler_context.dagster_run, step_key, fallback[1],
-                                     fallback[0])
+                                     step_handler_context.dagster_run, step_key,
+                                     self._attempt(step_handler_context, step_key),
+                                     fallback[1], fallback[0])
             yield from super().launch_step(step_handler_context)
 
         def check_step_health(self, step_handler_context):

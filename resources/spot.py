@@ -21,7 +21,7 @@ from dagster._utils.error import SerializableErrorInfo
 from robolake.costs import spot
 from robolake_resources import pools
 
-FALLBACK_TAG = "robolake/spot_fallback"  # run tag: "step=losses,..." of the steps moved
+FALLBACK_TAG = "robolake/spot_fallback"  # run tag: "step@attempt=losses,..." (moved)
 _ATTEMPT_ENDS = {dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE}
 
 
@@ -94,19 +94,31 @@ def fallback_for(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str
     return (fallback_tags(step_tags, target), losses) if target else None
 
 
+def fallback_attempts(run_tags: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """step -> (first attempt moved to on-demand, capacity losses then), from the run's
+    `robolake/spot_fallback` tag ("step@attempt=losses,...")."""
+    moved = {}
+    for part in filter(None, run_tags.get(FALLBACK_TAG, "").split(",")):
+        step_attempt, losses = part.rsplit("=", 1)
+        step, attempt = step_attempt.rsplit("@", 1)
+        moved[step] = (int(attempt), int(losses))
+    return moved
+
+
 def record_fallback(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str,
-                    losses: int, tags: dict[str, Any]) -> None:
-    """Say so on the run: the `robolake/spot_fallback` tag and an engine event."""
+                    attempt: int, losses: int, tags: dict[str, Any]) -> None:
+    """Say so on the run: the `robolake/spot_fallback` tag (the step, the attempt it
+    moved at, its losses; read back by `fallback_attempts`) and an engine event."""
     current = instance.get_run_by_id(run.run_id) or run
-    moved = dict(p.split("=", 1) for p in current.tags.get(FALLBACK_TAG, "").split(",") if p)
-    moved[step_key] = str(losses)
-    instance.add_run_tags(run.run_id, {FALLBACK_TAG: ",".join(f"{k}={v}" for k, v in
-                                                              sorted(moved.items()))})
+    moved = fallback_attempts(dict(current.tags))
+    moved.setdefault(step_key, (attempt, losses))  # the first attempt moved stays
+    instance.add_run_tags(run.run_id, {FALLBACK_TAG: ",".join(
+        f"{step}@{a}={n}" for step, (a, n) in sorted(moved.items()))})
     pool = tags["robolake/pool"]
     instance.report_engine_event(
-        f"Step {step_key} lost its Spot capacity {losses} times: this attempt runs on "
+        f"Step {step_key} lost its Spot capacity {losses} times: attempt {attempt} runs on "
         f"{pool}", run, EngineEventData(metadata={
-            "step": step_key, "capacity_losses": losses, "pool": pool,
+            "step": step_key, "attempt": attempt, "capacity_losses": losses, "pool": pool,
             "from_pool": tags[FALLBACK_TAG]}), step_key=step_key)
 
 

@@ -21,9 +21,11 @@ from dagster_k8s.job import (
 )
 
 from robolake.costs import spot as S
+from robolake.costs.prices import load_prices
 from robolake.errors import CapacityLost
 from robolake_resources import executors, kueue, pools
 from robolake_resources import spot as RS
+from robolake_sensors.costs import run_cost_rows
 from tests.test_pools_k8s import JOB_CONFIG, steps_in_defs
 
 FAST_RETRY = dg.RetryPolicy(max_retries=2)  # the pool's own waits 30 s, 60 s ...
@@ -113,14 +115,38 @@ def test_the_next_attempt_after_two_losses_falls_back_and_the_run_says_so(runs):
     assert moved[RS.FALLBACK_TAG] == "cpu_spot"
     on_demand = dict(pools.CPU_ON_DEMAND.op_tags())
     assert RS.fallback_for(instance, child, "reclaimed_step", on_demand, attempt=1) is None
-    RS.record_fallback(instance, child, "reclaimed_step", losses, moved)
-    RS.record_fallback(instance, child, "other_step", 2, moved)
+    RS.record_fallback(instance, child, "reclaimed_step", 0, losses, moved)
+    RS.record_fallback(instance, child, "other_step", 1, 2, moved)
+    RS.record_fallback(instance, child, "other_step", 2, 3, moved)  # moved at attempt 1
     assert instance.get_run_by_id(child.run_id).tags[RS.FALLBACK_TAG] == (
-        "other_step=2,reclaimed_step=3")
-    [event] = [e for e in instance.all_logs(child.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
-               if e.step_key == "reclaimed_step"]
-    meta = event.dagster_event.engine_event_data.metadata
-    assert (meta["capacity_losses"].value, meta["pool"].value) == (3, "cpu_on_demand")
+        "other_step@1=2,reclaimed_step@0=3")
+    events = [e for e in instance.all_logs(child.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+              if e.step_key == "reclaimed_step"]
+    [meta] = [e.dagster_event.engine_event_data.metadata for e in events]
+    assert (meta["capacity_losses"].value, meta["pool"].value, meta["attempt"].value) == (
+        3, "cpu_on_demand", 0)
+
+    # the cost sensor prices the moved attempt on-demand (half an m6i.xlarge: 2 of 4 CPUs,
+    # 8 of 16 GiB) and the Spot attempts of the parent run at Spot, retries included
+    prices = load_prices()
+    [moved_row] = run_cost_rows(instance, instance.get_run_by_id(child.run_id))
+    assert (moved_row["step_key"], moved_row["pool"], moved_row["capacity"]) == (
+        "reclaimed_step@cpu_on_demand", "cpu_on_demand", "on-demand")
+    assert moved_row["share"] == 0.5 and moved_row["instance_type"] == "m6i.xlarge"
+    assert moved_row["usd"] == pytest.approx(moved_row["duration_s"] / 3600 * 0.5 * prices.pool(
+        "cpu_on_demand").reference_type.on_demand)
+    parent_rows = {r["step_key"]: r for r in run_cost_rows(instance, parent)}
+    assert set(parent_rows) == {"reclaimed_step", "flaky_step"}
+    assert parent_rows["reclaimed_step"]["capacity"] == "spot"
+    spans, start = [], None  # each attempt, from its start (or restart) to its end
+    for e in instance.all_logs(parent.run_id):
+        kind = e.dagster_event and e.step_key == "reclaimed_step" and e.dagster_event.event_type
+        if kind in (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED):
+            start = e.timestamp
+        elif kind in (dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE):
+            spans.append(e.timestamp - start)
+    assert len(spans) == 3  # three attempts, each paid for
+    assert parent_rows["reclaimed_step"]["duration_s"] == pytest.approx(sum(spans), abs=1e-3)
 
 
 def test_decision_rules():
