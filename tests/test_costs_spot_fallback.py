@@ -13,6 +13,13 @@ import dagster as dg
 import kubernetes
 import pytest
 from dagster._core.errors import DagsterExecutionInterruptedError
+from dagster._core.execution.api import create_execution_plan
+from dagster._core.execution.context.system import PlanData, PlanOrchestrationContext
+from dagster._core.execution.context_creation_job import create_context_free_log_manager
+from dagster._core.execution.retries import RetryMode
+from dagster._core.executor.init import InitExecutorContext
+from dagster._core.executor.step_delegating import StepHandlerContext
+from dagster._grpc.types import ExecuteStepArgs
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import (
     UserDefinedDagsterK8sConfig,
@@ -63,13 +70,50 @@ def spot_job():
     flaky_step()
 
 
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def step_handler(instance, run, step_key: str, kubeconfig):
+    """The robolake_k8s executor's step handler and its context for one step of `run`, as
+    the executor builds them (dagster-k8s's own tests build them the same way)."""
+    executor_def = executors.robolake_executor("k8s")
+    recon = dg.reconstructable(spot_job)
+    executor = executor_def.executor_creation_fn(InitExecutorContext(
+        job=recon, executor_def=executor_def, instance=instance,
+        executor_config=executors.K8S_EXECUTOR_CONFIG | {
+            "load_incluster_config": False, "kubeconfig_file": str(kubeconfig)}))
+    plan = create_execution_plan(recon)
+    plan_context = PlanOrchestrationContext(
+        plan_data=PlanData(job=recon, dagster_run=run, instance=instance, execution_plan=plan,
+                           raise_on_error=True, retry_mode=RetryMode.DISABLED),
+        log_manager=create_context_free_log_manager(instance, run), executor=executor,
+        output_capture=None)
+    args = ExecuteStepArgs(recon.get_python_origin(), run.run_id, [step_key],
+                           print_serialized_events=False)
+    return executor._step_handler, StepHandlerContext(
+        instance=instance, plan_context=plan_context, steps=plan.steps,
+        execute_step_args=args, dagster_run=run)
+
+
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
     """A run whose reclaimed_step loses its node on all 3 attempts (and fails), then the
     run retried from it (as run_retries does), where it succeeds."""
     from dagster._utils.interrupts import setup_interrupt_handlers
 
-    with dg.instance_for_test() as instance:
+    kubeconfig = tmp_path_factory.mktemp("kube") / "config"
+    kubeconfig.write_text(KUBECONFIG)  # read, never contacted
+    launcher = {"module": "dagster_k8s", "class": "K8sRunLauncher", "config": {
+        "instance_config_map": "robolake-dagster-instance", "job_namespace": "robolake",
+        "service_account_name": "robolake", "load_incluster_config": False,
+        "kubeconfig_file": str(kubeconfig), "job_image": JOB_CONFIG.job_image}}
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
         previous = signal.getsignal(signal.SIGTERM)
         os.environ[pools.DEPLOYMENT_VAR] = "k8s"  # as in a step pod
         try:
@@ -83,11 +127,11 @@ def runs():
             os.environ.pop(pools.DEPLOYMENT_VAR, None)
             signal.signal(signal.SIGTERM, previous)
         yield (instance, instance.get_run_by_id(parent.run_id),
-               instance.get_run_by_id(child.run_id))
+               instance.get_run_by_id(child.run_id), kubeconfig)
 
 
 def test_sigterm_on_kubernetes_is_lost_capacity_counted_across_run_retries(runs):
-    instance, parent, child = runs
+    instance, parent, child, kubeconfig = runs
     assert parent.status == dg.DagsterRunStatus.FAILURE
     assert child.status == dg.DagsterRunStatus.SUCCESS
     assert child.root_run_id == parent.run_id
@@ -106,7 +150,7 @@ def test_sigterm_on_kubernetes_is_lost_capacity_counted_across_run_retries(runs)
 
 
 def test_the_next_attempt_after_two_losses_falls_back_and_the_run_says_so(runs):
-    instance, parent, child = runs
+    instance, parent, child, kubeconfig = runs
     tags = dict(pools.CPU_SPOT.op_tags())
     assert RS.fallback_for(instance, parent, "flaky_step", tags, attempt=2) is None  # 1 loss
     assert RS.fallback_for(instance, parent, "reclaimed_step", tags, attempt=0) is None
@@ -115,7 +159,19 @@ def test_the_next_attempt_after_two_losses_falls_back_and_the_run_says_so(runs):
     assert moved[RS.FALLBACK_TAG] == "cpu_spot"
     on_demand = dict(pools.CPU_ON_DEMAND.op_tags())
     assert RS.fallback_for(instance, child, "reclaimed_step", on_demand, attempt=1) is None
-    RS.record_fallback(instance, child, "reclaimed_step", 0, losses, moved)
+
+    # the k8s executor's own step handler, about to launch the retried run's attempt
+    handler, context = step_handler(instance, child, "reclaimed_step", kubeconfig)
+    placed = handler._get_container_context(context)
+    job = kubernetes.client.ApiClient().sanitize_for_serialization(construct_dagster_k8s_job(
+        JOB_CONFIG, ["dagster", "api", "execute_step"], "dagster-step-x",
+        user_defined_k8s_config=placed.run_k8s_config, component="step_worker"))
+    assert placed.namespace == "team-platform"  # an untagged run is the platform team's
+    assert job["spec"]["template"]["spec"]["nodeSelector"][pools.CAPACITY_TYPE] == "on-demand"
+    assert job["metadata"]["labels"][pools.KUEUE_QUEUE_LABEL] == "cpu-on-demand"
+    first = next(handler.launch_step(context))  # the Job would be created right after this
+    assert first.event_type == dg.DagsterEventType.STEP_WORKER_STARTING
+    assert instance.get_run_by_id(child.run_id).tags[RS.FALLBACK_TAG] == "reclaimed_step@0=3"
     RS.record_fallback(instance, child, "other_step", 1, 2, moved)
     RS.record_fallback(instance, child, "other_step", 2, 3, moved)  # moved at attempt 1
     assert instance.get_run_by_id(child.run_id).tags[RS.FALLBACK_TAG] == (
