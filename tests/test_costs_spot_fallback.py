@@ -6,8 +6,12 @@ Job manifest is built offline with dagster-k8s's own functions."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import dagster as dg
 import kubernetes
@@ -281,3 +285,53 @@ def test_the_fallback_attempt_job_lands_on_the_on_demand_pool_and_queue():
     assert flavor["name"] == "cpu-on-demand"
     quota = {r["name"]: r["nominalQuota"] for r in flavor["resources"]}
     assert quota == {"cpu": "4", "memory": "16Gi"}  # 4 steps of 1 CPU / 4Gi: room for it
+
+
+def test_the_step_handlers_health_check_says_when_kubernetes_took_the_pod(runs, tmp_path):
+    """A failed step Job whose pod Kubernetes disrupted is reported as lost capacity, one
+    that failed on its own (OOM) is not: the handler reads the Job and its pods through
+    the kubernetes client from an API server on loopback that serves those two reads."""
+    instance, _parent, child, _kubeconfig = runs
+    pod_status = {"phase": "Failed"}
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            path = urlparse(self.path)
+            if path.path.endswith("/status"):  # the step Job: failed
+                body = {"apiVersion": "batch/v1", "kind": "Job",
+                        "metadata": {"name": path.path.split("/")[-2]}, "status": {"failed": 1}}
+            else:
+                assert parse_qs(path.query)["labelSelector"][0].startswith("job-name=")
+                body = {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+                    {"metadata": {"name": "step-pod-1"}, "status": pod_status}]}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(KUBECONFIG.replace("https://127.0.0.1:1",
+                                             f"http://127.0.0.1:{server.server_port}"))
+    try:
+        handler, context = step_handler(instance, child, "reclaimed_step", kubeconfig)
+        pod_status["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                     "reason": "EvictionByEvictionAPI",
+                                     "message": "Eviction API: evicting"}]
+        disrupted = handler.check_step_health(context)
+        pod_status["conditions"] = [{"type": "Ready", "status": "False"}]
+        oom = handler.check_step_health(context)
+    finally:
+        server.shutdown()
+    assert not disrupted.is_healthy and not oom.is_healthy
+    assert disrupted.unhealthy_reason.endswith(
+        "Spot capacity lost: pod step-pod-1: EvictionByEvictionAPI: Eviction API: evicting")
+    assert S.is_capacity_loss([(None, disrupted.unhealthy_reason)])
+    assert oom.unhealthy_reason.startswith("Discovered failed Kubernetes job dagster-step-")
+    assert not S.is_capacity_loss([(None, oom.unhealthy_reason)])
