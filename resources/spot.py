@@ -129,7 +129,7 @@ def failed_pod_disruption(core_api, namespace: str, job_name: str) -> str | None
 
     try:
         found = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
-    except kubernetes.client.ApiException:
+    except Exception:  # noqa: BLE001 - any API trouble: the failure stands, reason unknown
         return None
     serialize = kubernetes.client.ApiClient().sanitize_for_serialization
     for pod in found.items:
