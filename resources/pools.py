@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,12 +31,15 @@ from typing import Any
 
 import dagster as dg
 
+from robolake.costs.approvals import HOLD_TAG as APPROVAL_HOLD_TAG
 from robolake.costs.prices import PoolPrices, Prices, load_prices
-from robolake.errors import is_transient
+from robolake.errors import CapacityLost, is_transient
+from robolake.settings import ENV_VARS
 
 # --------------------------------------------------------------------------- pools
 
 POOL_LABEL = "robolake.io/pool"
+DEPLOYMENT_VAR = ENV_VARS["deployment"]  # ROBOLAKE_DEPLOYMENT: k8s in step pods
 CAPACITY_TYPE = "karpenter.sh/capacity-type"
 INSTANCE_TYPE = "node.kubernetes.io/instance-type"
 
@@ -154,10 +158,19 @@ def retry_only_transient() -> Iterator[None]:
     """Around an asset's body: a failure the same input would cause again (bad data, bad
     config, a bug) fails the step at once instead of waiting through the pool's retries;
     lost capacity and network errors still retry."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
     try:
         yield
     except dg.Failure:
         raise
+    except DagsterExecutionInterruptedError as exc:
+        if os.environ.get(DEPLOYMENT_VAR) != "k8s":
+            raise  # a person's Ctrl-C or a terminated run: stop
+        # On Kubernetes the step's pod is being deleted (SIGTERM, which Dagster turns into
+        # an interrupt): a Spot reclaim or a node drain. A retry can succeed elsewhere, and
+        # robolake.costs.spot counts it as lost capacity.
+        raise CapacityLost("SIGTERM: the step's pod is being deleted") from exc
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -288,7 +301,7 @@ BACKFILL_LIMIT = {"local": 2, "production": 12}
 # A run tagged robolake/hold=budget (its team or project spent its month's budget) or
 # =approval (expensive GPU work) stays queued: no slot for it, ever. The budget sensor
 # sets and lifts the tag (sensors/budgets.py); `robolake runs approve` lifts it.
-HOLD_TAG = "robolake/hold"
+HOLD_TAG = APPROVAL_HOLD_TAG  # robolake/hold (robolake.costs.approvals)
 HOLD_LIMITS = [{"key": HOLD_TAG, "value": "budget", "limit": 0},
                {"key": HOLD_TAG, "value": "approval", "limit": 0}]
 # Laptop only: the upload sensor's runs (ETL) share the machine with the UI's.

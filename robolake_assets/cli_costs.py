@@ -50,39 +50,30 @@ def _cmd_costs_report(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print(f"no costs recorded for {args.month}")
         return 0
-    print(f"{args.by:<32}{'USD':>12}{'runs':>8}{'node-hours':>12}")
+    print(f"{args.by:<32}{'USD':>12}{'runs':>8}{'node-hours':>12}{'requests USD':>14}")
     for r in rows:
-        print(f"{r[args.by]:<32}{r['usd']:>12.2f}{r['runs']:>8}{r['node_hours']:>12.3f}")
-    print(f"{'total':<32}{sum(r['usd'] for r in rows):>12.2f}")
+        print(f"{r[args.by]:<32}{r['usd']:>12.2f}{r['runs']:>8}{r['node_hours']:>12.3f}"
+              f"{r['requests_usd']:>14.6f}")
+    print(f"{'total':<32}{sum(r['usd'] for r in rows):>12.2f}{'':>20}"
+          f"{sum(r['requests_usd'] for r in rows):>14.6f}")
     return 0
 
 
-def approve_run(instance, run_id: str, who: str, lake=None) -> str:
-    """Let a queued run that a budget (or approval rule) holds start; returns what was done.
-    With `lake`, the approval is recorded in its audit log (ops/audit)."""
-    import datetime as dt
-
-    import dagster as dg
-
-    from robolake_resources.pools import HOLD_TAG
-    from robolake_sensors.budgets import APPROVED_TAG
+def approve_run(instance, run_id: str, who: str, lake) -> str:
+    """`robolake runs approve`: let a queued run that a budget (or the approval rule) holds
+    start. The approval itself (checks, ops/approvals, audit) is robolake.costs.approvals,
+    shared with the platform API; here the run is tagged at once as well."""
+    from robolake.costs import approvals
+    from robolake.governance import audit
+    from robolake_sensors.budgets import apply_approvals
 
     run = instance.get_run_by_id(run_id)
     if run is None:
         raise ValueError(f"run {run_id}: no such run in {instance.root_directory or 'instance'}")
-    if run.status != dg.DagsterRunStatus.QUEUED:
-        raise ValueError(f"run {run_id} is {run.status.value}, not queued: nothing to approve")
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    instance.add_run_tags(run_id, {APPROVED_TAG: f"{who} {stamp}", HOLD_TAG: "approved"})
-    held = run.tags.get(HOLD_TAG)
-    if lake is not None:
-        from robolake.governance import audit
-
-        audit.record(lake, "approve", f"run:{run_id}", actor=audit.Actor(f"user:{who}", "admin"),
-                     details={"job": run.job_name, "held": held or "",
-                              "team": run.tags.get("robolake/team", "")})
-    return (f"approved run {run_id} ({run.job_name}) as {who}"
-            + (f"; it was held ({held}) and may start now" if held else ""))
+    view = approvals.RunView(run.run_id, run.job_name, run.status.value, dict(run.tags))
+    approval = approvals.approve(lake, view, audit.Actor(f"user:{who}", "admin"))
+    apply_approvals(instance, lake, [run_id])
+    return approval.message()
 
 
 def _cmd_runs_approve(args: argparse.Namespace, settings: Settings) -> int:

@@ -21,6 +21,7 @@ import os
 
 import dagster as dg
 
+from robolake.costs import approvals as A
 from robolake.costs import budgets as B
 from robolake.costs import runs as C
 from robolake.costs.prices import load_prices
@@ -28,7 +29,7 @@ from robolake_resources.lake import LakeResource
 from robolake_resources.pools import HOLD_TAG
 from robolake_sensors.costs import planned_cost
 
-APPROVED_TAG = "robolake/approved"
+APPROVED_TAG = A.APPROVED_TAG
 GPU_HOURS_TAG = "robolake/gpu_hours"
 
 
@@ -82,6 +83,21 @@ def exempt(run: dg.DagsterRun) -> bool:
     return run.tags.get(C.CRITICAL_TAG, "").lower() == "true" or bool(run.tags.get(APPROVED_TAG))
 
 
+def apply_approvals(instance: dg.DagsterInstance, lake, run_ids: list[str] | None = None
+                    ) -> list[str]:
+    """Tag the queued runs approved in ops/approvals (by the CLI or the platform API) but
+    not tagged yet, so the queue may start them; returns those runs."""
+    queued = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED],
+                                             run_ids=run_ids))
+    waiting = {r.run_id: r for r in queued if not r.tags.get(APPROVED_TAG)}
+    applied = []
+    for row in A.approvals_of(lake, sorted(waiting)):
+        instance.add_run_tags(row["run_id"], A.approval_tags(row["approved_by"],
+                                                             row["approved_ns"]))
+        applied.append(row["run_id"])
+    return applied
+
+
 def _send(row: dict, log) -> None:
     url = os.environ.get(row["webhook_env"], "") if row["webhook_env"] else ""
     if not url:
@@ -98,6 +114,7 @@ def evaluate_budgets(instance: dg.DagsterInstance, lake, log, now: dt.datetime |
     """One tick: alerts sent, runs held and released."""
     budgets = B.load_budgets()
     month = (now or dt.datetime.now(dt.UTC)).strftime("%Y-%m")
+    approved = apply_approvals(instance, lake)  # before holds are decided: they let it go
     spent = {scope: C.spend(lake, month, scope) for scope in ("team", "project")}
     queued = queued_costs(instance, lake, budgets)
     estimate: dict[str, dict[str, float]] = {"team": {}, "project": {}}
@@ -121,7 +138,7 @@ def evaluate_budgets(instance: dg.DagsterInstance, lake, log, now: dt.datetime |
             instance.add_run_tags(run.run_id, {HOLD_TAG: "released"})
             released.append(run.run_id)
     return {"month": month, "alerts": [r["alert_id"] for r in sent], "held": held,
-            "released": released, "statuses": statuses}
+            "released": released, "approved": approved, "statuses": statuses}
 
 
 @dg.sensor(name="budget_sensor", minimum_interval_seconds=30,

@@ -123,7 +123,7 @@ def test_alerts_once_per_threshold_then_hold_approve_and_release(tmp_path, monke
             assert lifted["released"] == [held[1]] and lifted["alerts"] == []
             assert queue.tick() == ["train_x"]
             with pytest.raises(ValueError, match="not queued: nothing to approve"):
-                approve_run(instance, held[1], "admin")
+                approve_run(instance, held[1], "admin", lake)
         finally:
             queue.close()
     alerts = read_table(lake, B.ALERTS).to_pylist()
@@ -169,7 +169,7 @@ def test_expensive_gpu_training_waits_for_approval(tmp_path, monkeypatch):
                 "approval"}
             assert queue.tick() == ["train_small"]  # only the cheap one starts
             assert instance.get_run_by_id(small).status.value == "STARTING"
-            approve_run(instance, big, "admin")
+            approve_run(instance, big, "admin", lake)
             assert evaluate_budgets(instance, lake, LOG)["held"] == []
             assert queue.tick() == ["train_big"]
             assert instance.get_run_by_id(tagged).status.value == "QUEUED"

@@ -134,15 +134,16 @@ BY = {"team": "team", "project": "project", "job": "job_name", "kind": "kind",
 
 def report(lake: Store, month: str, by: str = "team") -> list[dict]:
     """Spend of a month (YYYY-MM) grouped by team, project, job, kind or pool, largest
-    first: usd, runs, hours of node-share."""
+    first: usd (all of it), runs, hours of node-share, and the part of usd that is
+    object-store requests (robolake.costs.requests)."""
     if by not in BY:
         raise ValueError(f"--by {by!r}: expected one of {', '.join(BY)}")
     try:
         dt.datetime.strptime(month, "%Y-%m")
     except ValueError:
         raise ValueError(f"--month {month!r}: expected YYYY-MM, e.g. 2026-11") from None
-    table = read_table(lake, COSTS, columns=["run_id", BY[by], "usd", "quantity", "kind"],
-                       filters={"month": month})
+    columns = list(dict.fromkeys(["run_id", BY[by], "usd", "quantity", "kind"]))  # by kind
+    table = read_table(lake, COSTS, columns=columns, filters={"month": month})
     if table is None or table.num_rows == 0:
         return []
     import polars as pl
@@ -151,7 +152,9 @@ def report(lake: Store, month: str, by: str = "team") -> list[dict]:
     out = (frame.group_by(BY[by])
            .agg(pl.col("usd").sum(), pl.col("run_id").n_unique().alias("runs"),
                 pl.col("quantity").filter(pl.col("kind") == "compute").sum()
-                .alias("node_hours"))
+                .alias("node_hours"),
+                pl.col("usd").filter(pl.col("kind") == "requests").sum()
+                .alias("requests_usd"))
            .rename({BY[by]: by}).sort("usd", descending=True))
     return out.to_dicts()
 

@@ -34,6 +34,10 @@ def install(app: FastAPI, settings: GatewaySettings) -> None:
     from robolake.gateway import platform_routes
 
     platform_routes.install(app, settings.dagster_graphql_url, settings.dagster_location)
+    from robolake.gateway import approval_routes
+
+    approval_routes.install(app, settings.dagster_graphql_url, settings.dagster_location,
+                            settings.lake)  # admins approve held runs
 
     from robolake.gateway import webhook_routes
     from robolake.gateway.webhooks import Webhooks
