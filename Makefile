@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest
+	@# two processes, whole files each (module fixtures stay shared); -n 0 runs serially
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 # the instance config follows the shipped one when that changes (a newer local edit is kept)
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
