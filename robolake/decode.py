@@ -596,13 +596,19 @@ class _SliceColumns:
     """What one slice's messages become: fixed layouts, LiDAR and camera summaries."""
 
     def __init__(self) -> None:
-        self.deserialize = _Deserializer()
+        self._deserializer: _Deserializer | None = None
         self.fixed = _FixedColumns()
         self.encoding = "cdr"
         self.lidar = _LidarColumns()
         self.camera = _CameraColumns()
         self.layouts = CloudLayouts()
         self.kinds: dict[str, str | None] = {}
+
+    def deserialize(self, data: bytes, msgtype: str, encoding: str):
+        """rosbags' typestores, built on first use (0.15 s: most slices never need them)."""
+        if self._deserializer is None:
+            self._deserializer = _Deserializer()
+        return self._deserializer(data, msgtype, encoding)
 
     def add(self, topic: str, msgtype: str, log_ns: int, data: bytes, encoding: str) -> None:
         self.encoding = encoding

@@ -135,3 +135,37 @@ def test_a_chunk_its_index_misdescribes_falls_back_to_the_scan(sim_bag: Path, tm
     assert scanned != _scanned(sim_bag)  # the scan reads the record's own time
     assert list(decode.iter_sensor_messages(bad)) == scanned
     _assert_same_columns(decode._decode_slice(bad, "ref"), _decoded_by_scan(bad))
+
+
+def test_an_offset_at_the_connection_record_before_its_message(sim_bag: Path, tmp_path: Path):
+    """C++ rosbag indexes a connection's first message at the connection record written
+    just before it (rosbags' Reader skips it too): followed to the message, same result."""
+    from robolake.bagindex import OP_INDEX, _record
+
+    moved = tmp_path / "moved.bag"
+    shutil.copy(sim_bag, moved)
+    chunk = BagIndex.read(moved).chunks[0]
+    first, conn = int(chunk.offset[0]), int(chunk.conn[0])
+    plain = open(moved, "rb").read()[chunk.data_at:chunk.data_at + chunk.data_len]
+    at = 0  # the last connection record before the first message
+    while True:
+        end = at + 8 + struct.unpack_from("<I", plain, at)[0]
+        end += struct.unpack_from("<I", plain, end - 4)[0]
+        if end == first:
+            break
+        at = end
+    with open(moved, "r+b") as f:
+        pos = chunk.data_at + chunk.data_len
+        while True:
+            header, data, after = _record(f, pos, moved.stat().st_size, OP_INDEX)
+            if struct.unpack("<I", header[b"conn"])[0] == conn:
+                break
+            pos = after
+        entries = np.frombuffer(data, dtype="<u4").reshape(-1, 3)
+        row = int(np.flatnonzero(entries[:, 2] == first)[0])
+        f.seek(after - len(data) + 12 * row + 8)
+        f.write(struct.pack("<I", at))
+    index = BagIndex.read(moved)
+    assert index.chunks[0].offset[0] == at < first
+    assert list(decode._indexed_bag_messages(index, None, None)) == _scanned(sim_bag)
+    _assert_same_columns(decode._decode_slice(moved, "ref"), _decoded_by_scan(sim_bag))
