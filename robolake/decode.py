@@ -9,6 +9,7 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import struct
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robolake.bagindex import BagIndex, ChunkInconsistent, IndexRejected
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
 from robolake.mcapscan import Definitions, iter_messages
@@ -75,26 +77,44 @@ def iter_sensor_messages(path: Path, start_ns: int | None = None,
 
 def _bag_sensor_messages(path: Path, start_ns: int | None,
                          end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
-    from rosbags.rosbag1 import Reader
+    """Through the bag's index (chunks outside the time range are not read); a bag without
+    a usable index is scanned. Both give the messages in file order, the same ones."""
+    index = _bag_index(path)
+    if index is None:
+        yield from _scanned_bag_messages(path, start_ns, end_ns)
+        return
+    sent = 0
+    try:
+        for message in _indexed_bag_messages(index, start_ns, end_ns):
+            yield message
+            sent += 1
+    except ChunkInconsistent:  # the chunks before this one matched their index entry by entry
+        yield from itertools.islice(_scanned_bag_messages(path, start_ns, end_ns), sent, None)
 
-    if start_ns is None and end_ns is None:  # the whole file: one scan, 2x rosbags' pace
-        yield from _scanned_bag_messages(path, start_ns, end_ns)
-        return
+
+def _bag_index(path: Path) -> BagIndex | None:
     try:
-        reader = Reader(path)
-        reader.open()
-    except Exception:  # noqa: BLE001 - an index rosbags rejects: scan the chunks (raw did too)
-        yield from _scanned_bag_messages(path, start_ns, end_ns)
-        return
-    try:
-        conns = [c for c in reader.connections if sensor_kind(c.msgtype)]
-        if not conns:  # rosbags reads every connection when given none
-            return
-        types = {c.id: normalize_msgtype(c.msgtype) for c in conns}
-        for conn, ts, data in reader.messages(connections=conns, start=start_ns, stop=end_ns):
-            yield conn.topic, types[conn.id], ts, data, "ros1"
-    finally:
-        reader.close()
+        return BagIndex.read(path)
+    except IndexRejected:  # absent, old or damaged: the scan reads it (raw did too)
+        return None
+
+
+def _bag_sensors(index: BagIndex) -> dict[int, tuple[str, str]]:
+    """connection id -> (topic, message type) of the sensor connections."""
+    types = {cid: (c.topic, normalize_msgtype(c.msgtype)) for cid, c in index.connections.items()}
+    return {cid: tt for cid, tt in types.items() if sensor_kind(tt[1])}
+
+
+def _indexed_bag_messages(index: BagIndex, start_ns: int | None,
+                          end_ns: int | None) -> Iterator[tuple[str, str, int, bytes, str]]:
+    sensors = _bag_sensors(index)
+    for chunk in index.chunk_messages(set(sensors), start_ns, end_ns):
+        plain = chunk.plain
+        for conn, log_ns, at, n in zip(chunk.conn.tolist(), chunk.log_ns.tolist(),
+                                       chunk.data_at.tolist(), chunk.data_len.tolist(),
+                                       strict=True):
+            topic, msgtype = sensors[conn]
+            yield topic, msgtype, log_ns, plain[at:at + n], "ros1"
 
 
 def _scanned_bag_messages(path: Path, start_ns: int | None,
@@ -125,10 +145,8 @@ def _time_span(path: Path) -> tuple[int, int, int] | None:
                 stats = make_reader(f).get_summary().statistics
             return stats.message_start_time, stats.message_end_time, stats.message_count
         if fmt == "bag":
-            from rosbags.rosbag1 import Reader
-
-            with Reader(path) as reader:
-                return reader.start_time, reader.end_time - 1, reader.message_count
+            index = _bag_index(path)
+            return index.span() if index is not None else None
     except Exception:  # no usable index: decode serially
         return None
     return None
@@ -174,16 +192,22 @@ def _header_layout(mat: np.ndarray, encoding: str) -> tuple[np.ndarray, np.ndarr
 
 
 def _decode_groups(raw: RawMessages, encoding: str, fields_fn) -> dict[str, np.ndarray]:
-    n = len(raw.data)
+    return _decode_matrices(_stack(raw.data), len(raw.data),
+                            np.asarray(raw.log_ns, dtype=np.int64), encoding, fields_fn)
+
+
+def _decode_matrices(groups: dict[int, tuple[np.ndarray, np.ndarray]], n: int,
+                     log_ns: np.ndarray, encoding: str, fields_fn) -> dict[str, np.ndarray]:
+    """Columns of n messages given as same-length groups (row indices, uint8 matrix)."""
     out: dict[str, np.ndarray] = {}
-    for idx, mat in _stack(raw.data).values():
+    for idx, mat in groups.values():
         sec, nsec, pos, base = _header_layout(mat, encoding)
         cols = {"stamp_ns": sec * 1_000_000_000 + nsec, **fields_fn(mat, pos, base, encoding)}
         for name, values in cols.items():
             if name not in out:
                 out[name] = np.empty(n, dtype=values.dtype)
             out[name][idx] = values
-    out["log_ns"] = np.asarray(raw.log_ns, dtype=np.int64)
+    out["log_ns"] = log_ns
     return out
 
 
@@ -545,6 +569,16 @@ class _FixedColumns:
         if len(raw.data) >= FIXED_BATCH:
             self._flush(topic, encoding)
 
+    def add_block(self, topic: str, msgtype: str, log_ns: np.ndarray,
+                  groups: dict[int, tuple[np.ndarray, np.ndarray]], encoding: str) -> None:
+        """Messages of one topic already stacked by length (a bag chunk's, via its index)."""
+        if topic in self.pending:  # keep the topic's file order
+            self._flush(topic, encoding)
+        self.msgtypes.setdefault(topic, msgtype)
+        fields_fn = _imu_fields if sensor_kind(msgtype) == "imu" else _gps_fields
+        self.parts.setdefault(topic, []).append(
+            _decode_matrices(groups, len(log_ns), log_ns, encoding, fields_fn))
+
     def _flush(self, topic: str, encoding: str) -> None:
         raw = self.pending.pop(topic)
         decode = decode_imu if sensor_kind(raw.msgtype) == "imu" else decode_gps
@@ -558,37 +592,95 @@ class _FixedColumns:
                                if sensor_kind(msgtype) == kind])
 
 
-def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
-                  end_ns: int | None = None) -> Decoded:
-    deserialize = _Deserializer()
-    fixed = _FixedColumns()
-    encoding = "cdr"
-    lidar = _LidarColumns()
-    camera = _CameraColumns()
-    layouts = CloudLayouts()
-    kinds: dict[str, str | None] = {}
-    for topic, msgtype, log_ns, data, encoding in iter_sensor_messages(path, start_ns, end_ns):
-        kind = kinds.get(msgtype) or kinds.setdefault(msgtype, sensor_kind(msgtype))
+class _SliceColumns:
+    """What one slice's messages become: fixed layouts, LiDAR and camera summaries."""
+
+    def __init__(self) -> None:
+        self._deserializer: _Deserializer | None = None
+        self.fixed = _FixedColumns()
+        self.encoding = "cdr"
+        self.lidar = _LidarColumns()
+        self.camera = _CameraColumns()
+        self.layouts = CloudLayouts()
+        self.kinds: dict[str, str | None] = {}
+
+    def deserialize(self, data: bytes, msgtype: str, encoding: str):
+        """rosbags' typestores, built on first use (0.15 s: most slices never need them)."""
+        if self._deserializer is None:
+            self._deserializer = _Deserializer()
+        return self._deserializer(data, msgtype, encoding)
+
+    def add(self, topic: str, msgtype: str, log_ns: int, data: bytes, encoding: str) -> None:
+        self.encoding = encoding
+        kind = self.kinds.get(msgtype) or self.kinds.setdefault(msgtype, sensor_kind(msgtype))
         if kind in ("imu", "gps"):
-            fixed.add(topic, msgtype, log_ns, data, encoding)
+            self.fixed.add(topic, msgtype, log_ns, data, encoding)
         elif kind == "lidar" and msgtype.endswith("PointCloud2"):
-            lidar.add_cloud(topic, log_ns, data, layouts(data, encoding))
+            self.lidar.add_cloud(topic, log_ns, data, self.layouts(data, encoding))
         elif kind == "lidar":
-            msg = deserialize(data, msgtype, encoding)
-            lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
+            msg = self.deserialize(data, msgtype, encoding)
+            self.lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
             stamp, jpeg = compressed_image_payload(data, encoding)
-            camera.add(topic, log_ns, stamp, len(jpeg), jpeg_levels(jpeg))
+            self.camera.add(topic, log_ns, stamp, len(jpeg), jpeg_levels(jpeg))
         elif kind == "camera":
-            msg = deserialize(data, msgtype, encoding)
-            camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
-    return Decoded(
-        format=detect_format(read_head(path)) or "",
-        imu=fixed.columns("imu", encoding),
-        gps=fixed.columns("gps", encoding),
-        lidar=_with_payload_ref(lidar.columns(), payload_ref),
-        camera=_with_payload_ref(camera.columns(), payload_ref),
-    )
+            msg = self.deserialize(data, msgtype, encoding)
+            self.camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
+
+    def decoded(self, fmt: str, payload_ref: str) -> Decoded:
+        return Decoded(
+            format=fmt,
+            imu=self.fixed.columns("imu", self.encoding),
+            gps=self.fixed.columns("gps", self.encoding),
+            lidar=_with_payload_ref(self.lidar.columns(), payload_ref),
+            camera=_with_payload_ref(self.camera.columns(), payload_ref),
+        )
+
+
+def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
+                  end_ns: int | None = None) -> Decoded:
+    fmt = detect_format(read_head(path)) or ""
+    if fmt == "bag":
+        index = _bag_index(path)
+        if index is not None:
+            try:
+                return _decode_bag_chunks(index, start_ns, end_ns).decoded(fmt, payload_ref)
+            except ChunkInconsistent:
+                pass  # a chunk its index does not describe: scan the bag, as without an index
+        messages = _scanned_bag_messages(path, start_ns, end_ns)
+    else:
+        messages = iter_sensor_messages(path, start_ns, end_ns)
+    columns = _SliceColumns()
+    for message in messages:
+        columns.add(*message)
+    return columns.decoded(fmt, payload_ref)
+
+
+def _decode_bag_chunks(index: BagIndex, start_ns: int | None,
+                       end_ns: int | None) -> _SliceColumns:
+    """A bag through its index: per chunk, each IMU / GPS topic's messages are gathered into
+    byte matrices and decoded as a block; the other sensors message by message, in file
+    order. The columns equal those of feeding the scan's messages one by one."""
+    columns = _SliceColumns()
+    columns.encoding = "ros1"
+    sensors = _bag_sensors(index)
+    fixed = np.array([cid for cid, (_, t) in sensors.items() if sensor_kind(t) in ("imu", "gps")],
+                     dtype=np.uint32)
+    for chunk in index.chunk_messages(set(sensors), start_ns, end_ns):
+        is_fixed = np.isin(chunk.conn, fixed)
+        rows = np.flatnonzero(is_fixed)
+        conns, first = np.unique(chunk.conn[rows], return_index=True)
+        by_topic: dict[str, list[int]] = {}  # topics in the order they first appear
+        for cid in conns[np.argsort(first)].tolist():
+            by_topic.setdefault(sensors[cid][0], []).append(cid)
+        for topic, cids in by_topic.items():
+            mine = rows[np.isin(chunk.conn[rows], cids)]
+            columns.fixed.add_block(topic, sensors[cids[0]][1], chunk.log_ns[mine],
+                                    chunk.matrices(mine), "ros1")
+        for i in np.flatnonzero(~is_fixed).tolist():
+            topic, msgtype = sensors[int(chunk.conn[i])]
+            columns.add(topic, msgtype, int(chunk.log_ns[i]), chunk.data(i), "ros1")
+    return columns
 
 
 def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
