@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import re
@@ -352,3 +353,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def k8s_requests(tags: dict) -> dict[str, str]:
+    """The container resource requests a step's `dagster-k8s/config` tag asks for."""
+    config = tags.get("dagster-k8s/config") or {}
+    config = json.loads(config) if isinstance(config, str) else config
+    resources = (config.get("container_config") or {}).get("resources") or {}
+    return {k: str(v) for k, v in (resources.get("requests") or {}).items()}

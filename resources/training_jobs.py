@@ -180,6 +180,15 @@ def _delete(api, where: tuple, name: str, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+def pytorchjob_pods(placement: dict[str, Any], replicas: int, start_ns: int,
+                    end_ns: int) -> dict[str, Any]:
+    """What a PyTorchJob's pods held while its step waited (the training asset's
+    `pytorchjob_pods` metadata; run_costs_sensor prices each pod like a step)."""
+    tags = placement["op_tags"]
+    return {"pool": tags["robolake/pool"], "replicas": replicas,
+            "requests": pools.k8s_requests(tags), "start_ns": start_ns, "end_ns": end_ns}
+
+
 def train_step(store, config: TrainingConfig, placement: dict[str, Any], *, deployment: str,
                team: str | None, image: str | None, log: Callable[[str], None] = print,
                api=None, poll_s: float = 15.0) -> dict[str, Any]:

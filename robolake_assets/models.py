@@ -25,6 +25,7 @@ The business rules live in robolake.models; these assets only call them.
 """
 
 import os
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -197,12 +198,17 @@ def build_training_asset(config_path: Path, config: TrainingConfig,
         mlflow.activate()
         store = lake.store()
         trained = config.for_dataset_version(context.partition_key)
+        deployment, started = get_settings().deployment, time.time_ns()
         with pools.retry_only_transient():
             summary = training_jobs.train_step(
-                store, trained, placement, deployment=get_settings().deployment,
+                store, trained, placement, deployment=deployment,
                 team=context.run.tags.get(pools.TEAM_TAG), image=_run_image(context),
                 log=context.log.info)
-        return dg.MaterializeResult(metadata=training_metadata(trained, summary, store))
+        metadata = training_metadata(trained, summary, store)
+        if training_jobs.submits_pytorchjob(trained, deployment):
+            metadata["pytorchjob_pods"] = dg.MetadataValue.json(training_jobs.pytorchjob_pods(
+                placement, trained.distributed.nnodes, started, time.time_ns()))
+        return dg.MaterializeResult(metadata=metadata)
 
     return model_asset
 

@@ -12,7 +12,6 @@ if they ran in their pools (what they would cost in production).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -34,13 +33,6 @@ _STARTS = (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_RESTARTED)
 _STEP_EVENTS = {dg.DagsterEventType.ASSET_MATERIALIZATION, *_STARTS, *_ENDS}
 
 
-def _step_requests(tags: dict) -> dict[str, str]:
-    config = tags.get("dagster-k8s/config") or {}
-    config = json.loads(config) if isinstance(config, str) else config
-    resources = (config.get("container_config") or {}).get("resources") or {}
-    return {k: str(v) for k, v in (resources.get("requests") or {}).items()}
-
-
 def _attempt_placement(step_tags: dict, moved: dict[str, tuple[int, int]], key: str,
                        attempt: int) -> tuple[str | None, dict[str, str]]:
     """(pool, requests) of one attempt of a step: its op's, or the on-demand pool's from the
@@ -49,7 +41,7 @@ def _attempt_placement(step_tags: dict, moved: dict[str, tuple[int, int]], key: 
     if key in moved and attempt >= moved[key][0] and tags.get("robolake/pool") in FALLBACKS:
         tags = spot.fallback_tags(tags, FALLBACKS[tags["robolake/pool"]])
     pool = tags.get("robolake/pool")
-    return (pool if pool in pools.POOLS else None), _step_requests(tags)
+    return (pool if pool in pools.POOLS else None), pools.k8s_requests(tags)
 
 
 def step_usages(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[C.StepUsage]:
@@ -87,6 +79,22 @@ def step_usages(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[C.Step
     return usages
 
 
+def pytorchjob_usages(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[C.StepUsage]:
+    """The pods of each PyTorchJob a training step submitted and waited for (its
+    materialization's `pytorchjob_pods`): one usage per pod, for the time the step waited."""
+    usages = []
+    for entry in instance.all_logs(run.run_id,
+                                   of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        mat = entry.asset_materialization
+        pods = mat.metadata.get("pytorchjob_pods") if mat else None
+        if pods is not None:
+            g = pods.value
+            usages += [C.StepUsage(f"{entry.step_key}@pytorchjob/{i}", g["pool"], g["start_ns"],
+                                   g["end_ns"], g["requests"], mat.asset_key.to_user_string())
+                       for i in range(g["replicas"])]
+    return usages
+
+
 def dataset_reads(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[tuple[str, int]]:
     """(table, Delta version) of every input a dataset build of the run read (its
     materializations' `input_delta_versions`)."""
@@ -119,7 +127,7 @@ def run_cost_rows(instance: dg.DagsterInstance, run: dg.DagsterRun, lake=None) -
     prices = load_prices()
     info = {"run_id": run.run_id, "job_name": run.job_name, "tags": dict(run.tags)}
     rows = [C.step_cost_row(info, u, prices, bool(u.pool) and pools.POOLS[u.pool].spot)
-            for u in step_usages(instance, run)]
+            for u in step_usages(instance, run) + pytorchjob_usages(instance, run)]
     return rows + (request_cost_rows(instance, run, lake, info) if lake is not None else [])
 
 
@@ -165,7 +173,7 @@ def planned_cost(instance: dg.DagsterInstance, run: dg.DagsterRun, hours: float)
         pool = tags.get("robolake/pool")
         if pool not in pools.POOLS:
             continue
-        usage = C.StepUsage(step.key, pool, 0, int(hours * 3600e9), _step_requests(tags))
+        usage = C.StepUsage(step.key, pool, 0, int(hours * 3600e9), pools.k8s_requests(tags))
         total += C.step_cost_row({"run_id": run.run_id, "job_name": run.job_name, "tags": {}},
                                  usage, prices, pools.POOLS[pool].spot)["usd"]
     return total

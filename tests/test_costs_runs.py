@@ -158,3 +158,35 @@ def test_jobs_carry_their_owner_and_untagged_training_fails_on_k8s(priced):
     assert "has no robolake/project tag" in failure.step_failure_data.error.message
     tagged = dg.materialize([training_like], instance=priced["instance"], tags=OWNER)
     assert tagged.success
+
+
+PYTORCHJOB = pools.gpu_sized("gpu_high", 2, ["p4d.24xlarge"])
+
+
+@dg.asset(**pools.cpu_on_demand())
+def multi_node_training() -> dg.MaterializeResult:
+    """What the training asset reports after waiting for a 3-node PyTorchJob."""
+    from robolake_resources.training_jobs import pytorchjob_pods
+
+    start = time.time_ns()
+    return dg.MaterializeResult(metadata={"pytorchjob_pods": dg.MetadataValue.json(
+        pytorchjob_pods(PYTORCHJOB, 3, start, start + 1_800 * 10**9))})
+
+
+def test_pytorchjob_pods_are_priced_per_pod():
+    """The GPU pods of a multi-node job (issue 18), not only the CPU step that waited."""
+    from robolake_sensors.costs import run_cost_rows
+
+    with dg.instance_for_test() as instance:
+        run = dg.materialize([multi_node_training], instance=instance, tags=OWNER)
+        rows = {r["step_key"]: r for r in run_cost_rows(instance, run.dagster_run)}
+    pods = [rows[f"multi_node_training@pytorchjob/{i}"] for i in range(3)]
+    assert set(rows) == {"multi_node_training", *(p["step_key"] for p in pods)}
+    node = PRICES.pool("gpu_high").reference_type
+    for pod in pods:  # 2 of the reference node's GPUs for the half hour waited, on-demand
+        assert (pod["pool"], pod["capacity"], pod["duration_s"]) == ("gpu_high", "on-demand",
+                                                                     1800.0)
+        assert pod["share"] == pytest.approx(2 / node.gpus)
+        assert pod["usd"] == pytest.approx(0.5 * 2 / node.gpus * node.price(False))
+        assert (pod["team"], pod["asset"]) == ("perception", "multi_node_training")
+    assert rows["multi_node_training"]["pool"] == "cpu_on_demand"
