@@ -41,6 +41,8 @@ class TokenResponse(BaseModel):
 
 
 class WhoAmI(BaseModel):
+    """A key's identity (keys.Principal without the key id)."""
+
     tenant: str
     role: str
     robot_id: str | None
@@ -48,13 +50,8 @@ class WhoAmI(BaseModel):
     region: str | None
 
 
-class KeyInfo(BaseModel):
+class KeyInfo(WhoAmI):
     key_id: str
-    tenant: str
-    role: str
-    robot_id: str | None
-    robot_type: str | None
-    region: str | None
     revoked: bool
 
 
@@ -96,17 +93,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     @app.get(f"{API}/auth/whoami", tags=["auth"], response_model=WhoAmI,
              responses={401: {"description": "missing, invalid, expired or revoked token"}})
     def whoami(principal: Authenticated) -> WhoAmI:
-        return WhoAmI(tenant=principal.tenant, role=principal.role,
-                      robot_id=principal.robot_id, robot_type=principal.robot_type,
-                      region=principal.region)
+        return WhoAmI.model_validate(principal, from_attributes=True)
 
     @app.get(f"{API}/keys", tags=["auth"], response_model=list[KeyInfo],
              responses={401: {"description": "no valid token"},
                         403: {"description": "role may not list keys"}})
-    def list_keys(principal: Role("auditor")) -> list[dict]:
+    def list_keys(principal: Role("auditor")) -> list[KeyInfo]:
         """The tenant's keys (never their secrets: only hashes are stored)."""
-        return [{"key_id": r.key_id, "tenant": r.tenant, "role": r.role, "robot_id": r.robot_id,
-                 "robot_type": r.robot_type, "region": r.region, "revoked": r.revoked}
+        return [KeyInfo.model_validate(r, from_attributes=True)
                 for r in keys.list() if r.tenant == principal.tenant]
 
     @app.post(f"{API}/keys/{{key_id}}/revoke", tags=["auth"],

@@ -9,34 +9,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Annotated
 
 import jwt
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from robolake.gateway.keys import KeyRecord, KeyStore
+from robolake.gateway.keys import KeyRecord, KeyStore, Principal
 
 ISSUER = "robolake-gateway"
 ALGORITHM = "HS256"
 _REQUIRED = ["exp", "iat", "iss", "sub", "tenant", "role", "jti"]
-
-
-@dataclass(frozen=True)
-class Principal:
-    key_id: str
-    tenant: str
-    role: str
-    robot_id: str | None
-    robot_type: str | None
-    region: str | None
-
-    @property
-    def identity(self) -> dict[str, str]:
-        """The robot identity uploads carry (robot keys always have one)."""
-        return {"robot_id": self.robot_id or "", "robot_type": self.robot_type or "",
-                "region": self.region or ""}
 
 
 def issue_token(record: KeyRecord, secret: bytes, ttl_s: float) -> tuple[str, int]:
@@ -70,8 +53,7 @@ def verify_token(token: str, secret: bytes, keys: KeyStore) -> Principal:
     if record.revoked:
         raise unauthorized("the API key behind this token was revoked")
     # the key row is the authority: a token can never carry more than its key has
-    return Principal(record.key_id, record.tenant, record.role, record.robot_id,
-                     record.robot_type, record.region)
+    return record.principal()
 
 
 _bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")

@@ -37,19 +37,37 @@ CREATE TABLE IF NOT EXISTS api_keys (
 
 
 @dataclass(frozen=True)
-class KeyRecord:
+class Principal:
+    """Who a verified token speaks for: its key and that key's identity."""
+
     key_id: str
     tenant: str
     role: str
     robot_id: str | None
     robot_type: str | None
     region: str | None
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """The robot identity uploads carry (robot keys always have one)."""
+        return {"robot_id": self.robot_id or "", "robot_type": self.robot_type or "",
+                "region": self.region or ""}
+
+
+@dataclass(frozen=True)
+class KeyRecord(Principal):
+    """A stored key: its principal, and when it was created and revoked."""
+
     created_ns: int
     revoked_ns: int | None
 
     @property
     def revoked(self) -> bool:
         return self.revoked_ns is not None
+
+    def principal(self) -> Principal:
+        return Principal(self.key_id, self.tenant, self.role, self.robot_id,
+                         self.robot_type, self.region)
 
 
 def _hash(secret: str) -> str:
