@@ -15,6 +15,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 os.environ.setdefault("ROBOLAKE_PARTITIONS_START", "2015-01-01")
 
 
+# the slowest files start first: `make test` hands whole files to two workers, and a slow
+# file taken last would run alone at the end
+SLOW_FIRST = ("test_ui_browser.py", "test_exactly_once.py", "test_postgres_instance.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable otherwise
+
+
 def require_service(available: bool, why: str) -> None:
     """Skip with a visible reason locally; in CI a missing service is a failure."""
     if available:
