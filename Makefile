@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: install
-	@# two processes, whole files each (module fixtures stay shared); -n 0 runs serially
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
+	@# two processes, whole files each (module fixtures stay shared), in collection order
+	@# (tests/conftest.py starts the slowest files first); -n 0 runs serially
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # the instance config follows the shipped one when that changes (a newer local edit is kept)
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
