@@ -10,7 +10,7 @@ Rules are the data contract's (see DESIGN.md) and each counts what it removed.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -541,7 +541,28 @@ def clean_one(lake, upload: Upload, fmt: str, day: str,
             raise
         note = f"decode failed: {type(exc).__name__}: {exc}"
         return None, _empty_report(upload, day, cleaned_ns, note), note
+    cleaned = _without_erased(lake, upload, cleaned)
     return cleaned, cleaned.report, ""
+
+
+def _without_erased(lake, upload: Upload, cleaned: Cleaned) -> Cleaned:
+    """Leave out the rows inside the robot's GDPR erase windows (ops/erasures): cleaning a
+    recording again must not bring back what an erase removed."""
+    from robolake.governance.erase import erased_windows  # erase imports this layer's users
+
+    windows = erased_windows(lake, upload.robot_id)
+    if not windows:
+        return cleaned
+    inside = pl.any_horizontal([(pl.col("ts_ns") >= (w.lo or 0))
+                                & (pl.col("ts_ns") < (w.hi or 2**63 - 1)) for w in windows])
+    frames = {name: getattr(cleaned, name).filter(~inside)
+              for name in ("imu", "gps", "lidar", "camera", "aligned")}
+    left_out = cleaned.aligned.height - frames["aligned"].height
+    report = {**cleaned.report, "aligned_frames": cleaned.report["aligned_frames"] - left_out}
+    if left_out or any(getattr(cleaned, n).height != f.height for n, f in frames.items()):
+        report["notes"] = [*report["notes"], "rows inside a GDPR erase window of this robot "
+                           "were left out (ops/erasures)"]
+    return replace(cleaned, **frames, report=report)
 
 
 def clean_partition(lake, day: str, robot_type: str,

@@ -261,6 +261,15 @@ def test_erase_to_a_date_cuts_a_recording_at_midnight(lake, builds, tmp_path):
     assert sorted(receipt.datasets_withdrawn) == ["gps_full@1.0.0", "gps_masked@1.0.0",
                                                   "gps_masked@1.1.0"]
     assert _noon_rows(lake) == noon
+    # a backfill cleans both days again from the kept raw copy: the erased rows stay out
+    from robolake.cleaned import clean_partition
+
+    for day in (DAY, NEXT):
+        clean_partition(lake, day, night["robot_type"])
+    again = _night_rows(lake)
+    assert {k: v for k, v in again.items() if k.startswith("cleaned/")} == {
+        k: v for k, v in after.items() if k.startswith("cleaned/")}
+    assert _noon_rows(lake) == noon
 
     late = erase_robot(lake, "robot-night", "request 7", start=NEXT, end=NEXT)
     assert late.partial_uploads[0]["upload_id"] == night["upload_id"]

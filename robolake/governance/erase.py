@@ -89,6 +89,16 @@ def subject_hash(robot_id: str) -> str:
     return hashlib.sha256(robot_id.encode()).hexdigest()
 
 
+def erased_windows(lake: Store, robot_id: str) -> list[Window]:
+    """The erase windows recorded for a robot in ops/erasures. Rows inside them must never
+    come back, e.g. when a recording that crossed a window's edge (its raw copy kept) is
+    cleaned again by a backfill."""
+    table = read_table(lake, ERASURES, columns=["date_from", "date_to"],
+                       filters={"subject_sha256": subject_hash(robot_id)})
+    return [] if table is None else [Window(r["date_from"], r["date_to"])
+                                     for r in table.to_pylist()]
+
+
 def _check_request(robot_id: str, reason: str, start: str | None, end: str | None) -> None:
     if not robot_id.strip():
         raise ValueError("erase: --robot-id must name a robot")
@@ -201,8 +211,8 @@ def _erase_rows(lake: Store, robot_id: str, inside_ids: list[str], window: Windo
 PARTIAL_NOTE = ("the recording crosses the erase window: its rows inside the window, "
                 "feature-cache entries and annotation media were erased; the files and rows "
                 "listed in `kept` also hold data outside the window and were kept (erase a "
-                "window covering the whole recording to remove them). Caution: re-cleaning "
-                "its days (a backfill) would restore the erased rows from the raw copy")
+                "window covering the whole recording to remove them). Cleaning its days "
+                "again (a backfill) leaves out the rows inside this robot's erase windows")
 
 
 def _partial(row: dict, landing: Store | None) -> dict:
