@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 
 from robolake.settings import Settings
+from robolake_assets.cli_common import add_lake_option, lake_store
 
 
 def _cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -289,9 +290,8 @@ def print_dataset_versions(lake, name: str | None) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
-    from robolake.storage import open_store
 
-    lake = open_store(args.lake or settings.lake)
+    lake = lake_store(args, settings)
     if args.action == "list":
         print_dataset_versions(lake, args.name)
         return 0
@@ -306,9 +306,8 @@ def _cmd_datasets(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace, settings: Settings) -> int:
-    from robolake.storage import open_store
 
-    print_summary(open_store(args.lake or settings.lake))
+    print_summary(lake_store(args, settings))
     return 0
 
 
@@ -366,7 +365,7 @@ def _add_simulate_and_ingest(sub, debug: argparse.ArgumentParser) -> None:
                           "files, cleaned decodes and aligns, features scores corner cases, "
                           "datasets builds every spec, models trains every config")
     ing.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING or ./landing)")
-    ing.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(ing)
     ing.set_defaults(func=_cmd_ingest)
 
 
@@ -407,11 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     ds_cmp.add_argument("a", help="version, e.g. 1.0.0")
     ds_cmp.add_argument("b", help="version, e.g. 1.1.0")
     for p in (ds_list, ds_cmp):
-        p.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+        add_lake_option(p)
     ds.set_defaults(func=_cmd_datasets)
 
     summ = sub.add_parser("summary", parents=[debug], help="print what the lake holds")
-    summ.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(summ)
     summ.set_defaults(func=_cmd_summary)
 
     from robolake_assets.cli_annotations import add_annotation_parsers

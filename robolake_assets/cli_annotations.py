@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 from robolake.settings import Settings
+from robolake_assets.cli_common import add_lake_option, lake_store
 
 
 def _cmd_annotations(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import annotations, contract
-    from robolake.storage import open_store
 
-    lake = open_store(args.lake or settings.lake)
+    lake = lake_store(args, settings)
     if args.action == "queue":
         threshold = contract.CORNER_CASE_THRESHOLD if args.threshold is None else args.threshold
         result = annotations.queue_corner_cases(lake, threshold, args.limit, args.url_prefix,
@@ -51,5 +51,5 @@ def add_annotation_parsers(sub, debug: argparse.ArgumentParser) -> None:
                              help="a Label Studio JSON export into cleaned/annotations")
     imp.add_argument("export", help="the project's JSON export file")
     for p in (queue, imp):
-        p.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+        add_lake_option(p)
     ann.set_defaults(func=_cmd_annotations)

@@ -16,12 +16,7 @@ import argparse
 import json
 
 from robolake.settings import Settings
-
-
-def _lake(args: argparse.Namespace, settings: Settings):
-    from robolake.storage import open_store
-
-    return open_store(args.lake or settings.lake)
+from robolake_assets.cli_common import add_lake_option, lake_store
 
 
 def _target(args: argparse.Namespace):
@@ -33,7 +28,7 @@ def _target(args: argparse.Namespace):
 def _cmd_instance(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import backup, lake_backup
 
-    lake = _lake(args, settings)
+    lake = lake_store(args, settings)
     record = backup.backup_instance(lake, _target(args), stamp=args.stamp)
     pinned = lake_backup.pin_table_versions(lake, record.stamp)
     dropped = backup.apply_retention(lake, args.keep_last, args.keep_daily)
@@ -49,7 +44,7 @@ def _cmd_instance(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import backup
 
-    for entry in backup.list_backups(_lake(args, settings)):
+    for entry in backup.list_backups(lake_store(args, settings)):
         print(f"{entry.stamp}\t{'complete' if entry.complete else 'INCOMPLETE'}\t"
               f"{entry.size_bytes}")
     return 0
@@ -59,7 +54,7 @@ def _cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import backup
 
     target = _target(args).with_db(args.to_db)
-    result = backup.restore_instance(_lake(args, settings), target, args.stamp, jobs=args.jobs)
+    result = backup.restore_instance(lake_store(args, settings), target, args.stamp, jobs=args.jobs)
     print(f"restored {result.stamp} into database {result.database} on {target.host}:"
           f"{target.port} in {result.seconds:.1f} s ({sum(result.tables.values())} rows, "
           "counts match the manifest); point DAGSTER_PG_DB at it and restart the daemon "
@@ -71,7 +66,7 @@ def _cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import backup
 
     scratch = None if args.no_restore else _target(args)
-    verdicts = backup.verify_latest(_lake(args, settings), args.count, scratch,
+    verdicts = backup.verify_latest(lake_store(args, settings), args.count, scratch,
                                     args.max_age_hours)
     if args.json:
         print(json.dumps([v.as_dict() for v in verdicts], indent=1))
@@ -91,7 +86,7 @@ def _cmd_restore_table(args: argparse.Namespace, settings: Settings) -> int:
     when = datetime.fromisoformat(args.time) if args.time else None
     if when is not None and when.tzinfo is None:
         raise ValueError(f"--time {args.time}: give a time zone, e.g. {args.time}+00:00")
-    r = lake_backup.restore_table(_lake(args, settings), args.table, args.version, when)
+    r = lake_backup.restore_table(lake_store(args, settings), args.table, args.version, when)
     if r.new_version is None:
         print(f"{r.table}: already holds version {r.to_version}'s data; nothing committed")
     else:
@@ -103,7 +98,7 @@ def _cmd_restore_table(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_restore_lake(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import lake_backup
 
-    for r in lake_backup.restore_pinned(_lake(args, settings), args.stamp):
+    for r in lake_backup.restore_pinned(lake_store(args, settings), args.stamp):
         state = "unchanged" if r.new_version is None else f"now version {r.new_version}"
         print(f"{r.table}: version {r.to_version} ({state})")
     return 0
@@ -112,7 +107,7 @@ def _cmd_restore_lake(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_undelete(args: argparse.Namespace, settings: Settings) -> int:
     from robolake import lake_backup
 
-    files = lake_backup.undelete_table_files(_lake(args, settings), args.table, args.version)
+    files = lake_backup.undelete_table_files(lake_store(args, settings), args.table, args.version)
     print(f"{args.table}: {len(files)} data file(s) of version {args.version} brought back")
     return 0
 
@@ -171,7 +166,7 @@ def add_backup_parsers(sub, debug: argparse.ArgumentParser) -> None:
                          help="back up, restore and verify the instance database")
     acts = top.add_subparsers(dest="action", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(common)
     common.add_argument("--db-url", help="postgresql://user:pw@host:port/db "
                                          "(default: the DAGSTER_PG_* variables)")
     inst = acts.add_parser("instance", parents=[debug, common],

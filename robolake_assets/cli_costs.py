@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from robolake.settings import Settings
+from robolake_assets.cli_common import add_lake_option, lake_store
 
 
 def _train_samples(config, lake: str) -> int | None:
@@ -44,9 +45,8 @@ def _cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_costs_report(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.costs.runs import report
-    from robolake.storage import open_store
 
-    rows = report(open_store(args.lake or settings.lake), args.month, args.by)
+    rows = report(lake_store(args, settings), args.month, args.by)
     if not rows:
         print(f"no costs recorded for {args.month}")
         return 0
@@ -101,7 +101,7 @@ def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
                                     "in $ROBOLAKE_SPECS)")
     rec.add_argument("--samples", type=int,
                      help="training samples per epoch (default: the registered version's)")
-    rec.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(rec)
     rec.add_argument("--prices", help="price file (default configs/prices.yaml)")
     rec.set_defaults(func=_cmd_recommend)
 
@@ -111,7 +111,7 @@ def add_cost_parsers(sub, debug: argparse.ArgumentParser) -> None:
                                help="a month's spend by team, project or job (ops/costs)")
     rep.add_argument("--month", required=True, help="YYYY-MM (UTC)")
     rep.add_argument("--by", default="team", choices=["team", "project", "job", "kind", "pool"])
-    rep.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(rep)
     rep.set_defaults(func=_cmd_costs_report)
 
     runs = sub.add_parser("runs", parents=[debug], help="queued runs held by a budget")

@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 
 from robolake.settings import Settings
-
-
-def _lake(args: argparse.Namespace, settings: Settings):
-    from robolake.storage import open_store
-
-    return open_store(args.lake or settings.lake)
+from robolake_assets.cli_common import add_lake_option, lake_store
 
 
 def _cmd_catalog_search(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance.search import search
 
-    hits = search(_lake(args, settings), args.text)
+    hits = search(lake_store(args, settings), args.text)
     for h in hits:
         lineage = f"  <- {h.lineage}" if h.lineage else ""
         print(f"{h.kind:<15} {h.name:<48} {h.classification:<12} {h.owner:<20} "
@@ -28,7 +23,7 @@ def _cmd_catalog_search(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance.audit import verify
 
-    verdict = verify(_lake(args, settings))
+    verdict = verify(lake_store(args, settings))
     if verdict.ok:
         print(f"audit chain intact: {verdict.entries} entries")
         return 0
@@ -41,7 +36,7 @@ def _cmd_privacy_erase(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance.erase import erase_robot
     from robolake.storage import open_store
 
-    receipt = erase_robot(_lake(args, settings), args.robot_id, args.reason, args.date_from,
+    receipt = erase_robot(lake_store(args, settings), args.robot_id, args.reason, args.date_from,
                           args.date_to, landing=open_store(args.landing or settings.landing),
                           purge_now=args.purge_now)
     print(receipt.to_json())
@@ -51,7 +46,7 @@ def _cmd_privacy_erase(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_storage_report(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance.retention import storage_report
 
-    report = storage_report(_lake(args, settings))
+    report = storage_report(lake_store(args, settings))
     print(f"{'layer':<12} {'tier':<14} {'objects':>9} {'bytes':>14}")
     for (layer, tier), (count, size) in report.items():
         print(f"{layer:<12} {tier:<14} {count:>9} {size:>14}")
@@ -64,7 +59,7 @@ def _cmd_storage_tier(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance import tiering
     from robolake.storage import LocalStore
 
-    lake = _lake(args, settings)
+    lake = lake_store(args, settings)
     if not isinstance(lake, LocalStore):
         print(f"{lake.uri}: an S3 lake is tiered by its bucket's lifecycle rules "
               "(robolake.governance.retention.apply_lifecycle), not by moving files")
@@ -86,7 +81,7 @@ def _cmd_storage_tier(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_storage_restore(args: argparse.Namespace, settings: Settings) -> int:
     from robolake.governance.tiering import restore
 
-    if restore(_lake(args, settings), args.key):
+    if restore(lake_store(args, settings), args.key):
         print(f"restored {args.key} to the hot tier")
         return 0
     print(f"{args.key}: not in the cold tier")
@@ -102,14 +97,14 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
                                help="find tables, columns, dataset and model versions by name, "
                                     "description or tag")
     found.add_argument("text")
-    found.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(found)
     found.set_defaults(func=_cmd_catalog_search)
 
     aud = sub.add_parser("audit", parents=[debug], help="the hash-chained audit log ops/audit")
     aud_sub = aud.add_subparsers(dest="action", required=True)
     ver = aud_sub.add_parser("verify", parents=[debug],
                              help="check the hash chain; names the first broken entry (exit 1)")
-    ver.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(ver)
     ver.set_defaults(func=_cmd_audit_verify)
 
     priv = sub.add_parser("privacy", parents=[debug], help="GDPR: erase a robot's data")
@@ -127,7 +122,7 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
     era.add_argument("--purge-now", action="store_true",
                      help="vacuum the touched tables at once (admins; no old version keeps "
                           "the rows)")
-    era.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(era)
     era.add_argument("--landing", help="landing zone (default $ROBOLAKE_LANDING)")
     era.set_defaults(func=_cmd_privacy_erase)
 
@@ -152,4 +147,4 @@ def add_governance_parsers(sub, debug: argparse.ArgumentParser) -> None:
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lake", help="lake root (default $ROBOLAKE_LAKE or ./lake)")
+    add_lake_option(parser)

@@ -37,6 +37,7 @@ from robolake.errors import CapacityLost
 from robolake_resources import executors, kueue, pools
 from robolake_resources import spot as RS
 from robolake_sensors.costs import run_cost_rows
+from tests.test_kueue import KUBECONFIG
 from tests.test_pools_k8s import JOB_CONFIG, steps_in_defs
 
 FAST_RETRY = dg.RetryPolicy(max_retries=2)  # the pool's own waits 30 s, 60 s ...
@@ -72,15 +73,6 @@ def flaky_step(context) -> None:
 def spot_job():
     reclaimed_step()
     flaky_step()
-
-
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
-users: [{name: u, user: {token: t}}]
-contexts: [{name: x, context: {cluster: c, user: u}}]
-current-context: x
-"""
 
 
 def step_handler(instance, run, step_key: str, kubeconfig):

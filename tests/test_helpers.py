@@ -13,8 +13,10 @@ from robolake_assets.helpers import CLEANED_ASSET_KINDS, cleaned_asset_of_table,
 ASSETS = Path(__file__).resolve().parents[1] / "robolake_assets"
 # modules that assemble the code location or drive it may import the layers
 ASSEMBLERS = {"definitions.py", "cli.py", "helpers.py", "__init__.py"}
-# shared by the layers and defining no asset: metadata formatting, the automation condition
-SHARED = {"robolake_assets.helpers", "robolake_assets.metadata", "robolake_assets.automation"}
+# shared by the layers and defining no asset: metadata formatting, the automation condition,
+# the CLI modules' `--lake` option
+SHARED = {"robolake_assets.helpers", "robolake_assets.metadata", "robolake_assets.automation",
+          "robolake_assets.cli_common"}
 
 
 def _imported(path: Path) -> set[str]:
