@@ -8,10 +8,14 @@ ingested once, and cleaned by each engine on its own copy of the lake, in one ru
   upload (each task decodes on one core too). Spark's start-up (JVM, context) is timed
   apart from the partition.
 
-Prints seconds, MB/s and messages/s for each, the speed-up from 1 to 2 Spark cores and
-Spark's overhead over the local engine at one core, and checks that the three lakes hold
-identical cleaned tables. Targets (issue 11): >= 1.8x from 1 to 2 cores, overhead <= 15 %
-at 1 core. Not a test: it never fails on time.
+- the machine's own ceiling: the same per-upload task (`spark_engine.clean_upload_task`)
+  in a pool of 1 and of 2 plain processes, no Spark: how much a second core gives this
+  work on this machine at all.
+
+Prints seconds, MB/s and messages/s for each, the speed-up from 1 to 2 Spark cores beside
+the ceiling, and Spark's overhead over the local engine at one core, and checks that the
+three lakes hold identical cleaned tables. Targets (issue 11): >= 1.8x from 1 to 2 cores,
+overhead <= 15 % at 1 core. Not a test: it never fails on time.
 
 Usage: python benchmarks/spark_scale.py [--robots 8] [--minutes 10]
 """
@@ -68,6 +72,22 @@ def _warm(_: int) -> int:
     return os.getpid()
 
 
+def plain_processes(base: Path, lake_dir: Path, part: tuple[str, str], processes: int) -> float:
+    """Seconds for the partition's per-upload tasks in a pool of plain processes (started and
+    with robolake imported before the clock starts, like Spark's warm Python workers)."""
+    import multiprocessing
+
+    lake = open_store(shutil.copytree(base, lake_dir))
+    plan = cleaned.plan_cleaning(lake, *part)
+    tasks = [spark_engine.TaskInput(lake.uri, part[0], u, fmt, time.time_ns(),
+                                    plan.sizes[u.upload_id]) for u, fmt in plan.todo]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        pool.map(_warm, range(processes), chunksize=1)
+        started = time.perf_counter()
+        pool.map(spark_engine.clean_upload_task, tasks, chunksize=1)
+        return time.perf_counter() - started
+
+
 def tables(lake_dir: Path) -> dict[str, pl.DataFrame]:
     out = {}
     for kind, key in cleaned.TABLES.items():
@@ -115,6 +135,9 @@ def main() -> None:
             lakes.append(lake)
             assert run.tasks == args.robots
 
+        ceiling = [plain_processes(base, tmp / f"lake-pool{n}", part, n) for n in (1, 2)]
+        print(f"  plain processes (no Spark): 1 process {ceiling[0]:.2f} s, 2 processes "
+              f"{ceiling[1]:.2f} s")
         print(f"{'engine':<24}{'seconds':>9}{'MB/s':>8}{'msg/s':>10}{'start-up s':>12}")
         for name, (secs, startup) in results.items():
             print(f"{name:<24}{secs:>9.2f}{mb / secs:>8.1f}{messages / secs:>10.0f}"
@@ -122,7 +145,8 @@ def main() -> None:
         local_s = results["local engine (1 core)"][0]
         one, two = results["Spark local[1]"][0], results["Spark local[2]"][0]
         print(f"speed-up 1 -> 2 Spark cores: {one / two:.2f}x (target >= 1.8x; "
-              f"{os.cpu_count()} CPUs on this machine)")
+              f"{os.cpu_count()} CPUs on this machine); the same tasks in plain processes: "
+              f"{ceiling[0] / ceiling[1]:.2f}x (this machine's ceiling for this work)")
         print(f"Spark overhead over the local engine at 1 core: {one / local_s - 1:+.1%} "
               f"(target <= 15 %), {(one + results['Spark local[1]'][1]) / local_s - 1:+.1%} "
               "with Spark's start-up")

@@ -31,7 +31,7 @@ from robolake.contract import (
 from robolake.decode import Decoded, decode_recording
 from robolake.errors import is_transient
 from robolake.raw import RAW_UPLOADS
-from robolake.tables import Snapshot, read_table, replace_rows
+from robolake.tables import Snapshot, open_table, read_table, replace_rows
 
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
@@ -424,29 +424,85 @@ DECODABLE_FORMATS = ("mcap", "bag")
 class PartitionResult:
     day: str
     robot_type: str
-    uploads: list[Upload]
-    frames: dict[str, pl.DataFrame]  # table kind -> the partition's rows as written
+    uploads: list[Upload]  # cleaned by this run
+    frames: dict[str, pl.DataFrame]  # table kind -> the rows this run wrote
     versions: dict[str, int]  # table -> Delta version after the write
-    reports: list[dict]
+    reports: list[dict]  # this run's uploads'
     counts: dict[str, int]
+    # every cleaned upload of the partition, those of earlier runs included
+    partition_reports: list[dict]
 
     @property
     def metrics(self) -> dict:
-        return partition_report(self.reports)
+        return partition_report(self.partition_reports)
 
 
-def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str]]:
-    """The partition's uploads that later layers use (accepted or flagged), with formats,
-    in the order they arrived in the lake (the first of two overlapping uploads wins)."""
+def _usable_uploads(lake, day: str, robot_type: str) -> list[dict]:
     table = read_table(lake, RAW_UPLOADS, filters={"date": day, "robot_type": robot_type})
     if table is None:
         return []
     rows = sorted((r for r in table.to_pylist() if r["status"] in USABLE_STATUSES),
                   key=lambda r: (r["ingested_ns"], r["start_ns"], r["upload_id"]))
     unique = {r["upload_id"]: r for r in reversed(rows)}  # one per upload, the first indexed
-    return [(Upload(r["upload_id"], r["robot_id"], r["robot_type"], r["region"], r["raw_key"],
-                    r["arrived_ns"]), r["format"])
-            for r in sorted(unique.values(), key=rows.index)]
+    return sorted(unique.values(), key=rows.index)
+
+
+def _upload(r: dict) -> Upload:
+    return Upload(r["upload_id"], r["robot_id"], r["robot_type"], r["region"], r["raw_key"],
+                  r["arrived_ns"])
+
+
+def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str]]:
+    """The partition's uploads that later layers use (accepted or flagged), with formats,
+    in the order they arrived in the lake (the first of two overlapping uploads wins)."""
+    return [(_upload(r), r["format"]) for r in _usable_uploads(lake, day, robot_type)]
+
+
+@dataclass(frozen=True)
+class CleaningPlan:
+    """What one run of a (date, robot_type) partition cleans.
+
+    An upload is cleaned once: its quality report, written after its rows, marks it
+    done, so a run cleans only the uploads without one (new arrivals, or one whose run
+    died before writing its report) and a day's many runs never decode a recording
+    twice. `reclean` cleans them all again (a backfill after a rule change). Rows that
+    uploads cleaned earlier hold win over a new upload's (overlap: kept the first).
+    """
+
+    todo: list[tuple[Upload, str]]  # (upload, format) in arrival order
+    sizes: dict[str, int]  # upload_id -> bytes of its raw copy
+    earlier: dict[str, dict]  # upload_id -> quality report, of every upload cleaned before
+    order: list[str]  # every usable upload of the partition, in arrival order
+
+    @property
+    def input_bytes(self) -> int:
+        return sum(self.sizes[u.upload_id] for u, _ in self.todo)
+
+    def cleaned_ns(self, upload_id: str) -> int:
+        """When the upload was first cleaned: cleaning it again keeps that time, so its
+        latency is measured once (and identical runs write identical reports)."""
+        report = self.earlier.get(upload_id)
+        return report["cleaned_ns"] if report else time.time_ns()
+
+    def partition_reports(self, reports: list[dict]) -> list[dict]:
+        """The partition's reports once a run wrote `reports`, in arrival order."""
+        new = {r["upload_id"]: r for r in reports}
+        return [new.get(u) or self.earlier[u] for u in self.order
+                if u in new or u in self.earlier]
+
+
+def plan_cleaning(lake, day: str, robot_type: str, reclean: bool = False) -> CleaningPlan:
+    rows = _usable_uploads(lake, day, robot_type)
+    ids = [r["upload_id"] for r in rows]
+    earlier: dict[str, dict] = {}
+    reports = read_table(lake, TABLES["report"], filters={"robot_type": robot_type,
+                                                           "upload_id": ids}) if ids else None
+    for r in reports.to_pylist() if reports is not None else []:
+        earlier[r["upload_id"]] = r
+    todo = [(_upload(r), r["format"]) for r in rows
+            if reclean or r["upload_id"] not in earlier]
+    return CleaningPlan(todo, {r["upload_id"]: int(r["size_bytes"] or 0) for r in rows},
+                        earlier, ids)
 
 
 def _empty_report(upload: Upload, day: str, cleaned_ns: int, note: str) -> dict:
@@ -512,18 +568,6 @@ def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[U
     return version, decided[0], decided[1]
 
 
-def first_cleaned_times(lake, robot_type: str) -> dict[str, int]:
-    """When each upload of the robot type was first cleaned: a re-run keeps that time, so
-    an upload's latency is measured once (and re-runs write identical reports)."""
-    first: dict[str, int] = {}
-    previous = read_table(lake, TABLES["report"], columns=["upload_id", "cleaned_ns"],
-                          filters={"robot_type": robot_type})
-    if previous is not None:
-        for r in previous.to_pylist():
-            first[r["upload_id"]] = min(r["cleaned_ns"], first.get(r["upload_id"], r["cleaned_ns"]))
-    return first
-
-
 def clean_one(lake, upload: Upload, fmt: str, day: str,
               cleaned_ns: int) -> tuple[Cleaned | None, dict, str]:
     """One upload through the rules, whichever engine runs it: (the cleaned tables or None,
@@ -565,38 +609,39 @@ def _without_erased(lake, upload: Upload, cleaned: Cleaned) -> Cleaned:
     return replace(cleaned, **frames, report=report)
 
 
-def clean_partition(lake, day: str, robot_type: str,
-                    log=lambda _msg: None) -> PartitionResult:
-    """Decode, clean and align every usable upload of a (date, robot_type) partition.
+def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
+                    reclean: bool = False) -> PartitionResult:
+    """Decode, clean and align the (date, robot_type) partition's uploads that no run
+    cleaned yet (all of them with `reclean`; see `CleaningPlan`).
 
-    Each cleaned table gets the partition's rows replaced in one keyed Delta commit
+    Each cleaned table gets those uploads' rows replaced in one keyed Delta commit
     (rows are selected by upload_id, so a recording that crosses midnight keeps
     its rows in both dates), without rows that another upload of the same robot
     holds already (same topic and time: kept once, counted as overlap). An upload
     that fails to decode is reported, not fatal to the others.
     """
-    uploads = partition_uploads(lake, day, robot_type)
-    first_cleaned = first_cleaned_times(lake, robot_type)
+    plan = plan_cleaning(lake, day, robot_type, reclean)
+    if not plan.todo:
+        return nothing_to_clean(lake, day, robot_type, plan, log)
     frames: dict[str, list[pl.DataFrame]] = {k: [] for k in TABLES if k != "report"}
     reports = []
     counts: dict[str, int] = {}
-    for i, (upload, fmt) in enumerate(uploads, 1):
-        now = first_cleaned.get(upload.upload_id, time.time_ns())
-        cleaned, report, note = clean_one(lake, upload, fmt, day, now)
+    for i, (upload, fmt) in enumerate(plan.todo, 1):
+        cleaned, report, note = clean_one(lake, upload, fmt, day, plan.cleaned_ns(upload.upload_id))
         reports.append(report)
         if cleaned is None:
             if note.startswith("decode failed"):
-                log(f"[{i}/{len(uploads)}] {upload.raw_key}: {note}")
+                log(f"[{i}/{len(plan.todo)}] {upload.raw_key}: {note}")
             continue
         for name in frames:
             frames[name].append(getattr(cleaned, name))
         for k, v in cleaned.counts.items():
             counts[k] = counts.get(k, 0) + v
-        log(f"[{i}/{len(uploads)}] {upload.robot_id} {upload.upload_id[:12]}: "
+        log(f"[{i}/{len(plan.todo)}] {upload.robot_id} {upload.upload_id[:12]}: "
             f"{cleaned.aligned.height} aligned frames; {cleaned.report['notes'][0]}")
     tables = {name: pl.concat(parts) if parts else pl.DataFrame(schema=SCHEMAS[name])
               for name, parts in frames.items()}
-    only = [u for u, _ in uploads]
+    only = [u for u, _ in plan.todo]
     written = {name: _write_without_overlap(lake, name, frame, only, robot_type)
                for name, frame in tables.items()}
     versions = {name: w[0] for name, w in written.items()}
@@ -606,7 +651,23 @@ def clean_partition(lake, day: str, robot_type: str,
     versions["report"] = replace_rows(lake, TABLES["report"], tables["report"].to_arrow(),
                                       "upload_id", [u.upload_id for u in only],
                                       partition_by=PARTITION_BY, scope={"robot_type": robot_type})
-    return PartitionResult(day, robot_type, only, tables, versions, reports, counts)
+    return PartitionResult(day, robot_type, only, tables, versions, reports, counts,
+                           plan.partition_reports(reports))
+
+
+def nothing_to_clean(lake, day: str, robot_type: str, plan: CleaningPlan,
+                     log) -> PartitionResult:
+    """A run that finds every upload of the partition cleaned: no commit, the tables as
+    they are."""
+    log(f"nothing new to clean: the partition's {len(plan.earlier)} upload(s) were cleaned "
+        "by earlier runs (clean them again with a re-clean)")
+    versions = {}
+    for name, key in TABLES.items():
+        table = open_table(lake, key)
+        versions[name] = table.version() if table is not None else -1
+    return PartitionResult(day, robot_type, [], {n: pl.DataFrame(schema=SCHEMAS[n])
+                                                 for n in TABLES}, versions, [], {},
+                           plan.partition_reports([]))
 
 
 def count_overlap(reports: list[dict], dropped: dict[str, dict[str, int]],

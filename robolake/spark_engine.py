@@ -9,8 +9,9 @@ returns their descriptions, its quality report and per-(robot, topic) time range
 driver then commits each table once with delta-rs (`create_write_transaction`: the new
 files added, the files holding those uploads' earlier rows removed), decided on a snapshot
 and committed against exactly its version, as every keyed write in Robolake is
-(`tables.commit_files`). Exactly once therefore holds as in the local engine: a re-run
-replaces the uploads' rows; a concurrent writer makes the commit re-plan.
+(`tables.commit_files`). Exactly once therefore holds as in the local engine: tasks run
+for the uploads that `cleaned.plan_cleaning` picks (the new ones, or all on a re-clean),
+a re-clean replaces their rows, and a concurrent writer makes the commit re-plan.
 
 Rows that another upload of the same robot already holds (same topic and time) are
 dropped exactly as the local engine does (`cleaned.drop_overlap`); the driver only reads
@@ -33,7 +34,6 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from robolake import cleaned as cl
-from robolake.raw import RAW_UPLOADS
 from robolake.storage import Store, open_store
 from robolake.tables import (
     FileCommit,
@@ -41,7 +41,6 @@ from robolake.tables import (
     Snapshot,
     commit_files,
     read_part_files,
-    read_table,
     replace_files,
     replace_rows,
     write_part_files,
@@ -67,16 +66,10 @@ def choose_engine(engine: str, input_bytes: int, min_bytes: int) -> str:
     return engine
 
 
-def partition_input_bytes(lake: Store, day: str, robot_type: str) -> int:
-    """Bytes of the partition's usable uploads: what a run decodes."""
-    table = read_table(lake, RAW_UPLOADS, columns=["upload_id", "size_bytes", "status"],
-                       filters={"date": day, "robot_type": robot_type})
-    if table is None:
-        return 0
-    frame = pl.from_arrow(table)
-    assert isinstance(frame, pl.DataFrame)
-    frame = frame.filter(pl.col("status").is_in(list(cl.USABLE_STATUSES))).unique("upload_id")
-    return int(frame["size_bytes"].sum() or 0)
+def partition_input_bytes(lake: Store, day: str, robot_type: str, reclean: bool = False) -> int:
+    """Bytes of the raw copies a run of the partition decodes (its new uploads, or all
+    with `reclean`: see `cleaned.CleaningPlan`)."""
+    return cl.plan_cleaning(lake, day, robot_type, reclean).input_bytes
 
 
 # --------------------------------------------------------------------------- the task
@@ -177,15 +170,6 @@ class SparkRun:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def _partition_rows(lake: Store, day: str, robot_type: str) -> list[tuple[cl.Upload, str, int]]:
-    uploads = cl.partition_uploads(lake, day, robot_type)
-    table = read_table(lake, RAW_UPLOADS, columns=["upload_id", "size_bytes"],
-                       filters={"date": day, "robot_type": robot_type})
-    sizes = dict(zip(table.column("upload_id").to_pylist(),
-                     table.column("size_bytes").to_pylist(), strict=True)) if table else {}
-    return [(u, fmt, int(sizes.get(u.upload_id) or 0)) for u, fmt in uploads]
-
-
 def _touching(outputs: list[TaskOutput], kind: str,
               existing: list[tuple[str, str, str, int, int]]) -> set[str]:
     """Uploads whose (robot, topic) time range meets another upload's, in this batch or in
@@ -208,12 +192,13 @@ def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str
                 robot_type: str, decided: dict) -> Callable[[Snapshot], FileCommit]:
     """The commit of one table, decided on a snapshot (again after a conflict)."""
     key, topic = cl.TABLES[kind], cl.OVERLAP_TOPIC[kind]
-    robots = sorted({o.report["robot_id"] for o in outputs})
+    scope = {"robot_type": robot_type, "robot_id": sorted({o.report["robot_id"] for o in outputs}),
+             # a row's date is its time's: only rows of the same dates can overlap
+             "date": sorted({f.partition_values["date"] for o in outputs for f in o.parts[kind]})}
 
     def plan(snap: Snapshot) -> FileCommit:
         # other uploads' keys of these robots (what the local engine reads for the same rule)
-        others = snap.read(["robot_id", topic, "ts_ns", "upload_id"],
-                           filters={"robot_type": robot_type, "robot_id": robots},
+        others = snap.read(["robot_id", topic, "ts_ns", "upload_id"], filters=scope,
                            schema=cl.SCHEMAS[kind]).filter(~pl.col("upload_id").is_in(ids))
         existing = [tuple(r) for r in others.group_by("upload_id", "robot_id", topic).agg(
             pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).iter_rows()]
@@ -243,17 +228,18 @@ def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str
 def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
                           log=lambda _msg: None,
                           task_hook: Callable[[str, int], None] | None = None,
-                          ) -> tuple[cl.PartitionResult, SparkRun]:
+                          reclean: bool = False) -> tuple[cl.PartitionResult, SparkRun]:
     # one sequence read top to bottom: plan, run the tasks, commit each table, report
     """`cleaned.clean_partition` with the uploads decoded in Spark tasks: same rows, same
     reports, each table committed once. `spark` is a SparkSession (from dagster-pyspark's
     PySparkResource in the Dagster code location)."""
     started = time.perf_counter()
-    uploads = _partition_rows(lake, day, robot_type)
-    first = cl.first_cleaned_times(lake, robot_type)
+    plan = cl.plan_cleaning(lake, day, robot_type, reclean)
+    if not plan.todo:
+        return cl.nothing_to_clean(lake, day, robot_type, plan, log), SparkRun()
     options = shipped_options(lake)
-    tasks = [TaskInput(lake.uri, day, u, fmt, first.get(u.upload_id, time.time_ns()), size,
-                       options) for u, fmt, size in uploads]
+    tasks = [TaskInput(lake.uri, day, u, fmt, plan.cleaned_ns(u.upload_id),
+                       plan.sizes[u.upload_id], options) for u, fmt in plan.todo]
     sc = spark.sparkContext
     # a cluster's block managers count the driver too; local mode runs in the driver
     local_mode = sc.master.startswith("local")
@@ -313,7 +299,7 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     run.task_seconds = sum(o.seconds for o in outputs)
     run.seconds = time.perf_counter() - started
     result = cl.PartitionResult(day, robot_type, [t.upload for t in tasks], frames, versions,
-                                reports, counts)
+                                reports, counts, plan.partition_reports(reports))
     return result, run
 
 

@@ -76,6 +76,18 @@ def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
     return _scan(lake, key, version, columns, filters, names).to_arrow()
 
 
+def partition_rows(lake: Store, key: str, partition: dict[str, str]) -> int:
+    """Rows of the table in the partitions matching `partition` (equality on partition
+    columns), from the live files' statistics: no data is read."""
+    table = open_table(lake, key)
+    if table is None:
+        return 0
+    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+    for col, value in partition.items():
+        adds = adds.filter(pl.col(f"partition.{col}") == value)
+    return int(adds["num_records"].sum() or 0)
+
+
 @dataclass
 class Snapshot:
     """One version of a table (or its absence) that a keyed commit is decided on."""

@@ -9,6 +9,7 @@ import time
 import dagster as dg
 
 from robolake import cleaned, contract, expectations, spark_engine
+from robolake.tables import partition_rows
 from robolake_assets.automation import after_deps_update
 from robolake_assets.helpers import (
     CLEANED_ASSET_KINDS,
@@ -44,6 +45,7 @@ QUALITY_CHECKS = {
 }
 METRIC_OF = {"null_rate": "null_rate", "max_gap": "max_gap_s", "outlier_rate": "outlier_rate",
              "duplicate_rate": "duplicate_rate", "latency": "latency_s"}
+RECLEAN_TAG = "robolake/reclean"
 GX_ASSETS = ("cleaned_imu", "cleaned_gps", "cleaned_lidar", "cleaned_camera_frames",
              "cleaned_aligned_frames")
 
@@ -78,36 +80,47 @@ _CHECK_SPECS = [
 def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
                   engine: EngineResource, pyspark: SparkSessionResource):
     day, robot_type = split_key(context.partition_key)
+    # a run cleans the partition's new uploads; this tag (a backfill after a rule change)
+    # cleans every upload of the partition again
+    reclean = context.run.tags.get(RECLEAN_TAG, "").lower() in ("1", "true", "yes")
     with pools.retry_only_transient():
         lake_store = lake.store()
-        input_bytes = spark_engine.partition_input_bytes(lake_store, day, robot_type)
+        input_bytes = spark_engine.partition_input_bytes(lake_store, day, robot_type, reclean)
         chosen = spark_engine.choose_engine(engine.engine, input_bytes, engine.min_bytes())
-        context.log.info(f"engine {chosen} ({engine.engine}): {input_bytes} bytes to decode")
+        context.log.info(f"engine {chosen} ({engine.engine}): {input_bytes} bytes to decode"
+                         + (" (re-clean of every upload)" if reclean else ""))
         started = time.perf_counter()
         if chosen == "spark":
             result, run = spark_engine.clean_partition_spark(
-                pyspark.spark_session, lake_store, day, robot_type, log=context.log.info)
+                pyspark.spark_session, lake_store, day, robot_type, log=context.log.info,
+                reclean=reclean)
             engine_metadata = {"tasks": run.tasks, "retried_tasks": run.retried_tasks,
                                "executors": run.executors}
         else:
-            result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info)
+            result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info,
+                                             reclean=reclean)
             engine_metadata = {"tasks": 1, "executors": 1}
         seconds = time.perf_counter() - started
     rows = sum(result.frames[k].height for k in spark_engine.ROW_TABLES)
     engine_metadata.update({"engine": chosen, "input_bytes": input_bytes,
-                            "rows_per_s": figure(rows / seconds if seconds else 0.0)})
+                            "rows_per_s": figure(rows / seconds if seconds else 0.0),
+                            "uploads_cleaned": len(result.uploads),
+                            "uploads_in_partition": len(result.partition_reports),
+                            "reclean": reclean})
     metrics = result.metrics
     frames = {}
     for name, kind in CLEANED_ASSET_KINDS.items():
         frame = result.frames[kind]
         frames[name] = frame
         metadata = {
-            "dagster/row_count": frame.height,
+            # the partition's rows in the table (earlier runs' uploads included)
+            "dagster/row_count": partition_rows(lake_store, cleaned.TABLES[kind],
+                                                {"date": day, "robot_type": robot_type}),
+            "rows_written": frame.height,
             "dagster/column_schema": column_schema(frame.to_arrow().schema,
                                                    cleaned.TABLES[kind]),
             "dagster/uri": lake_store.table_uri(cleaned.TABLES[kind]),
             "delta_version": result.versions[kind],
-            "uploads": len(result.uploads),
             **column_lineage(cleaned.TABLES[kind]),
             **engine_metadata,
         }
@@ -119,7 +132,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
             metadata["gps_coverage"] = figure(frame["gps_lat"].is_not_null().mean())
         yield dg.MaterializeResult(asset_key=name, metadata=metadata)
 
-    passed = cleaned.check_report(metrics) if result.reports else {}
+    passed = cleaned.check_report(metrics) if result.partition_reports else {}
     for check, severity in QUALITY_CHECKS.items():
         yield dg.AssetCheckResult(
             asset_key="cleaned_quality_reports", check_name=check, severity=severity,

@@ -196,15 +196,48 @@ def test_midnight_crossing_and_idempotent_partition_runs(tmp_path: Path):
 
     heights = {k: read_table(lake, v).num_rows for k, v in cleaned.TABLES.items()}
     versions = {k: open_table(lake, v).version() for k, v in cleaned.TABLES.items()}
-    again = cleaned.clean_partition(lake, *parts[0])
-    # one commit per table, and exactly the same rows
+    # a run with nothing new commits nothing and reports the partition as it stands
+    idle = cleaned.clean_partition(lake, *parts[0])
+    assert idle.uploads == [] and idle.versions == versions
+    assert idle.metrics == first[parts[0]].metrics
+    # a re-clean (a backfill after a rule change): one commit per table, the same rows
+    again = cleaned.clean_partition(lake, *parts[0], reclean=True)
     assert {k: open_table(lake, v).version() for k, v in cleaned.TABLES.items()} == {
         k: v + 1 for k, v in versions.items()}
     assert {k: read_table(lake, v).num_rows for k, v in cleaned.TABLES.items()} == heights
     assert again.frames["aligned"].sort("ts_ns").equals(
         first[parts[0]].frames["aligned"].sort("ts_ns"))
-    # re-running keeps the first arrival-to-cleaned latency
+    # re-cleaning keeps the first arrival-to-cleaned latency
     assert again.reports[0]["cleaned_ns"] == first[parts[0]].reports[0]["cleaned_ns"]
+
+
+def test_a_run_cleans_only_the_uploads_that_arrived_since_the_last(tmp_path: Path):
+    landing = tmp_path / "landing"
+    simulate_fleet(landing / "a", robots=1, date="2026-11-20", minutes=0.2, seed=1,
+                   robot_types=["delivery"])
+    lake, [part] = _ingest(landing, tmp_path / "lake")
+    [a] = cleaned.clean_partition(lake, *part).uploads
+    files_a = {k: set(open_table(lake, v).file_uris()) for k, v in cleaned.TABLES.items()}
+    rows_a = pl.from_arrow(read_table(lake, cleaned.TABLES["imu"]))
+    # a second upload of the same robot and time arrives (another seed: other values)
+    simulate_fleet(landing / "b", robots=1, date="2026-11-20", minutes=0.2, seed=2,
+                   robot_types=["delivery"])
+    _, parts = _ingest(landing, tmp_path / "lake")
+    assert parts == [part]
+    second = cleaned.clean_partition(lake, *part)
+    [b] = second.uploads
+    assert b.upload_id != a.upload_id and [r["upload_id"] for r in second.reports] == [
+        b.upload_id]
+    assert [r["upload_id"] for r in second.partition_reports] == [a.upload_id, b.upload_id]
+    # the first upload was not cleaned again: its files stay, its rows win the overlap
+    for kind, key in cleaned.TABLES.items():
+        assert files_a[kind] <= set(open_table(lake, key).file_uris()), kind
+    imu = pl.from_arrow(read_table(lake, cleaned.TABLES["imu"]))
+    assert imu.filter(pl.col("upload_id") == a.upload_id).sort("ts_ns").equals(
+        rows_a.sort("ts_ns"))
+    assert second.reports[0]["imu_overlap"] == rows_a.height > 0
+    assert imu.filter(pl.col("upload_id") == b.upload_id).is_empty()
+    assert second.metrics["uploads"] == 2
 
 
 def test_recording_without_lidar_says_so(shared_data: Path):

@@ -53,6 +53,24 @@ def _first_sensor_tick(defs, instance, tmp_path: Path) -> dg.SensorResult:
     return result
 
 
+def _run_again(job, instance) -> None:
+    """A second run of a partition cleans nothing (yet judges the whole partition); a run
+    tagged robolake/reclean cleans its uploads again."""
+    key = partition_key("2026-11-20", "delivery")
+    for tags, cleaned_now in (({}, 0), ({"robolake/reclean": "true"}, 2)):
+        result = job.execute_in_process(instance=instance, partition_key=key, tags=tags)
+        assert result.success
+        meta = {m.asset_key.to_user_string(): m.materialization.metadata
+                for m in result.get_asset_materialization_events()}["cleaned_aligned_frames"]
+        assert (meta["uploads_cleaned"].value, meta["uploads_in_partition"].value) == (
+            cleaned_now, 2)
+        assert meta["dagster/row_count"].value == 240
+        assert meta["rows_written"].value == 120 * cleaned_now
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()
+                  if e.asset_key.to_user_string() == "cleaned_quality_reports"}
+        assert checks["duplicate_rate"] is False and checks["null_rate"] is True
+
+
 def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
     monkeypatch.setenv("ROBOLAKE_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("ROBOLAKE_LAKE", str(tmp_path / "lake"))
@@ -96,6 +114,8 @@ def test_ingest_job_through_cleaned(tmp_path: Path, monkeypatch):
             _check_readable_metadata(mats, result, robot_type)
         # after these runs (as after `make demo`), a first sensor tick has nothing to run
         assert _first_sensor_tick(defs, instance, tmp_path).run_requests == []
+        _run_again(job, instance)
+
 
     # robot-002 (delivery) has duplicate messages: that partition's duplicate check fails
     assert evaluations["delivery"][("cleaned_quality_reports", "duplicate_rate")] is False

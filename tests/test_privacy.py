@@ -265,7 +265,7 @@ def test_erase_to_a_date_cuts_a_recording_at_midnight(lake, builds, tmp_path):
     from robolake.cleaned import clean_partition
 
     for day in (DAY, NEXT):
-        clean_partition(lake, day, night["robot_type"])
+        clean_partition(lake, day, night["robot_type"], reclean=True)
     again = _night_rows(lake)
     assert {k: v for k, v in again.items() if k.startswith("cleaned/")} == {
         k: v for k, v in after.items() if k.startswith("cleaned/")}

@@ -92,8 +92,9 @@ def _clean_local(lake_dir: Path, parts) -> list[cleaned.PartitionResult]:
     return [cleaned.clean_partition(open_store(lake_dir), *p) for p in parts]
 
 
-def _clean_spark(spark, lake_dir: Path, parts, hook=None):
-    return [spark_engine.clean_partition_spark(spark, open_store(lake_dir), *p, task_hook=hook)
+def _clean_spark(spark, lake_dir: Path, parts, hook=None, reclean=False):
+    return [spark_engine.clean_partition_spark(spark, open_store(lake_dir), *p, task_hook=hook,
+                                               reclean=reclean)
             for p in parts]
 
 
@@ -123,10 +124,14 @@ def test_spark_engine_equals_local_on_a_fleet_day_and_reruns_change_nothing(
     assert ({k: v for k, v in result.metrics.items() if k != "latency_s"}
             == {k: v for k, v in local_result.metrics.items() if k != "latency_s"})
     assert result.counts == local_result.counts
-    # a re-run replaces the uploads' rows: same rows, one commit per table
+    # a re-run finds nothing new: no task, no commit
     versions = {k: open_table(open_store(lake), key).version()
                 for k, key in cleaned.TABLES.items()}
-    [(again, _)] = _clean_spark(spark, lake, parts)
+    [(idle, idle_run)] = _clean_spark(spark, lake, parts)
+    assert (idle_run.tasks, idle.versions, idle.uploads) == (0, versions, [])
+    assert idle.metrics == result.metrics
+    # a re-clean replaces the uploads' rows: same rows, one commit per table
+    [(again, _)] = _clean_spark(spark, lake, parts, reclean=True)
     assert again.versions == {k: v + 1 for k, v in versions.items()}
     assert_same_tables(local, lake)
 
@@ -135,7 +140,7 @@ def test_switching_engines_on_one_lake_replaces_the_local_engines_files(spark, f
                                                                        tmp_path: Path):
     lake_dir, parts, local, _ = fleet_day
     lake = _copy(local, tmp_path / "lake-both")  # already cleaned by the local engine
-    _clean_spark(spark, lake, parts)
+    _clean_spark(spark, lake, parts, reclean=True)
     assert_same_tables(local, lake)
     for key in spark_engine.ROW_TABLES:  # every committed file is now the Spark run's
         files = open_table(open_store(lake), cleaned.TABLES[key]).file_uris()
