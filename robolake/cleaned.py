@@ -458,6 +458,9 @@ def partition_uploads(lake, day: str, robot_type: str) -> list[tuple[Upload, str
     return [(_upload(r), r["format"]) for r in _usable_uploads(lake, day, robot_type)]
 
 
+RECLEAN_TAG = "robolake/reclean"  # a run tagged "true" cleans every upload again
+
+
 @dataclass(frozen=True)
 class CleaningPlan:
     """What one run of a (date, robot_type) partition cleans.

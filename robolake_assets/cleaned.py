@@ -45,7 +45,6 @@ QUALITY_CHECKS = {
 }
 METRIC_OF = {"null_rate": "null_rate", "max_gap": "max_gap_s", "outlier_rate": "outlier_rate",
              "duplicate_rate": "duplicate_rate", "latency": "latency_s"}
-RECLEAN_TAG = "robolake/reclean"
 GX_ASSETS = ("cleaned_imu", "cleaned_gps", "cleaned_lidar", "cleaned_camera_frames",
              "cleaned_aligned_frames")
 
@@ -82,7 +81,7 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
     day, robot_type = split_key(context.partition_key)
     # a run cleans the partition's new uploads; this tag (a backfill after a rule change)
     # cleans every upload of the partition again
-    reclean = context.run.tags.get(RECLEAN_TAG, "").lower() in ("1", "true", "yes")
+    reclean = context.run.tags.get(cleaned.RECLEAN_TAG, "").lower() in ("1", "true", "yes")
     with pools.retry_only_transient():
         lake_store = lake.store()
         input_bytes = spark_engine.partition_input_bytes(lake_store, day, robot_type, reclean)

@@ -17,6 +17,14 @@ DEFAULT_UI = "http://127.0.0.1:3000"
 DONE = ("SUCCESS", "FAILURE", "CANCELED")
 
 
+def launch_tags(partition: str | None, reclean: bool = False) -> dict[str, str]:
+    """The tags of a run queued by `robolake launch`."""
+    from robolake.cleaned import RECLEAN_TAG
+
+    return {"robolake/trigger": "cli-launch", **partition_tags(partition),
+            **({RECLEAN_TAG: "true"} if reclean else {})}
+
+
 def partition_tags(key: str | None) -> dict[str, str]:
     """The run tags of a (date, robot type) partition key "2026-11-27|delivery" (or of a
     single-dimension key, e.g. a dataset version)."""
@@ -34,8 +42,7 @@ async def _launch(args: argparse.Namespace) -> int:
 
     client = DagsterGraphQL(url=f"{args.url.rstrip('/')}/graphql")
     try:
-        run = await client.launch(args.job, {"robolake/trigger": "cli-launch",
-                                             **partition_tags(args.partition)})
+        run = await client.launch(args.job, launch_tags(args.partition, args.reclean))
     except PlatformError as exc:
         raise ValueError(f"{exc.reason} (is `make ui` running at {args.url}?)") from None
     page = f"{args.url.rstrip('/')}/runs/{run['runId']}"
@@ -69,6 +76,9 @@ def add_launch_parser(sub, debug: argparse.ArgumentParser) -> None:
                         help=f"the Dagster webserver (default $ROBOLAKE_DAGSTER_UI or "
                              f"{DEFAULT_UI})")
     launch.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    launch.add_argument("--reclean", action="store_true",
+                        help="clean every upload of the partition again (after a change of the "
+                             "cleaning rules), not only those no run cleaned yet")
     launch.set_defaults(func=_cmd_launch)
 
 

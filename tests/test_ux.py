@@ -97,6 +97,15 @@ def test_cli_help_describes_commands(capsys):
     assert all(kind in text.replace("- ", "-") for kind in FAULT_KINDS)
 
 
+def test_launch_tags_ask_for_a_reclean_only_when_told():
+    from robolake_assets.cli_launch import launch_tags
+
+    assert launch_tags("2026-11-27|delivery") == {
+        "robolake/trigger": "cli-launch", "dagster/partition": "2026-11-27|delivery",
+        "dagster/partition/date": "2026-11-27", "dagster/partition/robot_type": "delivery"}
+    assert launch_tags("2026-11-27|delivery", reclean=True)["robolake/reclean"] == "true"
+
+
 def test_datasets_list_is_a_plain_table(tmp_path):
     """Finding 6: a readable table, without importing Dagster or the dataset build code."""
     import pyarrow as pa
