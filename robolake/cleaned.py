@@ -31,7 +31,7 @@ from robolake.contract import (
 from robolake.decode import Decoded, decode_recording
 from robolake.errors import is_transient
 from robolake.raw import RAW_UPLOADS
-from robolake.tables import Snapshot, open_table, read_table, replace_rows
+from robolake.tables import Between, Snapshot, open_table, read_table, replace_rows
 
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
@@ -553,9 +553,11 @@ def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[U
     Returns (table version, the rows written, rows dropped per upload_id)."""
     ids = [u.upload_id for u in uploads]
     topic = OVERLAP_TOPIC[name]
-    scope = {"robot_type": [robot_type], "robot_id": sorted({u.robot_id for u in uploads})}
-    if not frame.is_empty():
+    scope: dict[str, object] = {"robot_type": [robot_type],
+                                "robot_id": sorted({u.robot_id for u in uploads})}
+    if not frame.is_empty():  # only rows at these dates and times can hold the same keys
         scope["date"] = frame["date"].unique().sort().to_list()
+        scope["ts_ns"] = Between(frame["ts_ns"].min(), frame["ts_ns"].max())
 
     decided: list = [frame, {}]
 

@@ -36,6 +36,7 @@ import polars as pl
 from robolake import cleaned as cl
 from robolake.storage import Store, open_store
 from robolake.tables import (
+    Between,
     FileCommit,
     PartFile,
     Snapshot,
@@ -192,9 +193,13 @@ def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str
                 robot_type: str, decided: dict) -> Callable[[Snapshot], FileCommit]:
     """The commit of one table, decided on a snapshot (again after a conflict)."""
     key, topic = cl.TABLES[kind], cl.OVERLAP_TOPIC[kind]
-    scope = {"robot_type": robot_type, "robot_id": sorted({o.report["robot_id"] for o in outputs}),
-             # a row's date is its time's: only rows of the same dates can overlap
-             "date": sorted({f.partition_values["date"] for o in outputs for f in o.parts[kind]})}
+    spans = [r for o in outputs for r in o.ranges[kind]]
+    scope: dict[str, object] = {
+        "robot_type": robot_type, "robot_id": sorted({o.report["robot_id"] for o in outputs}),
+        # only rows at the run's dates and times can hold the same keys
+        "date": sorted({f.partition_values["date"] for o in outputs for f in o.parts[kind]})}
+    if spans:
+        scope["ts_ns"] = Between(min(r[2] for r in spans), max(r[3] for r in spans))
 
     def plan(snap: Snapshot) -> FileCommit:
         # other uploads' keys of these robots (what the local engine reads for the same rule)

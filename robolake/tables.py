@@ -43,12 +43,22 @@ def open_table(lake: Store, key: str) -> DeltaTable | None:
         return None
 
 
+@dataclass(frozen=True)
+class Between:
+    """A filter value: lo <= column <= hi (pushed down to the files' statistics)."""
+
+    lo: int
+    hi: int
+
+
 def _scan(lake: Store, key: str, version: int | None, columns: Sequence[str] | None,
           filters: dict[str, object] | None, available: Sequence[str]) -> pl.DataFrame:
     frame = pl.scan_delta(lake.table_uri(key), version=version,
                           storage_options=lake.delta_options or None)
     for col, value in (filters or {}).items():
-        if isinstance(value, list | tuple | set | frozenset):
+        if isinstance(value, Between):
+            frame = frame.filter(pl.col(col).is_between(value.lo, value.hi))
+        elif isinstance(value, list | tuple | set | frozenset):
             frame = frame.filter(pl.col(col).is_in(list(value)))
         else:
             frame = frame.filter(pl.col(col) == value)
@@ -63,7 +73,7 @@ def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
                filters: dict[str, object] | None = None,
                version: int | None = None) -> pa.Table | None:
     """The table (its current version, or `version`) as Arrow with equality (or, for a
-    list, membership) filters, or None if it does not exist.
+    list, membership; for `Between`, a closed range) filters, or None if it does not exist.
 
     Read through polars: a pyarrow dataset from deltalake left alive at
     interpreter exit aborts the process ("terminate called without an active
