@@ -337,6 +337,8 @@ def test_dataset_build_on_spark_equals_the_local_build(spark, fleet_day, tmp_pat
     logs: list[str] = []
     on_spark = build_dataset(open_store(b), _sensor_spec("1.0.0"), log=logs.append, spark=spark)
     assert any("in Spark tasks" in m for m in logs)
+    # the IMU rows (the biggest input) stayed on the executors: only their digests came back
+    assert "IMU rows of 2 recording(s) hashed in Spark tasks" in logs
     assert (on_spark.cache_hits, on_spark.cache_misses) == (0, 2) == (built.cache_hits,
                                                                        built.cache_misses)
     volatile = {"created_ns"}

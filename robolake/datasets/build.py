@@ -315,6 +315,11 @@ def _resized_jpeg(message: tuple[bytes, str], size: tuple[int, int]) -> bytes:
 # --------------------------------------------------------------------------- cache
 
 
+def rows_digest(frame: pl.DataFrame) -> bytes:
+    """A hash of every row and column, in order."""
+    return hashlib.sha256(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy())).digest()
+
+
 class FeatureCache:
     """Transformed features per recording under `features/cache/<upload_id>/<hash>.npz` in
     the lake (by upload, so an erase of a robot's uploads finds its entries).
@@ -331,15 +336,17 @@ class FeatureCache:
         self.computed_elsewhere: set[str] = set()
 
     @staticmethod
-    def key(spec: DatasetSpec, upload_id: str, *inputs: pl.DataFrame) -> str:
+    def key(spec: DatasetSpec, upload_id: str, *digests: bytes) -> str:
+        """The entry's key from the spec's feature sections and the `rows_digest` of each
+        input (computed where the rows are: a Spark task sends back only the digest)."""
         h = hashlib.sha256()
         h.update(json.dumps({"upload_id": upload_id, "code": FEATURE_CODE_VERSION,
                              "features": spec.features.model_dump(mode="json"),
                              "labels": spec.labels.model_dump(mode="json"),
                              **privacy.cache_marker(spec)},
                             sort_keys=True).encode())
-        for frame in inputs:
-            h.update(np.ascontiguousarray(frame.hash_rows(seed=0).to_numpy()).tobytes())
+        for digest in digests:
+            h.update(digest)
         return h.hexdigest()
 
     @staticmethod
@@ -581,8 +588,7 @@ def build_dataset(lake: Store, spec: DatasetSpec, log=lambda _msg: None,
         missing = [u for u in recordings.upload_ids
                    if not cache.has(recordings.cache_keys[u], u)]
         compute_missing_features(spark, lake, spec, versions, [
-            (u, recordings.cache_keys[u], recordings.by_upload[u], recordings.imu.get(u))
-            for u in missing], log)
+            (u, recordings.cache_keys[u], recordings.by_upload[u]) for u in missing], log)
         cache.computed_elsewhere = {recordings.cache_keys[u] for u in missing}
     splits = assign_splits(recordings.upload_ids, spec.output.splits.model_dump())
     frames, features = _featurize(lake, spec, versions, recordings, splits, cache, log)
@@ -644,7 +650,9 @@ class _Recordings:
 
     frames: pl.DataFrame  # main-topic LiDAR frames of all recordings; `_sampled` marks samples
     by_upload: dict[str, pl.DataFrame]  # the same per upload_id
-    imu: dict[str, pl.DataFrame]  # each recording's main IMU rows (when the spec reads IMU)
+    # each recording's main IMU rows when the spec reads IMU (on Spark they stay in the
+    # tasks: the feature tasks read their own)
+    imu: dict[str, pl.DataFrame]
     cache_keys: dict[str, str]  # FeatureCache key per upload_id
     fingerprint: str  # of every input row: what the immutability check compares
 
@@ -664,23 +672,29 @@ def _recordings(lake: Store, spec: DatasetSpec, versions: dict[str, int], log,
         "upload_id", as_dict=True, maintain_order=True).items()}
     log(f"{spec.name} {spec.version}: {len(by_upload)} recordings, "
         f"{int(frames['_sampled'].sum())} sampled frames before per-frame filters")
-    imu = (_main_imu_rows(lake, spec, versions[TABLES["imu"]], list(by_upload), spark)
-           if spec.features.imu_window else {})
+    imu: dict[str, pl.DataFrame] = {}
+    imu_digests: dict[str, bytes] = {}
+    if spec.features.imu_window and spark is not None:  # the IMU rows stay on the executors
+        from robolake.datasets.spark_build import imu_digests as spark_imu_digests
+
+        imu_digests = spark_imu_digests(spark, lake, spec, versions[TABLES["imu"]],
+                                        list(by_upload))
+        log(f"IMU rows of {len(imu_digests)} recording(s) hashed in Spark tasks")
+    elif spec.features.imu_window:
+        imu = _main_imu_rows(lake, spec, versions[TABLES["imu"]], list(by_upload))
+        imu_digests = {u: rows_digest(rows) for u, rows in imu.items()}
     # the same hash over every column fingerprints the inputs for the immutability check
     cache_keys, input_keys = {}, {}
     for u, rows in by_upload.items():
         columns = sorted(c for c in rows.columns if c != "source_version")
-        inputs = [rows.select(columns)]
         # The cache key leaves out the corner-case scores: rarity is relative to the whole
         # fleet, so a new day of other robots changes the scores of old recordings, and no
         # feature reads them (they steer filters, balancing and scenario labels, which are
         # not cached). With them in the key, old recordings missed the cache for nothing.
-        cache_inputs = [rows.select([c for c in columns if c not in _SCORE_FIELDS])]
-        if u in imu:
-            inputs.append(imu[u])
-            cache_inputs.append(imu[u])
-        cache_keys[u] = FeatureCache.key(spec, u, *cache_inputs)
-        input_keys[u] = FeatureCache.key(spec, u, *inputs)
+        cached = rows.select([c for c in columns if c not in _SCORE_FIELDS])
+        more = [imu_digests[u]] if u in imu_digests else []
+        cache_keys[u] = FeatureCache.key(spec, u, rows_digest(cached), *more)
+        input_keys[u] = FeatureCache.key(spec, u, rows_digest(rows.select(columns)), *more)
     fingerprint = hashlib.sha256(json.dumps(sorted(input_keys.values())).encode()).hexdigest()
     return _Recordings(frames, by_upload, imu, cache_keys, fingerprint)
 
@@ -694,31 +708,34 @@ def _annotated(lake: Store, frames: pl.DataFrame, version: int) -> pl.DataFrame:
                                pl.col("label").is_not_null().alias("_sampled")).drop("label")
 
 
-def _main_imu_rows(lake: Store, spec: DatasetSpec, version: int, upload_ids: list[str],
-                   spark=None) -> dict[str, pl.DataFrame]:
-    """Each recording's main IMU rows (ts_ns and IMU_COLUMNS, by time), in one scan (the
-    spec's robot type and region filters prune the files; the engine's reader reads them)."""
-    columns = ["upload_id", "topic", "ts_ns", *IMU_COLUMNS]
+def imu_filters(spec: DatasetSpec) -> list[tuple[str, str, object]]:
+    """The spec's filters that prune the IMU table: robot type and region, not the date (a
+    window at a recording's first frames after midnight reads IMU rows of the day before:
+    rows are dated by time)."""
+    return [f for f in _source_filters(spec) if f[0] != "date"]
+
+
+def main_imu(rows: pl.DataFrame) -> pl.DataFrame:
+    """One recording's main IMU rows (its busiest IMU topic) as ts_ns and IMU_COLUMNS, by
+    time (ties by value, so both engines give the same order)."""
+    return primary_topic_rows(rows).select("ts_ns", *IMU_COLUMNS).sort("ts_ns", *IMU_COLUMNS)
+
+
+IMU_READ_COLUMNS = ["upload_id", "topic", "ts_ns", *IMU_COLUMNS]
+
+
+def _main_imu_rows(lake: Store, spec: DatasetSpec, version: int,
+                   upload_ids: list[str]) -> dict[str, pl.DataFrame]:
+    """Each recording's `main_imu` rows, in one scan of the pinned version."""
     found = {}
     if upload_ids:
-        # robot type and region prune files; not the date: a window at a recording's first
-        # frames after midnight reads IMU rows of the day before (rows are dated by time)
-        filters = [*(f for f in _source_filters(spec) if f[0] != "date"),
-                   ("upload_id", "in", upload_ids)]
-        if spark is None:
-            rows = _scan_filtered(lake, TABLES["imu"], version, filters).select(columns).collect()
-        else:
-            from robolake.datasets.spark_build import read_version
-
-            rows = read_version(spark, lake, TABLES["imu"], version, columns, filters)
+        filters = [*imu_filters(spec), ("upload_id", "in", upload_ids)]
+        rows = _scan_filtered(lake, TABLES["imu"], version, filters).select(
+            IMU_READ_COLUMNS).collect()
         found = rows.partition_by("upload_id", as_dict=True)
     none = pl.DataFrame(schema={"upload_id": pl.String, "topic": pl.String, "ts_ns": pl.Int64,
                                 **{c: pl.Float64 for c in IMU_COLUMNS}})
-    out = {}
-    for u in upload_ids:
-        imu = primary_topic_rows(found.get((u,), none).drop("upload_id"))  # the main IMU
-        out[u] = imu.drop("topic").sort("ts_ns")
-    return out
+    return {u: main_imu(found.get((u,), none)) for u in upload_ids}
 
 
 def _existing_version(lake: Store, spec: DatasetSpec, fingerprint: str,
@@ -758,7 +775,7 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
     for i, u in enumerate(upload_ids, 1):
         all_rows = recordings.by_upload[u]
         rows = all_rows.filter(pl.col("_sampled"))
-        compute = partial(compute_features, lake, spec, versions, u, all_rows,
+        compute = partial(_compute_features_here, lake, spec, versions, u, all_rows,
                           recordings.imu.get(u))
         features[u] = feats = cache.get_or_compute(recordings.cache_keys[u], compute, u)
         rows_out.append(rows.with_columns(pl.lit(splits[u]).alias("split"),
@@ -772,6 +789,16 @@ def _featurize(lake: Store, spec: DatasetSpec, versions: dict[str, int], recordi
         pl.lit("").alias("split"), pl.lit(True).alias("_valid"), pl.lit(False).alias("_edge"),
         pl.lit(0).alias("_row"))
     return no_frames, features
+
+
+def _compute_features_here(lake: Store, spec: DatasetSpec, versions: dict[str, int],
+                           upload_id: str, frames: pl.DataFrame,
+                           imu: pl.DataFrame | None) -> RecordingFeatures:
+    """A cache miss in this process; on Spark the IMU rows were left in the tasks, so they
+    are read here for the rare entry that went missing since (an erase)."""
+    if spec.features.imu_window and imu is None:
+        imu = _main_imu_rows(lake, spec, versions[TABLES["imu"]], [upload_id])[upload_id]
+    return compute_features(lake, spec, versions, upload_id, frames, imu)
 
 
 def compute_features(lake: Store, spec: DatasetSpec, versions: dict[str, int], upload_id: str,
