@@ -31,7 +31,17 @@ from robolake.contract import (
 from robolake.decode import Decoded, decode_recording
 from robolake.errors import is_transient
 from robolake.raw import RAW_UPLOADS
-from robolake.tables import Between, Snapshot, open_table, read_table, replace_rows
+from robolake.tables import (
+    Between,
+    FileCommit,
+    Snapshot,
+    commit_files,
+    open_table,
+    read_table,
+    replace_files,
+    replace_rows,
+    write_part_files,
+)
 
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
@@ -560,16 +570,24 @@ def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[U
         scope["ts_ns"] = Between(frame["ts_ns"].min(), frame["ts_ns"].max())
 
     decided: list = [frame, {}]
+    key = TABLES[name]
 
-    def rows(snap: Snapshot):
+    def plan(snap: Snapshot) -> FileCommit:
         existing = snap.read(["robot_id", topic, "ts_ns", "upload_id"], filters=scope,
                              schema=SCHEMAS[name])
         existing = existing.filter(~pl.col("upload_id").is_in(ids))
         decided[:] = drop_overlap(frame, existing, topic, ids)
-        return decided[0].to_arrow()
+        # the kept rows as part files, the uploads' earlier rows out: the Spark engine's
+        # commit too (a plan that loses to another writer leaves files VACUUM deletes)
+        adds = write_part_files(lake, key, decided[0], PARTITION_BY, "local")
+        if snap.table is None:
+            return FileCommit(adds, [])
+        old = replace_files(lake, key, snap.table, "upload_id", ids, {"robot_type": robot_type})
+        return FileCommit(adds + old.adds, old.removes)
 
-    version = replace_rows(lake, TABLES[name], rows, "upload_id", ids,
-                           partition_by=PARTITION_BY, scope={"robot_type": robot_type})
+    schema = pl.DataFrame(schema=SCHEMAS[name]).to_arrow().schema
+    version = commit_files(lake, key, plan, schema, PARTITION_BY)
+    assert version is not None
     return version, decided[0], decided[1]
 
 
