@@ -257,7 +257,9 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
     stage_started = time.perf_counter()
     if tasks:
         hook = task_hook
-        outputs = (sc.parallelize(tasks, numSlices=len(tasks))
+        # the biggest uploads first, so the last wave is of small ones (less idle cores)
+        biggest_first = sorted(tasks, key=lambda t: -t.size_bytes)
+        outputs = (sc.parallelize(biggest_first, numSlices=len(tasks))
                    .map(lambda t: clean_upload_task(t, hook)).collect())
     run.stage_seconds = time.perf_counter() - stage_started
     commit_started = time.perf_counter()
