@@ -5,7 +5,7 @@
     baseline and DuckDB's `ASOF JOIN`. All three must agree; each runs in a
     fresh process so its peak memory (RSS growth) is its own.
 (b) The cleaned layer for one simulated robot-hour recording (decode, clean,
-    align, write Delta) in one process, on one core (ROBOLAKE_DECODE_WORKERS=1) and
+    align, write Delta as the engines do: part files and a keyed commit) in one process, on one core (ROBOLAKE_DECODE_WORKERS=1) and
     on all cores, beside the floor of iterating the same file's records with the
     `mcap` StreamReader without decoding (one core), all in the same run.
     Target: <= 1.0x the floor per core.
@@ -248,11 +248,10 @@ def memory_report(path: Path, workers: int) -> None:
 def bench_cleaned(minutes: float) -> None:
     from mcap.stream_reader import StreamReader
 
-    from robolake.cleaned import Upload, clean_upload
+    from robolake.cleaned import Upload, clean_upload, write_without_overlap
     from robolake.settings import reset_settings
     from robolake.simulate import RobotIdentity, simulate_recording
     from robolake.storage import open_store
-    from robolake.tables import replace_rows
 
     with tempfile.TemporaryDirectory(prefix="robolake-bench-") as tmp:
         t0 = time.perf_counter()
@@ -273,10 +272,8 @@ def bench_cleaned(minutes: float) -> None:
             upload = Upload("bench", "bench-0", "delivery", "eu-west", "raw/bench.mcap",
                             time.time_ns())
             result = clean_upload(path, upload, "2026-11-27")
-            for name in ("imu", "gps", "lidar", "camera", "aligned"):
-                frame = getattr(result, name)
-                replace_rows(lake, f"cleaned/{name}", frame.to_arrow(), "upload_id", ["bench"],
-                             partition_by=["date", "robot_type", "region"])
+            for name in ("imu", "gps", "lidar", "camera", "aligned"):  # as the engines write
+                write_without_overlap(lake, name, getattr(result, name), [upload], "delivery")
 
         cores = os.cpu_count() or 1
 

@@ -555,7 +555,7 @@ OVERLAP_TOPIC = {"imu": "topic", "gps": "topic", "lidar": "topic", "camera": "to
                  "aligned": "lidar_topic"}
 
 
-def _write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Upload],
+def write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Upload],
                            robot_type: str) -> tuple[int, pl.DataFrame, dict[str, int]]:
     """Replace the uploads' rows of one table, leaving out rows another upload of the same
     robot holds already, in one keyed commit (decided again if another writer commits
@@ -665,7 +665,7 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
     tables = {name: pl.concat(parts) if parts else pl.DataFrame(schema=SCHEMAS[name])
               for name, parts in frames.items()}
     only = [u for u, _ in plan.todo]
-    written = {name: _write_without_overlap(lake, name, frame, only, robot_type)
+    written = {name: write_without_overlap(lake, name, frame, only, robot_type)
                for name, frame in tables.items()}
     versions = {name: w[0] for name, w in written.items()}
     tables = {name: w[1] for name, w in written.items()}
