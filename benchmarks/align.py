@@ -6,8 +6,9 @@
     fresh process so its peak memory (RSS growth) is its own.
 (b) The cleaned layer for one simulated robot-hour recording (decode, clean,
     align, write Delta as the engines do: part files and a keyed commit per table) in
-    one process, on one core (ROBOLAKE_DECODE_WORKERS=1) and on all cores, beside the floor of iterating the same file's records with the
-    `mcap` StreamReader without decoding (one core), all in the same run.
+    one process, on one core (ROBOLAKE_DECODE_WORKERS=1) and on all cores, beside the
+    floor of iterating the same file's records with the `mcap` StreamReader without
+    decoding (one core), all in the same run.
     Target: <= 1.0x the floor per core.
 
 Usage: python benchmarks/align.py [--minutes 60] [--skip-b]
