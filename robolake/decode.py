@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from robolake.bagindex import BagIndex, ChunkInconsistent, IndexRejected
+from robolake.bagindex import BagIndex, ChunkInconsistent, ChunkMessages, IndexRejected
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
+from robolake.mcapindex import McapIndex
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
 from robolake.settings import get_settings
@@ -640,13 +641,10 @@ class _SliceColumns:
 def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
                   end_ns: int | None = None) -> Decoded:
     fmt = detect_format(read_head(path)) or ""
+    columns = _decode_indexed(path, fmt, start_ns, end_ns)
+    if columns is not None:
+        return columns.decoded(fmt, payload_ref)
     if fmt == "bag":
-        index = _bag_index(path)
-        if index is not None:
-            try:
-                return _decode_bag_chunks(index, start_ns, end_ns).decoded(fmt, payload_ref)
-            except ChunkInconsistent:
-                pass  # a chunk its index does not describe: scan the bag, as without an index
         messages = _scanned_bag_messages(path, start_ns, end_ns)
     else:
         messages = iter_sensor_messages(path, start_ns, end_ns)
@@ -656,17 +654,46 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
     return columns.decoded(fmt, payload_ref)
 
 
-def _decode_bag_chunks(index: BagIndex, start_ns: int | None,
-                       end_ns: int | None) -> _SliceColumns:
-    """A bag through its index: per chunk, each IMU / GPS topic's messages are gathered into
-    byte matrices and decoded as a block; the other sensors message by message, in file
-    order. The columns equal those of feeding the scan's messages one by one."""
+def _decode_indexed(path: Path, fmt: str, start_ns: int | None,
+                    end_ns: int | None) -> _SliceColumns | None:
+    """A bag or MCAP file through its index; None when it has no usable index or a chunk
+    its index does not describe (the caller then scans the file, as without an index)."""
+    index = _bag_index(path) if fmt == "bag" else _mcap_index(path) if fmt == "mcap" else None
+    if index is None:
+        return None
+    sensors = _bag_sensors(index) if fmt == "bag" else _mcap_sensors(index)
+    try:
+        return _decode_chunks(index.chunk_messages(set(sensors), start_ns, end_ns), sensors,
+                              "ros1" if fmt == "bag" else "cdr")
+    except ChunkInconsistent:
+        return None
+
+
+def _mcap_index(path: Path) -> McapIndex | None:
+    try:
+        return McapIndex.read(path)
+    except IndexRejected:  # no summary or message indexes, or they do not describe the file
+        return None
+
+
+def _mcap_sensors(index: McapIndex) -> dict[int, tuple[str, str]]:
+    """channel id -> (topic, message type) of the sensor channels."""
+    types = {cid: (c[0], normalize_msgtype(index.msgtype(cid)))
+             for cid, c in index.channels.items()}
+    return {cid: tt for cid, tt in types.items() if sensor_kind(tt[1])}
+
+
+def _decode_chunks(chunks: Iterator[ChunkMessages], sensors: dict[int, tuple[str, str]],
+                   encoding: str) -> _SliceColumns:
+    """Chunks read through their index (bag or MCAP): per chunk, each IMU / GPS topic's
+    messages are gathered into byte matrices and decoded as a block; the other sensors
+    message by message, in file order. The columns equal those of feeding the scan's
+    messages one by one."""
     columns = _SliceColumns()
-    columns.encoding = "ros1"
-    sensors = _bag_sensors(index)
+    columns.encoding = encoding
     fixed = np.array([cid for cid, (_, t) in sensors.items() if sensor_kind(t) in ("imu", "gps")],
                      dtype=np.uint32)
-    for chunk in index.chunk_messages(set(sensors), start_ns, end_ns):
+    for chunk in chunks:
         is_fixed = np.isin(chunk.conn, fixed)
         rows = np.flatnonzero(is_fixed)
         conns, first = np.unique(chunk.conn[rows], return_index=True)
@@ -676,10 +703,10 @@ def _decode_bag_chunks(index: BagIndex, start_ns: int | None,
         for topic, cids in by_topic.items():
             mine = rows[np.isin(chunk.conn[rows], cids)]
             columns.fixed.add_block(topic, sensors[cids[0]][1], chunk.log_ns[mine],
-                                    chunk.matrices(mine), "ros1")
+                                    chunk.matrices(mine), encoding)
         for i in np.flatnonzero(~is_fixed).tolist():
             topic, msgtype = sensors[int(chunk.conn[i])]
-            columns.add(topic, msgtype, int(chunk.log_ns[i]), chunk.data(i), "ros1")
+            columns.add(topic, msgtype, int(chunk.log_ns[i]), chunk.data(i), encoding)
     return columns
 
 
