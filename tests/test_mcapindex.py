@@ -1,0 +1,179 @@
+"""MCAP files decoded through their message indexes equal the record scan
+(mcapscan.iter_messages), column for column; an index that lies about a message, or a file
+without a summary or message indexes, is decoded by the scan instead, with the same result."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robolake import decode
+from robolake.mcapindex import ChunkInconsistent, IndexRejected, McapIndex
+from robolake.simulate import RobotIdentity, simulate_recording
+
+ROBOT = RobotIdentity("robot-042", "delivery", "eu-west")
+START = 1_795_766_400_000_000_000
+_HEAD = struct.Struct("<BQ")
+
+
+def _write(out: Path, name: str, seed: int, **writer_options) -> Path:
+    from mcap.writer import Writer
+
+    opened = Writer.__init__
+
+    def with_options(self, *args, **kwargs):  # 64 KiB chunks: a slice has chunks to skip
+        opened(self, *args, **{"chunk_size": 64 * 1024, **kwargs, **writer_options})
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Writer, "__init__", with_options)
+        truth = simulate_recording(out / name, ROBOT, START, 6.0, seed=seed, lidar_points=64,
+                                   faults=("duplicate_messages", "imu_spikes", "black_frames"))
+    return out / truth["file"]
+
+
+@pytest.fixture(scope="module")
+def sim_mcap(tmp_path_factory) -> Path:
+    return _write(tmp_path_factory.mktemp("mcapindex"), "sim.mcap", seed=5)
+
+
+def _decoded_by_scan(path: Path, start=None, end=None) -> decode.Decoded:
+    columns = decode._SliceColumns()
+    for message in decode.iter_sensor_messages(path, start, end):
+        columns.add(*message)
+    return columns.decoded("mcap", "ref")
+
+
+def _decoded_by_index(path: Path, start=None, end=None) -> decode.Decoded:
+    columns = decode._decode_indexed(path, "mcap", start, end)
+    assert columns is not None, "the index path was not taken"
+    return columns.decoded("mcap", "ref")
+
+
+def _assert_same_columns(a: decode.Decoded, b: decode.Decoded) -> None:
+    for kind in ("imu", "gps", "lidar", "camera"):
+        x, y = getattr(a, kind), getattr(b, kind)
+        assert list(x) == list(y), kind
+        for col in x:
+            assert x[col].dtype == y[col].dtype, (kind, col)
+            assert np.array_equal(x[col], y[col], equal_nan=x[col].dtype.kind == "f"), (kind, col)
+
+
+def test_index_path_equals_scan_on_a_simulated_mcap(sim_mcap: Path):
+    index = McapIndex.read(sim_mcap)
+    assert len(index.chunks) >= 4
+    by_index = _decoded_by_index(sim_mcap)
+    _assert_same_columns(by_index, _decoded_by_scan(sim_mcap))
+    _assert_same_columns(decode._decode_slice(sim_mcap, "ref"), by_index)
+    assert all(len(getattr(by_index, k)["log_ns"]) for k in ("imu", "gps", "lidar", "camera"))
+    assert (np.diff(by_index.imu["log_ns"]) == 0).any()  # the duplicates are there, as scanned
+
+
+def test_index_path_equals_scan_on_the_real_mcap(shared_data: Path):
+    path = shared_data / "husky_ros2_converted.mcap"  # rosbags-convert's writer, zstd chunks
+    index = McapIndex.read(path)
+    messages = [m for c in index.chunk_messages(set(index.channels)) for m in c.log_ns]
+    assert index.inflated == len(index.chunks) and len(messages) == 11_865 + 989 + 3_952
+    decoded = _decoded_by_index(path)
+    assert (len(decoded.imu["ax"]), len(decoded.gps["lat"])) == (11_865, 989)
+    _assert_same_columns(decoded, _decoded_by_scan(path))
+
+
+def test_time_slices_equal_the_scan_and_skip_chunks(sim_mcap: Path):
+    start, end, count = decode._time_span(sim_mcap)
+    total = len(McapIndex.read(sim_mcap).chunks)
+    for lo, hi in [(start + (end - start) // 3, start + (end - start) // 2), (end, end + 1),
+                   (start, start + 1), (start, end + 1)]:
+        _assert_same_columns(_decoded_by_index(sim_mcap, lo, hi),
+                             _decoded_by_scan(sim_mcap, lo, hi))
+    index = McapIndex.read(sim_mcap)
+    sensors = decode._mcap_sensors(index)
+    middle = list(index.chunk_messages(set(sensors), start + (end - start) // 3,
+                                       start + (end - start) // 2))
+    assert middle and index.inflated < total
+
+
+def _message_indexes(path: Path, chunk: int) -> list[tuple[int, int, int]]:
+    """(record position, channel, entry count) of one chunk's MessageIndex records."""
+    c = McapIndex.read(path).chunks[chunk]
+    data = path.read_bytes()
+    records, at = [], c.index_at
+    while at < c.index_at + c.index_len:
+        _, length = _HEAD.unpack_from(data, at)
+        channel, n_bytes = struct.unpack_from("<HI", data, at + 9)
+        records.append((at, channel, n_bytes // 16))
+        at += 9 + length
+    return records
+
+
+def _lie(sim_mcap: Path, tmp_path: Path, field: str) -> Path:
+    bad = tmp_path / f"{field}.mcap"
+    shutil.copy(sim_mcap, bad)
+    records = _message_indexes(bad, 2)
+    pos, channel, _ = next(r for r in records if r[2] >= 3)
+    entry = pos + 9 + 6 + 16 * 1  # the channel's second message in the chunk
+    with open(bad, "r+b") as f:
+        if field == "channel":  # the record names another channel of this chunk
+            other = next(c for _, c, n in records if c != channel and n)
+            f.seek(pos + 9)
+            f.write(struct.pack("<H", other))
+        elif field == "time":
+            f.seek(entry)
+            (log,) = struct.unpack("<Q", f.read(8))
+            f.seek(entry)
+            f.write(struct.pack("<Q", log + 1))
+        elif field == "offset":  # points at the channel's third message instead
+            f.seek(entry + 16 + 8)
+            third = f.read(8)
+            f.seek(entry + 8)
+            f.write(third)
+        else:  # "missing": the chunk's last MessageIndex record becomes a user record
+            f.seek(records[-1][0])
+            f.write(b"\x80")
+    return bad
+
+
+NAMED = "is not the Message its index entry names"
+
+
+@pytest.mark.parametrize(("field", "reason"), [("channel", NAMED), ("time", NAMED),
+                                               ("offset", NAMED),
+                                               ("missing", "is not in its message index")])
+def test_an_index_that_lies_falls_back_to_the_scan(sim_mcap: Path, tmp_path: Path, field: str,
+                                                   reason: str):
+    bad = _lie(sim_mcap, tmp_path, field)
+    index = McapIndex.read(bad)
+    with pytest.raises(ChunkInconsistent, match=f"the chunk at byte .*{reason}"):
+        list(index.chunk_messages(set(decode._mcap_sensors(index))))
+    assert decode._decode_indexed(bad, "mcap", None, None) is None
+    scanned = _decoded_by_scan(bad)
+    _assert_same_columns(decode._decode_slice(bad, "ref"), scanned)
+    _assert_same_columns(scanned, _decoded_by_scan(sim_mcap))  # the records did not change
+
+
+def _without_summary(path: Path, out: Path) -> Path:
+    """The same records up to DataEnd, then a footer saying there is no summary."""
+    data = path.read_bytes()
+    (summary_start,) = struct.unpack_from("<Q", data, len(data) - 8 - 20)
+    body = data[:summary_start] + _HEAD.pack(0x02, 20) + struct.pack("<QQI", 0, 0, 0)
+    out.write_bytes(body + data[:8])
+    return out
+
+
+def test_files_without_summary_or_message_indexes_are_scanned(sim_mcap: Path, tmp_path: Path):
+    expected = _decoded_by_scan(sim_mcap)
+    bare = _without_summary(sim_mcap, tmp_path / "bare.mcap")
+    from mcap.writer import IndexType
+
+    no_index = _write(tmp_path, "no_index.mcap", seed=5,
+                      index_types=IndexType.CHUNK | IndexType.METADATA)
+    unchunked = _write(tmp_path, "flat.mcap", seed=5, use_chunking=False)
+    for path, reason in [(bare, "no summary section"), (no_index, "no MessageIndex records"),
+                         (unchunked, "no Chunk Index records")]:
+        with pytest.raises(IndexRejected, match=reason):
+            McapIndex.read(path)
+        assert decode._decode_indexed(path, "mcap", None, None) is None
+        _assert_same_columns(decode._decode_slice(path, "ref"), expected)
