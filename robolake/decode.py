@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robolake.bagindex import BagIndex, ChunkInconsistent, ChunkMessages, IndexRejected
+from robolake.bagindex import (
+    BagIndex,
+    ChunkInconsistent,
+    ChunkMessages,
+    IndexRejected,
+    _u32_at,
+)
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
 from robolake.mcapindex import McapIndex
@@ -622,11 +628,14 @@ class _SliceColumns:
             msg = self.deserialize(data, msgtype, encoding)
             self.lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
-            stamp, jpeg = compressed_image_payload(data, encoding)
-            self.camera.add(topic, log_ns, stamp, len(jpeg), jpeg_levels(jpeg))
+            self.add_jpeg(topic, log_ns, *compressed_image_payload(data, encoding))
         elif kind == "camera":
             msg = self.deserialize(data, msgtype, encoding)
             self.camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
+
+    def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
+        """A CompressedImage frame, its header stamp and image bytes already read."""
+        self.camera.add(topic, log_ns, stamp_ns, len(jpeg), jpeg_levels(jpeg))
 
     def decoded(self, fmt: str, payload_ref: str) -> Decoded:
         return Decoded(
@@ -704,10 +713,52 @@ def _decode_chunks(chunks: Iterator[ChunkMessages], sensors: dict[int, tuple[str
             mine = rows[np.isin(chunk.conn[rows], cids)]
             columns.fixed.add_block(topic, sensors[cids[0]][1], chunk.log_ns[mine],
                                     chunk.matrices(mine), encoding)
-        for i in np.flatnonzero(~is_fixed).tolist():
-            topic, msgtype = sensors[int(chunk.conn[i])]
-            columns.add(topic, msgtype, int(chunk.log_ns[i]), chunk.data(i), encoding)
+        _add_in_file_order(columns, chunk, np.flatnonzero(~is_fixed), sensors, encoding)
     return columns
+
+
+def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
+                       sensors: dict[int, tuple[str, str]], encoding: str) -> None:
+    """LiDAR and camera messages one by one in file order (their rows' order depends on it),
+    CompressedImage frames with their stamp and image bytes located in bulk."""
+    jpeg = np.isin(chunk.conn, [c for c, (_, t) in sensors.items()
+                                if t.endswith("CompressedImage")])[rows]
+    spans = _jpeg_spans(chunk, rows[jpeg], encoding) if jpeg.any() else None
+    if spans is None:  # none, or one the bulk read cannot place: each read as before
+        jpeg[:] = False
+        spans = (np.empty(0, dtype=np.int64),) * 3
+    spans = iter(zip(*(s.tolist() for s in spans), strict=True))
+    plain = chunk.plain
+    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), chunk.conn[rows].tolist(),
+                                       chunk.log_ns[rows].tolist(), strict=True):
+        topic, msgtype = sensors[cid]
+        if is_jpeg:
+            stamp, start, end = next(spans)
+            columns.add_jpeg(topic, log_ns, stamp, plain[start:end])
+        else:
+            columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
+
+
+def _jpeg_spans(chunk: ChunkMessages, rows: np.ndarray,
+                encoding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(header stamp, image start, image end in the chunk) of serialized CompressedImages,
+    as compressed_image_payload reads them; None if a field would lie past its message."""
+    buf = np.frombuffer(chunk.plain, dtype=np.uint8)
+    at, n = chunk.data_at[rows], chunk.data_len[rows]
+    if (n < 16).any():
+        return None
+    sec, nsec, pos = _u32_at(buf, at + 4), _u32_at(buf, at + 8), 16 + _u32_at(buf, at + 12)
+    if encoding == "cdr":
+        sec = np.where(sec >= 2**31, sec - 2**32, sec)  # int32 in ROS 2
+    for _ in range(2):  # format string, then the image bytes
+        if encoding == "cdr":
+            pos = 4 + (pos - 1) // 4 * 4  # CDR aligns to 4 from the payload's start (byte 4)
+        if (pos + 4 > n).any():
+            return None
+        length = _u32_at(buf, at + pos)
+        pos = pos + 4 + length
+    start = at + pos - length
+    return sec * 1_000_000_000 + nsec, start, np.minimum(at + pos, at + n)
 
 
 def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:

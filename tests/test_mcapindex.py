@@ -177,3 +177,49 @@ def test_files_without_summary_or_message_indexes_are_scanned(sim_mcap: Path, tm
             McapIndex.read(path)
         assert decode._decode_indexed(path, "mcap", None, None) is None
         _assert_same_columns(decode._decode_slice(path, "ref"), expected)
+
+
+def test_a_channel_used_before_its_definition_is_left_to_the_scan():
+    """Read whole, the scan types a channel by the records before its first message (a
+    channel met earlier is not a sensor there): the index path must not decode it."""
+    from robolake.mcapindex import _FirstUse
+
+    channel, schema = (4, 1), (3, 1)  # (opcode, id) of a Channel and a Schema record
+    ok = _FirstUse([(100, *schema)], {1: ("/imu", 1)}, {1})
+    ok.check(200, np.array([1, 1], dtype=np.uint32), np.array([70, 90]), [(60, *channel)], "c")
+    late = _FirstUse([(100, *schema)], {1: ("/imu", 1)}, {1})
+    with pytest.raises(ChunkInconsistent, match="first message comes before its Channel"):
+        late.check(200, np.array([1], dtype=np.uint32), np.array([50]), [(60, *channel)], "c")
+    no_schema = _FirstUse([(300, *schema)], {1: ("/imu", 1)}, {1})
+    with pytest.raises(ChunkInconsistent, match="before its Channel or Schema record"):
+        no_schema.check(200, np.array([1], dtype=np.uint32), np.array([70]), [(60, *channel)],
+                        "c")
+
+
+@pytest.mark.parametrize("encoding", ["cdr", "ros1"])
+def test_image_bytes_located_in_bulk_as_one_by_one(encoding: str):
+    """Odd frame_id / format lengths (CDR alignment), a size running past the message (cut
+    as the one-by-one read cuts it), and a message too short to place (left to it)."""
+    from robolake.bagindex import ChunkMessages
+
+    def image(frame: bytes, fmt: bytes, jpeg: bytes, size: int) -> bytes:
+        head = struct.pack("<4siII", b"\0\1\0\0", -5, 7, len(frame)) if encoding == "cdr" \
+            else struct.pack("<IIII", 1, 5, 7, len(frame))
+        out = head + frame
+        out += b"\0" * ((-(len(out) - 4)) % 4 if encoding == "cdr" else 0)
+        out += struct.pack("<I", len(fmt)) + fmt
+        out += b"\0" * ((-(len(out) - 4)) % 4 if encoding == "cdr" else 0)
+        return out + struct.pack("<I", size) + jpeg
+
+    messages = [image(b"cam", b"jpeg", b"\xff\xd8abc", 5), image(b"camera_1", b"png", b"xy", 2),
+                image(b"c", b"jpeg", b"short", 99)]
+    plain = b"pad" + b"".join(messages)
+    at = np.cumsum([3] + [len(m) for m in messages])[:-1]
+    chunk = ChunkMessages(plain, np.zeros(3, np.uint32), np.zeros(3, np.int64), at,
+                          np.array([len(m) for m in messages]))
+    stamp, start, end = decode._jpeg_spans(chunk, np.arange(3), encoding)
+    expected = [decode.compressed_image_payload(m, encoding) for m in messages]
+    assert stamp.tolist() == [s for s, _ in expected]
+    assert [plain[a:b] for a, b in zip(start, end, strict=True)] == [j for _, j in expected]
+    cut = ChunkMessages(plain, chunk.conn, chunk.log_ns, at, np.array([len(messages[0]), 20, 30]))
+    assert decode._jpeg_spans(cut, np.arange(3), encoding) is None
