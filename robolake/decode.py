@@ -358,17 +358,13 @@ def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
             "range_max_m": np.where(empty, np.nan, hi)}
 
 
-def summarize_clouds(datas: list[bytes], layouts: list[CloudLayout]) -> dict[str, np.ndarray]:
-    """Range statistics of same-layout point clouds, all frames at once."""
-    first = layouts[0]
+def _cloud_stats(points: bytes, n: int, first: CloudLayout) -> dict[str, np.ndarray]:
+    """Range statistics of n clouds whose point bytes (layout `first`) are `points`."""
     endian = ">" if first.bigendian else "<"
     dtype = np.dtype({"names": list("xyz"),
                       "formats": [endian + _POINT_DTYPES[t] for _, t in first.xyz],
                       "offsets": [o for o, _ in first.xyz], "itemsize": first.point_step})
-    span = first.n_points * first.point_step
-    buf = b"".join(d[lay.data_at: lay.data_at + span] for d, lay in zip(datas, layouts,
-                                                                          strict=True))
-    pts = np.frombuffer(buf, dtype=dtype).reshape(len(datas), first.n_points)
+    pts = np.frombuffer(points, dtype=dtype).reshape(n, first.n_points)
     x, y, z = (pts[k].astype(np.float64) for k in "xyz")
     r = np.sqrt(x * x + y * y + z * z)
     return _range_stats(r, np.isfinite(r) & (r > 0))  # (0, 0, 0) is "no return"
@@ -487,26 +483,41 @@ class _LidarColumns:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, dict[str, np.ndarray]]] = []
-        self.pending: dict[tuple, tuple[list[int], list[bytes], list[CloudLayout]]] = {}
+        # (topic, layout group) -> log times, stamps, point bytes (one part per add), layout
+        self.pending: dict[tuple, tuple[list[int], list[int], list, CloudLayout]] = {}
 
     def add_cloud(self, topic: str, log_ns: int, data: bytes, layout: CloudLayout) -> None:
-        logs, datas, layouts = self.pending.setdefault((topic, layout.group), ([], [], []))
-        logs.append(log_ns)
-        datas.append(data)
-        layouts.append(layout)
-        if len(datas) >= CLOUD_BATCH:
-            self._flush((topic, layout.group))
+        span = layout.n_points * layout.point_step
+        self.add_clouds(topic, layout, [log_ns], [layout.stamp_ns],
+                        [data[layout.data_at:layout.data_at + span]])
+
+    def add_clouds(self, topic: str, layout: CloudLayout, logs: list[int], stamps: list[int],
+                   points) -> None:
+        """Clouds of one topic in file order, all of `layout` (its stamp aside); `points`
+        their point bytes, one item (bytes or uint8 row) per cloud. Batches fill and flush
+        exactly as adding them one by one would."""
+        key, at = (topic, layout.group), 0
+        while at < len(logs):
+            pending = self.pending.setdefault(key, ([], [], [], layout))
+            take = min(len(logs) - at, CLOUD_BATCH - len(pending[0]))
+            pending[0].extend(logs[at:at + take])
+            pending[1].extend(stamps[at:at + take])
+            pending[2].append(points[at:at + take])
+            at += take
+            if len(pending[0]) >= CLOUD_BATCH:
+                self._flush(key)
 
     def add(self, topic: str, log_ns: int, stamp_ns: int, stats: dict[str, np.ndarray]) -> None:
         self.parts.append((topic, {"log_ns": np.array([log_ns]),
                                    "stamp_ns": np.array([stamp_ns]), **stats}))
 
     def _flush(self, key: tuple) -> None:
-        logs, datas, layouts = self.pending.pop(key)
+        logs, stamps, points, layout = self.pending.pop(key)
+        joined = b"".join(p if isinstance(p, np.ndarray) else b"".join(p) for p in points)
         self.parts.append((key[0], {
             "log_ns": np.asarray(logs, dtype=np.int64),
-            "stamp_ns": np.asarray([lay.stamp_ns for lay in layouts], dtype=np.int64),
-            **summarize_clouds(datas, layouts)}))
+            "stamp_ns": np.asarray(stamps, dtype=np.int64),
+            **_cloud_stats(joined, len(logs), layout)}))
 
     def columns(self) -> dict[str, np.ndarray]:
         for key in list(self.pending):
@@ -719,17 +730,24 @@ def _decode_chunks(chunks: Iterator[ChunkMessages], sensors: dict[int, tuple[str
 
 def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
                        sensors: dict[int, tuple[str, str]], encoding: str) -> None:
-    """LiDAR and camera messages one by one in file order (their rows' order depends on it),
-    CompressedImage frames with their stamp and image bytes located in bulk."""
-    jpeg = np.isin(chunk.conn, [c for c, (_, t) in sensors.items()
-                                if t.endswith("CompressedImage")])[rows]
+    """LiDAR and camera messages in file order (their rows' order depends on it): point
+    clouds as blocks where a chunk's LiDAR messages all share one serialized layout, and
+    CompressedImage frames with their stamp and image bytes located in bulk; the rest one
+    by one."""
+    conn = chunk.conn[rows]
+    clouds = np.isin(conn, _channels_of(sensors, "PointCloud2"))
+    lidar = np.isin(conn, [c for c, (_, t) in sensors.items() if sensor_kind(t) == "lidar"])
+    if clouds.any() and (clouds == lidar).all() and _add_cloud_blocks(
+            columns, chunk, rows[clouds], sensors, encoding):
+        rows, conn = rows[~clouds], conn[~clouds]
+    jpeg = np.isin(conn, _channels_of(sensors, "CompressedImage"))
     spans = _jpeg_spans(chunk, rows[jpeg], encoding) if jpeg.any() else None
     if spans is None:  # none, or one the bulk read cannot place: each read as before
         jpeg[:] = False
         spans = (np.empty(0, dtype=np.int64),) * 3
     spans = iter(zip(*(s.tolist() for s in spans), strict=True))
     plain = chunk.plain
-    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), chunk.conn[rows].tolist(),
+    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), conn.tolist(),
                                        chunk.log_ns[rows].tolist(), strict=True):
         topic, msgtype = sensors[cid]
         if is_jpeg:
@@ -737,6 +755,47 @@ def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.nd
             columns.add_jpeg(topic, log_ns, stamp, plain[start:end])
         else:
             columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
+
+
+def _channels_of(sensors: dict[int, tuple[str, str]], suffix: str) -> list[int]:
+    return [cid for cid, (_, msgtype) in sensors.items() if msgtype.endswith(suffix)]
+
+
+def _header_stamps(buf: np.ndarray, at: np.ndarray, encoding: str) -> np.ndarray:
+    """std_msgs/Header stamps (ns) of serialized messages starting at `at` (>= 16 bytes)."""
+    sec, nsec = _u32_at(buf, at + 4), _u32_at(buf, at + 8)
+    if encoding == "cdr":
+        sec = np.where(sec >= 2**31, sec - 2**32, sec)  # int32 in ROS 2
+    return sec * 1_000_000_000 + nsec
+
+
+def _add_cloud_blocks(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
+                      sensors: dict[int, tuple[str, str]], encoding: str) -> bool:
+    """A chunk's PointCloud2 messages (file order) as blocks per run of one topic, when all
+    share the first one's serialized layout: the bytes between frame_id and the points
+    equal, CloudLayouts' own test, as one byte matrix. False: nothing added."""
+    buf = np.frombuffer(chunk.plain, dtype=np.uint8)
+    first = chunk.data(int(rows[0]))
+    layout = columns.layouts(first, encoding)  # parsed (or cached) as one by one
+    at, n = chunk.data_at[rows], chunk.data_len[rows]
+    span = layout.n_points * layout.point_step
+    if not (span and (n >= layout.data_at + span).all()):
+        return False
+    head = 16 + struct.unpack_from("<I", first, 12)[0]
+    if (_u32_at(buf, at + 12) != head - 16).any():
+        return False
+    windows = np.lib.stride_tricks.sliding_window_view
+    if not (windows(buf, layout.data_at - head)[at + head]
+            == np.frombuffer(first, np.uint8, layout.data_at - head, head)).all():
+        return False
+    stamps = _header_stamps(buf, at, encoding).tolist()
+    points = windows(buf, span)[at + layout.data_at]
+    logs = chunk.log_ns[rows].tolist()
+    topics = [sensors[c][0] for c in chunk.conn[rows].tolist()]
+    edges = [0, *(i for i in range(1, len(topics)) if topics[i] != topics[i - 1]), len(topics)]
+    for a, b in itertools.pairwise(edges):
+        columns.lidar.add_clouds(topics[a], layout, logs[a:b], stamps[a:b], points[a:b])
+    return True
 
 
 def _jpeg_spans(chunk: ChunkMessages, rows: np.ndarray,
@@ -747,9 +806,7 @@ def _jpeg_spans(chunk: ChunkMessages, rows: np.ndarray,
     at, n = chunk.data_at[rows], chunk.data_len[rows]
     if (n < 16).any():
         return None
-    sec, nsec, pos = _u32_at(buf, at + 4), _u32_at(buf, at + 8), 16 + _u32_at(buf, at + 12)
-    if encoding == "cdr":
-        sec = np.where(sec >= 2**31, sec - 2**32, sec)  # int32 in ROS 2
+    pos = 16 + _u32_at(buf, at + 12)
     for _ in range(2):  # format string, then the image bytes
         if encoding == "cdr":
             pos = 4 + (pos - 1) // 4 * 4  # CDR aligns to 4 from the payload's start (byte 4)
@@ -758,7 +815,7 @@ def _jpeg_spans(chunk: ChunkMessages, rows: np.ndarray,
         length = _u32_at(buf, at + pos)
         pos = pos + 4 + length
     start = at + pos - length
-    return sec * 1_000_000_000 + nsec, start, np.minimum(at + pos, at + n)
+    return _header_stamps(buf, at, encoding), start, np.minimum(at + pos, at + n)
 
 
 def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:

@@ -223,3 +223,51 @@ def test_image_bytes_located_in_bulk_as_one_by_one(encoding: str):
     assert [plain[a:b] for a, b in zip(start, end, strict=True)] == [j for _, j in expected]
     cut = ChunkMessages(plain, chunk.conn, chunk.log_ns, at, np.array([len(messages[0]), 20, 30]))
     assert decode._jpeg_spans(cut, np.arange(3), encoding) is None
+
+
+@pytest.fixture(scope="module")
+def mixed_mcap(sim_mcap: Path, tmp_path_factory) -> Path:
+    """The simulated messages again, plus a second LiDAR topic with copies of every other
+    cloud; in the first half, every third cloud has fewer points (another layout)."""
+    from mcap.reader import make_reader
+    from mcap.writer import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    with open(sim_mcap, "rb") as f:
+        summary = make_reader(f).get_summary()
+        start, end = summary.statistics.message_start_time, summary.statistics.message_end_time
+        path = tmp_path_factory.mktemp("mixed") / "mixed.mcap"
+        with open(path, "wb") as out:
+            writer = Writer(out, chunk_size=64 * 1024)
+            writer.start(profile="ros2", library="test")
+            for s in summary.schemas.values():
+                writer.register_schema(s.name, s.encoding, s.data)
+            for c in summary.channels.values():
+                writer.register_channel(c.topic, c.message_encoding, c.schema_id)
+            lidar = next(c for c in summary.channels.values() if c.topic == "/lidar/points")
+            rear = writer.register_channel("/lidar/rear", lidar.message_encoding, lidar.schema_id)
+            f.seek(0)
+            for n, (_, channel, message) in enumerate(make_reader(f).iter_messages()):
+                data = message.data
+                if channel.id == lidar.id and n % 3 == 1 and message.log_time < (start + end) // 2:
+                    cloud = store.deserialize_cdr(data, "sensor_msgs/msg/PointCloud2")
+                    cloud.width -= 5
+                    cloud.data = cloud.data[:cloud.width * cloud.point_step]
+                    cloud.row_step = len(cloud.data)
+                    data = bytes(store.serialize_cdr(cloud, "sensor_msgs/msg/PointCloud2"))
+                writer.add_message(channel.id, message.log_time, data, message.publish_time)
+                if channel.id == lidar.id and n % 2:
+                    writer.add_message(rear, message.log_time, data, message.publish_time)
+            writer.finish()
+    return path
+
+
+def test_clouds_of_two_topics_and_layouts_and_batch_edges_as_one_by_one(
+        mixed_mcap: Path, sim_mcap: Path, monkeypatch):
+    monkeypatch.setattr(decode, "CLOUD_BATCH", 7)  # batches fill and flush inside chunks
+    for path in (sim_mcap, mixed_mcap):
+        by_index = _decoded_by_index(path)
+        _assert_same_columns(by_index, _decoded_by_scan(path))
+    assert set(by_index.lidar["topic"]) == {"/lidar/points", "/lidar/rear"}
+    assert len(set(by_index.lidar["points_total"].tolist())) == 2
