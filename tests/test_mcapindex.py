@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_bagindex import _assert_same_columns
 
 from robolake import decode
 from robolake.mcapindex import ChunkInconsistent, IndexRejected, McapIndex
@@ -51,15 +52,6 @@ def _decoded_by_index(path: Path, start=None, end=None) -> decode.Decoded:
     columns = decode._decode_indexed(path, "mcap", start, end)
     assert columns is not None, "the index path was not taken"
     return columns.decoded("mcap", "ref")
-
-
-def _assert_same_columns(a: decode.Decoded, b: decode.Decoded) -> None:
-    for kind in ("imu", "gps", "lidar", "camera"):
-        x, y = getattr(a, kind), getattr(b, kind)
-        assert list(x) == list(y), kind
-        for col in x:
-            assert x[col].dtype == y[col].dtype, (kind, col)
-            assert np.array_equal(x[col], y[col], equal_nan=x[col].dtype.kind == "f"), (kind, col)
 
 
 def test_index_path_equals_scan_on_a_simulated_mcap(sim_mcap: Path):
