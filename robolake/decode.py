@@ -706,48 +706,62 @@ def _mcap_sensors(index: McapIndex) -> dict[int, tuple[str, str]]:
 def _decode_chunks(chunks: Iterator[ChunkMessages], sensors: dict[int, tuple[str, str]],
                    encoding: str) -> _SliceColumns:
     """Chunks read through their index (bag or MCAP): per chunk, each IMU / GPS topic's
-    messages are gathered into byte matrices and decoded as a block; the other sensors
-    message by message, in file order. The columns equal those of feeding the scan's
-    messages one by one."""
+    messages are gathered into byte matrices and decoded as a block; LiDAR and camera in
+    file order (_add_in_file_order). The columns equal those of feeding the scan's messages
+    one by one."""
     columns = _SliceColumns()
     columns.encoding = encoding
-    fixed = np.array([cid for cid, (_, t) in sensors.items() if sensor_kind(t) in ("imu", "gps")],
-                     dtype=np.uint32)
+    kinds = _channel_kinds(sensors)
     for chunk in chunks:
-        is_fixed = np.isin(chunk.conn, fixed)
-        rows = np.flatnonzero(is_fixed)
+        kind = kinds[chunk.conn]
+        rows = np.flatnonzero(kind == _FIXED)
         conns, first = np.unique(chunk.conn[rows], return_index=True)
         by_topic: dict[str, list[int]] = {}  # topics in the order they first appear
         for cid in conns[np.argsort(first)].tolist():
             by_topic.setdefault(sensors[cid][0], []).append(cid)
         for topic, cids in by_topic.items():
-            mine = rows[np.isin(chunk.conn[rows], cids)]
+            mine = rows[np.isin(chunk.conn[rows], cids)] if len(cids) > 1 else \
+                rows[chunk.conn[rows] == cids[0]]
             columns.fixed.add_block(topic, sensors[cids[0]][1], chunk.log_ns[mine],
                                     chunk.matrices(mine), encoding)
-        _add_in_file_order(columns, chunk, np.flatnonzero(~is_fixed), sensors, encoding)
+        others = np.flatnonzero(kind != _FIXED)
+        _add_in_file_order(columns, chunk, others, kind[others], sensors, encoding)
     return columns
 
 
+_FIXED, _CLOUD, _LIDAR, _JPEG, _CAMERA = range(1, 6)  # how a chunk's message is decoded
+
+
+def _channel_kinds(sensors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """channel id -> _FIXED, _CLOUD ... (0: not a sensor), as a lookup table."""
+    kinds = np.zeros(max(sensors, default=0) + 1, dtype=np.uint8)
+    for cid, (_, msgtype) in sensors.items():
+        kind = sensor_kind(msgtype)
+        kinds[cid] = (_FIXED if kind in ("imu", "gps") else
+                      (_CLOUD if msgtype.endswith("PointCloud2") else _LIDAR) if kind == "lidar"
+                      else _JPEG if msgtype.endswith("CompressedImage") else _CAMERA)
+    return kinds
+
+
 def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
-                       sensors: dict[int, tuple[str, str]], encoding: str) -> None:
+                       kind: np.ndarray, sensors: dict[int, tuple[str, str]],
+                       encoding: str) -> None:
     """LiDAR and camera messages in file order (their rows' order depends on it): point
     clouds as blocks where a chunk's LiDAR messages all share one serialized layout, and
     CompressedImage frames with their stamp and image bytes located in bulk; the rest one
     by one."""
-    conn = chunk.conn[rows]
-    clouds = np.isin(conn, _channels_of(sensors, "PointCloud2"))
-    lidar = np.isin(conn, [c for c, (_, t) in sensors.items() if sensor_kind(t) == "lidar"])
-    if clouds.any() and (clouds == lidar).all() and _add_cloud_blocks(
+    clouds = kind == _CLOUD
+    if clouds.any() and not (kind == _LIDAR).any() and _add_cloud_blocks(
             columns, chunk, rows[clouds], sensors, encoding):
-        rows, conn = rows[~clouds], conn[~clouds]
-    jpeg = np.isin(conn, _channels_of(sensors, "CompressedImage"))
+        rows, kind = rows[~clouds], kind[~clouds]
+    jpeg = kind == _JPEG
     spans = _jpeg_spans(chunk, rows[jpeg], encoding) if jpeg.any() else None
     if spans is None:  # none, or one the bulk read cannot place: each read as before
         jpeg[:] = False
         spans = (np.empty(0, dtype=np.int64),) * 3
     spans = iter(zip(*(s.tolist() for s in spans), strict=True))
     plain = chunk.plain
-    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), conn.tolist(),
+    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), chunk.conn[rows].tolist(),
                                        chunk.log_ns[rows].tolist(), strict=True):
         topic, msgtype = sensors[cid]
         if is_jpeg:
@@ -755,10 +769,6 @@ def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.nd
             columns.add_jpeg(topic, log_ns, stamp, plain[start:end])
         else:
             columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
-
-
-def _channels_of(sensors: dict[int, tuple[str, str]], suffix: str) -> list[int]:
-    return [cid for cid, (_, msgtype) in sensors.items() if msgtype.endswith(suffix)]
 
 
 def _header_stamps(buf: np.ndarray, at: np.ndarray, encoding: str) -> np.ndarray:
