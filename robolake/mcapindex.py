@@ -76,7 +76,7 @@ class McapIndex:
                 if {c.pos for c in chunks} != chunk_starts:
                     raise ValueError("the summary's Chunk Index records do not list the file's "
                                      "chunks")
-            except (FormatProblem, UnicodeDecodeError, ValueError, KeyError) as exc:
+            except (FormatProblem, ValueError, KeyError, struct.error) as exc:
                 raise IndexRejected(f"{path.name}: {exc}") from exc
         return cls(path, size, defs.schemas, defs.channels, chunks, definitions)
 
