@@ -264,8 +264,11 @@ def _int(header: dict, name: bytes, fmt: str) -> int:
 
 
 def _u32_at(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return (buf[at].astype(np.int64) | buf[at + 1].astype(np.int64) << 8
-            | buf[at + 2].astype(np.int64) << 16 | buf[at + 3].astype(np.int64) << 24)
+    """The little-endian uint32 at each byte position `at` of `buf`, as int64."""
+    if not len(at):
+        return np.empty(0, dtype=np.int64)
+    words = np.lib.stride_tricks.sliding_window_view(buf, 4)[at]
+    return words.view("<u4").ravel().astype(np.int64)
 
 
 def _locate(plain: bytes, chunk: ChunkIndex, connections: dict[int, BagConnection],

@@ -20,9 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from robolake.bagindex import BagIndex, ChunkInconsistent, IndexRejected
+from robolake.bagindex import (
+    BagIndex,
+    ChunkInconsistent,
+    ChunkMessages,
+    IndexRejected,
+    _u32_at,
+)
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
+from robolake.mcapindex import McapIndex
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
 from robolake.settings import get_settings
@@ -351,17 +358,13 @@ def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
             "range_max_m": np.where(empty, np.nan, hi)}
 
 
-def summarize_clouds(datas: list[bytes], layouts: list[CloudLayout]) -> dict[str, np.ndarray]:
-    """Range statistics of same-layout point clouds, all frames at once."""
-    first = layouts[0]
+def _cloud_stats(points: bytes, n: int, first: CloudLayout) -> dict[str, np.ndarray]:
+    """Range statistics of n clouds whose point bytes (layout `first`) are `points`."""
     endian = ">" if first.bigendian else "<"
     dtype = np.dtype({"names": list("xyz"),
                       "formats": [endian + _POINT_DTYPES[t] for _, t in first.xyz],
                       "offsets": [o for o, _ in first.xyz], "itemsize": first.point_step})
-    span = first.n_points * first.point_step
-    buf = b"".join(d[lay.data_at: lay.data_at + span] for d, lay in zip(datas, layouts,
-                                                                          strict=True))
-    pts = np.frombuffer(buf, dtype=dtype).reshape(len(datas), first.n_points)
+    pts = np.frombuffer(points, dtype=dtype).reshape(n, first.n_points)
     x, y, z = (pts[k].astype(np.float64) for k in "xyz")
     r = np.sqrt(x * x + y * y + z * z)
     return _range_stats(r, np.isfinite(r) & (r > 0))  # (0, 0, 0) is "no return"
@@ -480,26 +483,41 @@ class _LidarColumns:
 
     def __init__(self) -> None:
         self.parts: list[tuple[str, dict[str, np.ndarray]]] = []
-        self.pending: dict[tuple, tuple[list[int], list[bytes], list[CloudLayout]]] = {}
+        # (topic, layout group) -> log times, stamps, point bytes (one part per add), layout
+        self.pending: dict[tuple, tuple[list[int], list[int], list, CloudLayout]] = {}
 
     def add_cloud(self, topic: str, log_ns: int, data: bytes, layout: CloudLayout) -> None:
-        logs, datas, layouts = self.pending.setdefault((topic, layout.group), ([], [], []))
-        logs.append(log_ns)
-        datas.append(data)
-        layouts.append(layout)
-        if len(datas) >= CLOUD_BATCH:
-            self._flush((topic, layout.group))
+        span = layout.n_points * layout.point_step
+        self.add_clouds(topic, layout, [log_ns], [layout.stamp_ns],
+                        [data[layout.data_at:layout.data_at + span]])
+
+    def add_clouds(self, topic: str, layout: CloudLayout, logs: list[int], stamps: list[int],
+                   points) -> None:
+        """Clouds of one topic in file order, all of `layout` (its stamp aside); `points`
+        their point bytes, one item (bytes or uint8 row) per cloud. Batches fill and flush
+        exactly as adding them one by one would."""
+        key, at = (topic, layout.group), 0
+        while at < len(logs):
+            pending = self.pending.setdefault(key, ([], [], [], layout))
+            take = min(len(logs) - at, CLOUD_BATCH - len(pending[0]))
+            pending[0].extend(logs[at:at + take])
+            pending[1].extend(stamps[at:at + take])
+            pending[2].append(points[at:at + take])
+            at += take
+            if len(pending[0]) >= CLOUD_BATCH:
+                self._flush(key)
 
     def add(self, topic: str, log_ns: int, stamp_ns: int, stats: dict[str, np.ndarray]) -> None:
         self.parts.append((topic, {"log_ns": np.array([log_ns]),
                                    "stamp_ns": np.array([stamp_ns]), **stats}))
 
     def _flush(self, key: tuple) -> None:
-        logs, datas, layouts = self.pending.pop(key)
+        logs, stamps, points, layout = self.pending.pop(key)
+        joined = b"".join(p if isinstance(p, np.ndarray) else b"".join(p) for p in points)
         self.parts.append((key[0], {
             "log_ns": np.asarray(logs, dtype=np.int64),
-            "stamp_ns": np.asarray([lay.stamp_ns for lay in layouts], dtype=np.int64),
-            **summarize_clouds(datas, layouts)}))
+            "stamp_ns": np.asarray(stamps, dtype=np.int64),
+            **_cloud_stats(joined, len(logs), layout)}))
 
     def columns(self) -> dict[str, np.ndarray]:
         for key in list(self.pending):
@@ -621,11 +639,14 @@ class _SliceColumns:
             msg = self.deserialize(data, msgtype, encoding)
             self.lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
-            stamp, jpeg = compressed_image_payload(data, encoding)
-            self.camera.add(topic, log_ns, stamp, len(jpeg), jpeg_levels(jpeg))
+            self.add_jpeg(topic, log_ns, *compressed_image_payload(data, encoding))
         elif kind == "camera":
             msg = self.deserialize(data, msgtype, encoding)
             self.camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
+
+    def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
+        """A CompressedImage frame, its header stamp and image bytes already read."""
+        self.camera.add(topic, log_ns, stamp_ns, len(jpeg), jpeg_levels(jpeg))
 
     def decoded(self, fmt: str, payload_ref: str) -> Decoded:
         return Decoded(
@@ -640,13 +661,10 @@ class _SliceColumns:
 def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
                   end_ns: int | None = None) -> Decoded:
     fmt = detect_format(read_head(path)) or ""
+    columns = _decode_indexed(path, fmt, start_ns, end_ns)
+    if columns is not None:
+        return columns.decoded(fmt, payload_ref)
     if fmt == "bag":
-        index = _bag_index(path)
-        if index is not None:
-            try:
-                return _decode_bag_chunks(index, start_ns, end_ns).decoded(fmt, payload_ref)
-            except ChunkInconsistent:
-                pass  # a chunk its index does not describe: scan the bag, as without an index
         messages = _scanned_bag_messages(path, start_ns, end_ns)
     else:
         messages = iter_sensor_messages(path, start_ns, end_ns)
@@ -656,31 +674,158 @@ def _decode_slice(path: Path, payload_ref: str, start_ns: int | None = None,
     return columns.decoded(fmt, payload_ref)
 
 
-def _decode_bag_chunks(index: BagIndex, start_ns: int | None,
-                       end_ns: int | None) -> _SliceColumns:
-    """A bag through its index: per chunk, each IMU / GPS topic's messages are gathered into
-    byte matrices and decoded as a block; the other sensors message by message, in file
-    order. The columns equal those of feeding the scan's messages one by one."""
+def _decode_indexed(path: Path, fmt: str, start_ns: int | None,
+                    end_ns: int | None) -> _SliceColumns | None:
+    """A bag or MCAP file through its index; None when it has no usable index or a chunk
+    its index does not describe (the caller then scans the file, as without an index)."""
+    index = _bag_index(path) if fmt == "bag" else _mcap_index(path) if fmt == "mcap" else None
+    if index is None:
+        return None
+    sensors = _bag_sensors(index) if fmt == "bag" else _mcap_sensors(index)
+    try:
+        return _decode_chunks(index.chunk_messages(set(sensors), start_ns, end_ns), sensors,
+                              "ros1" if fmt == "bag" else "cdr")
+    except ChunkInconsistent:
+        return None
+
+
+def _mcap_index(path: Path) -> McapIndex | None:
+    try:
+        return McapIndex.read(path)
+    except IndexRejected:  # no summary or message indexes, or they do not describe the file
+        return None
+
+
+def _mcap_sensors(index: McapIndex) -> dict[int, tuple[str, str]]:
+    """channel id -> (topic, message type) of the sensor channels."""
+    types = {cid: (c[0], normalize_msgtype(index.msgtype(cid)))
+             for cid, c in index.channels.items()}
+    return {cid: tt for cid, tt in types.items() if sensor_kind(tt[1])}
+
+
+def _decode_chunks(chunks: Iterator[ChunkMessages], sensors: dict[int, tuple[str, str]],
+                   encoding: str) -> _SliceColumns:
+    """Chunks read through their index (bag or MCAP): per chunk, each IMU / GPS topic's
+    messages are gathered into byte matrices and decoded as a block; LiDAR and camera in
+    file order (_add_in_file_order). The columns equal those of feeding the scan's messages
+    one by one."""
     columns = _SliceColumns()
-    columns.encoding = "ros1"
-    sensors = _bag_sensors(index)
-    fixed = np.array([cid for cid, (_, t) in sensors.items() if sensor_kind(t) in ("imu", "gps")],
-                     dtype=np.uint32)
-    for chunk in index.chunk_messages(set(sensors), start_ns, end_ns):
-        is_fixed = np.isin(chunk.conn, fixed)
-        rows = np.flatnonzero(is_fixed)
+    columns.encoding = encoding
+    kinds = _channel_kinds(sensors)
+    for chunk in chunks:
+        kind = kinds[chunk.conn]
+        rows = np.flatnonzero(kind == _FIXED)
         conns, first = np.unique(chunk.conn[rows], return_index=True)
         by_topic: dict[str, list[int]] = {}  # topics in the order they first appear
         for cid in conns[np.argsort(first)].tolist():
             by_topic.setdefault(sensors[cid][0], []).append(cid)
         for topic, cids in by_topic.items():
-            mine = rows[np.isin(chunk.conn[rows], cids)]
+            mine = rows[np.isin(chunk.conn[rows], cids)] if len(cids) > 1 else \
+                rows[chunk.conn[rows] == cids[0]]
             columns.fixed.add_block(topic, sensors[cids[0]][1], chunk.log_ns[mine],
-                                    chunk.matrices(mine), "ros1")
-        for i in np.flatnonzero(~is_fixed).tolist():
-            topic, msgtype = sensors[int(chunk.conn[i])]
-            columns.add(topic, msgtype, int(chunk.log_ns[i]), chunk.data(i), "ros1")
+                                    chunk.matrices(mine), encoding)
+        others = np.flatnonzero(kind != _FIXED)
+        _add_in_file_order(columns, chunk, others, kind[others], sensors, encoding)
     return columns
+
+
+_FIXED, _CLOUD, _LIDAR, _JPEG, _CAMERA = range(1, 6)  # how a chunk's message is decoded
+
+
+def _channel_kinds(sensors: dict[int, tuple[str, str]]) -> np.ndarray:
+    """channel id -> _FIXED, _CLOUD ... (0: not a sensor), as a lookup table."""
+    kinds = np.zeros(max(sensors, default=0) + 1, dtype=np.uint8)
+    for cid, (_, msgtype) in sensors.items():
+        kind = sensor_kind(msgtype)
+        kinds[cid] = (_FIXED if kind in ("imu", "gps") else
+                      (_CLOUD if msgtype.endswith("PointCloud2") else _LIDAR) if kind == "lidar"
+                      else _JPEG if msgtype.endswith("CompressedImage") else _CAMERA)
+    return kinds
+
+
+def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
+                       kind: np.ndarray, sensors: dict[int, tuple[str, str]],
+                       encoding: str) -> None:
+    """LiDAR and camera messages in file order (their rows' order depends on it): point
+    clouds as blocks where a chunk's LiDAR messages all share one serialized layout, and
+    CompressedImage frames with their stamp and image bytes located in bulk; the rest one
+    by one."""
+    clouds = kind == _CLOUD
+    if clouds.any() and not (kind == _LIDAR).any() and _add_cloud_blocks(
+            columns, chunk, rows[clouds], sensors, encoding):
+        rows, kind = rows[~clouds], kind[~clouds]
+    jpeg = kind == _JPEG
+    spans = _jpeg_spans(chunk, rows[jpeg], encoding) if jpeg.any() else None
+    if spans is None:  # none, or one the bulk read cannot place: each read as before
+        jpeg[:] = False
+        spans = (np.empty(0, dtype=np.int64),) * 3
+    spans = iter(zip(*(s.tolist() for s in spans), strict=True))
+    plain = chunk.plain
+    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), chunk.conn[rows].tolist(),
+                                       chunk.log_ns[rows].tolist(), strict=True):
+        topic, msgtype = sensors[cid]
+        if is_jpeg:
+            stamp, start, end = next(spans)
+            columns.add_jpeg(topic, log_ns, stamp, plain[start:end])
+        else:
+            columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
+
+
+def _header_stamps(buf: np.ndarray, at: np.ndarray, encoding: str) -> np.ndarray:
+    """std_msgs/Header stamps (ns) of serialized messages starting at `at` (>= 16 bytes)."""
+    sec, nsec = _u32_at(buf, at + 4), _u32_at(buf, at + 8)
+    if encoding == "cdr":
+        sec = np.where(sec >= 2**31, sec - 2**32, sec)  # int32 in ROS 2
+    return sec * 1_000_000_000 + nsec
+
+
+def _add_cloud_blocks(columns: _SliceColumns, chunk: ChunkMessages, rows: np.ndarray,
+                      sensors: dict[int, tuple[str, str]], encoding: str) -> bool:
+    """A chunk's PointCloud2 messages (file order) as blocks per run of one topic, when all
+    share the first one's serialized layout: the bytes between frame_id and the points
+    equal, CloudLayouts' own test, as one byte matrix. False: nothing added."""
+    buf = np.frombuffer(chunk.plain, dtype=np.uint8)
+    first = chunk.data(int(rows[0]))
+    layout = columns.layouts(first, encoding)  # parsed (or cached) as one by one
+    at, n = chunk.data_at[rows], chunk.data_len[rows]
+    span = layout.n_points * layout.point_step
+    if not (span and (n >= layout.data_at + span).all()):
+        return False
+    head = 16 + struct.unpack_from("<I", first, 12)[0]
+    if (_u32_at(buf, at + 12) != head - 16).any():
+        return False
+    windows = np.lib.stride_tricks.sliding_window_view
+    if not (windows(buf, layout.data_at - head)[at + head]
+            == np.frombuffer(first, np.uint8, layout.data_at - head, head)).all():
+        return False
+    stamps = _header_stamps(buf, at, encoding).tolist()
+    points = windows(buf, span)[at + layout.data_at]
+    logs = chunk.log_ns[rows].tolist()
+    topics = [sensors[c][0] for c in chunk.conn[rows].tolist()]
+    edges = [0, *(i for i in range(1, len(topics)) if topics[i] != topics[i - 1]), len(topics)]
+    for a, b in itertools.pairwise(edges):
+        columns.lidar.add_clouds(topics[a], layout, logs[a:b], stamps[a:b], points[a:b])
+    return True
+
+
+def _jpeg_spans(chunk: ChunkMessages, rows: np.ndarray,
+                encoding: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(header stamp, image start, image end in the chunk) of serialized CompressedImages,
+    as compressed_image_payload reads them; None if a field would lie past its message."""
+    buf = np.frombuffer(chunk.plain, dtype=np.uint8)
+    at, n = chunk.data_at[rows], chunk.data_len[rows]
+    if (n < 16).any():
+        return None
+    pos = 16 + _u32_at(buf, at + 12)
+    for _ in range(2):  # format string, then the image bytes
+        if encoding == "cdr":
+            pos = 4 + (pos - 1) // 4 * 4  # CDR aligns to 4 from the payload's start (byte 4)
+        if (pos + 4 > n).any():
+            return None
+        length = _u32_at(buf, at + pos)
+        pos = pos + 4 + length
+    start = at + pos - length
+    return _header_stamps(buf, at, encoding), start, np.minimum(at + pos, at + n)
 
 
 def _concat_topics(parts: list[tuple[str, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
