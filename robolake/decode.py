@@ -410,8 +410,9 @@ def image_levels(msg) -> tuple[int, int, np.ndarray]:
 
 class _CameraColumns:
     """Collects camera frames and their black flag. A JPEG frame is first given to the DC
-    walker (robolake/jpegdc.py), which proves "not black" from its first bright luma block;
-    the others get their 8x8 block levels from the 1/8-scale decode. Brightness (the mean
+    walker (robolake/jpegdc.py), which tells "not black" from its first bright luma block
+    (or "black" from a small frame's every block); the others get their 8x8 block levels
+    from the 1/8-scale decode. Brightness (the mean
     level) is computed only with ROBOLAKE_CAMERA_BRIGHTNESS on: then every frame is decoded,
     and brightness and the flag are computed a batch of frames at a time (vectorised), the
     levels dropped after each batch. With it off, brightness is null for every frame."""
@@ -429,9 +430,9 @@ class _CameraColumns:
         self.black: list[np.ndarray] = []
 
     def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
-        size = None if self.with_brightness else self.check.bright(jpeg)
-        if size is not None:  # a bright block: not black, nothing more to decode
-            self._add((topic, log_ns, stamp_ns, len(jpeg), *size), False)
+        known = None if self.with_brightness else self.check.decide(jpeg)
+        if known is not None:  # told by the DC coefficients: nothing more to decode
+            self._add((topic, log_ns, stamp_ns, len(jpeg), *known[:2]), known[2])
             return
         width, height, levels = jpeg_levels(jpeg)
         if self.with_brightness:

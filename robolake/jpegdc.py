@@ -9,12 +9,13 @@ quantisation table's DC entry. So the first visible luma block brighter than the
 proves "not black", and only the Huffman codes up to it need reading: DC differences are
 summed, AC coefficients skipped by their code lengths (several codes per table lookup).
 
-`BlackCheck.bright(jpeg)` answers only that early "not black"; everything else (no bright
-block within the first `budget_mcus` MCUs, an unusual or damaged file) returns None and the
-caller decides with the full decode, exactly as before. What is walked: baseline or
-extended-sequential Huffman, 8-bit, one grey or three YCbCr components whose luma is
-the most sampled, one scan holding all components, no restart intervals, 8-bit quantisation
-tables, the entropy data free of markers up to the EOI that ends the file. The walker never
+`BlackCheck.decide(jpeg)` answers "not black" at the first bright block, and "black" when
+the whole scan (a small frame's) was read within the budget without one; everything else
+(no bright block within the first `budget_mcus` MCUs of a larger frame, an unusual or
+damaged file) returns None and the caller decides with the full decode, exactly as before.
+What is walked: baseline or extended-sequential Huffman, 8-bit, one grey or three YCbCr
+components whose luma is the most sampled, one scan holding all components, no restart
+intervals, 8-bit quantisation tables, an EOI ending the file. The walker never
 raises on hostile bytes: whatever it cannot read is the full decode's to judge.
 
 A header (the tables, frame and scan segments; APPn/COM other than JFIF/Adobe are left
@@ -36,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 
 _BAD = 255  # an AC lookup entry for bits that start no code (consumes nothing)
-_MAX_BLOCK_BYTES = 264  # 1 DC + 63 AC codes of <= 16 + 15 bits, plus the 8-byte refill
 _KEPT_MARKERS = {0xC0, 0xC1, 0xC4, 0xDB, 0xDD, 0xE0, 0xEE}  # the segments a layout depends on
 _SKIPPED_MARKERS = set(range(0xE1, 0xF0)) - {0xEE} | {0xFE}  # APPn, COM: libjpeg skips them
 
@@ -81,16 +81,12 @@ def _ac_single(codes: list[tuple[int, int, int]]) -> np.ndarray:
     return lut
 
 
-def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]:
-    """(several codes per lookup, one code per lookup). A multi entry holds every whole code
-    (with its extra bits) inside the 16 bits, up to an EOB or 63 coefficient steps: bits <<
-    8 | 128 if it ends with EOB | steps before it. Where not one code fits, the single one."""
-    single = _ac_single(codes)
+def _greedy(single: np.ndarray, used: np.ndarray, going: np.ndarray):
+    """From bit `used` of each 16-bit pattern on, the whole AC codes (with their extra bits)
+    inside the pattern, up to an EOB or 63 coefficient steps: (bits used, steps, EOB read)."""
     v = np.arange(65536, dtype=np.int64)
-    used = np.zeros(65536, dtype=np.int64)
     steps = np.zeros(65536, dtype=np.int64)
     eob = np.zeros(65536, dtype=bool)
-    going = np.ones(65536, dtype=bool)
     for _ in range(16):
         e = single[(v << used) & 0xFFFF]
         size, step = e >> 8, e & 255
@@ -99,8 +95,34 @@ def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[list[int], list[int]]
         eob |= ok & (step == 128)
         steps = np.where(ok & (step != 128), steps + step, steps)
         going = ok & (step != 128) & (steps < 63) & (used < 16)
+    return used, steps, eob
+
+
+def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[list[int], list[int], np.ndarray]:
+    """(several codes per lookup, one code per lookup, the latter as an array). A multi
+    entry: bits << 8 | 128 if it ends with EOB | coefficient steps before it; where not one
+    code fits in the 16 bits, the single entry."""
+    single = _ac_single(codes)
+    used, steps, eob = _greedy(single, np.zeros(65536, dtype=np.int64),
+                               np.ones(65536, dtype=bool))
     multi = np.where(used > 0, used << 8 | np.where(eob, 128, 0) | steps, single)
-    return multi.tolist(), single.tolist()
+    return multi.tolist(), single.tolist(), single
+
+
+def _block_table(dc_lut: list[int], ac_single: np.ndarray) -> list[int]:
+    """16-bit lookahead -> a whole block (DC code and difference, AC codes to EOB or the
+    63rd) when it fits in the 16 bits: (difference + 65536) << 5 | bits; 0 where not.
+    Uniform regions (dark frames) are one lookup per block."""
+    v = np.arange(65536, dtype=np.int64)
+    e = np.asarray(dc_lut, dtype=np.int64)
+    size = e & 15
+    fits = (e != 0) & ((e >> 4) + size <= 16)
+    dc_bits = np.where(fits, (e >> 4) + size, 16)
+    extra = (v >> (16 - dc_bits)) & ((1 << size) - 1)
+    high = (extra >> np.maximum(size - 1, 0)) & 1
+    diff = np.where(size == 0, 0, np.where(high == 1, extra, extra - (1 << size) + 1))
+    used, steps, eob = _greedy(ac_single, dc_bits, fits)
+    return np.where(fits & (eob | (steps >= 63)), (diff + 65536) << 5 | used, 0).tolist()
 
 
 def _bright_table(q0: int, max_level: int) -> bytes:
@@ -128,6 +150,7 @@ class _Layout:
     luma_h: int  # luma blocks per MCU across and down
     luma_v: int
     bright: bytes
+    null_mcu: tuple[int, int]  # (bits, pattern) of an MCU of zero DC differences and EOBs
     admitted: bool = False
     banned: bool = False
 
@@ -262,43 +285,74 @@ class BlackCheck:
 
     MAX_HEADERS = 64  # distinct headers kept (a recording's cameras repeat theirs)
 
-    def __init__(self, max_level: int, budget_mcus: int = 16) -> None:
-        self.max_level, self.budget_mcus = max_level, budget_mcus
+    def __init__(self, max_level: int, budget_mcus: int = 16, budget_bytes: int = 256) -> None:
+        """Walk at most `budget_mcus` MCUs and max(budget_bytes, 1/128 of the entropy-coded
+        data) bytes: the Python work on a frame it cannot decide stays small against the
+        full decode, which reads all of it in C."""
+        self.max_level = max_level
+        self.budgets = (budget_mcus, budget_bytes)
         self._recent: list[tuple[bytes, _Layout | None]] = []  # (header bytes, layout), MRU
         self._layouts: dict[bytes, _Layout | None] = {}
         self._tables: dict[tuple, object] = {}
         self.disagreed = 0  # headers banned: the walker disagreed with the full decode
 
     def _huffman(self, head: _Header, cls: int, table: int):
+        """(key, (lookup tables..., (bits, code) of symbol 0: DC difference 0 or EOB))."""
         key = (cls, *head.huff.get((cls, table), (None, None)))
         if key not in self._tables:
             codes = _codes(key[1], key[2]) if key[1] is not None else None
-            self._tables[key] = (None if codes is None
-                                 else _dc_table(codes) if cls == 0 else _ac_tables(codes))
-        return self._tables[key]
+            zero = next(((size, code) for code, size, sym in codes or () if sym == 0), None)
+            if codes is None:
+                luts = None
+            elif cls == 0:
+                dc_lut = _dc_table(codes)
+                luts = None if dc_lut is None else (dc_lut,)
+            else:
+                luts = _ac_tables(codes)
+            self._tables[key] = None if luts is None else (*luts, zero)
+        return key, self._tables[key]
+
+    def _block_luts(self, head: _Header, dc: int, ac: int) -> tuple | None:
+        """((DC, multi AC, single AC, whole-block) lookup tables, (bits, code) of a block of
+        DC difference 0 and EOB or None) of a component."""
+        (dc_key, dc_luts), (ac_key, ac_luts) = (self._huffman(head, 0, dc),
+                                                self._huffman(head, 1, ac))
+        if dc_luts is None or ac_luts is None:
+            return None
+        if (dc_key, ac_key) not in self._tables:
+            self._tables[(dc_key, ac_key)] = _block_table(dc_luts[0], ac_luts[2])
+        null = (None if dc_luts[-1] is None or ac_luts[-1] is None
+                else (dc_luts[-1][0] + ac_luts[-1][0],
+                      dc_luts[-1][1] << ac_luts[-1][0] | ac_luts[-1][1]))
+        return (dc_luts[0], ac_luts[0], ac_luts[1], self._tables[(dc_key, ac_key)]), null
 
     def _layout(self, head: _Header) -> _Layout | None:
         if head.frame is None or head.scan is None or head.restart:
             return None
         height, width, comps = head.frame
+        if width <= 4 and height <= 4:
+            return None  # `jpeg_levels` asks for >= 1x1: a scale above 1/8 gives 1x1 too
         if (tuple(c[0] for c in comps) != tuple(s[0] for s in head.scan)
                 or len(set(c[0] for c in comps)) != len(comps)
                 or not _grey_is_luma(head, comps) or not _sampling_ok(comps)
                 or comps[0][3] not in head.quant):
             return None
         luma_h, luma_v = (comps[0][1], comps[0][2]) if len(comps) > 1 else (1, 1)
-        blocks = []
+        blocks, null = [], [0, 0]  # null: (bits, pattern) of an MCU of null blocks
         for ci, ((_, h, v, _), (_, dc, ac)) in enumerate(zip(comps, head.scan, strict=True)):
-            dc_lut, ac_luts = self._huffman(head, 0, dc), self._huffman(head, 1, ac)
-            if dc_lut is None or ac_luts is None:
+            found = self._block_luts(head, dc, ac)
+            if found is None:
                 return None
             for bv in range(v if len(comps) > 1 else 1):
                 for bh in range(h if len(comps) > 1 else 1):
-                    blocks.append((dc_lut, *ac_luts, ci, (bh, bv) if ci == 0 else None))
+                    blocks.append((*found[0], ci, (bh, bv) if ci == 0 else None))
+                    null = ([null[0] + found[1][0], null[1] << found[1][0] | found[1][1]]
+                            if found[1] and null[0] >= 0 else [-1, 0])
         cols, rows = -(-width // 8), -(-height // 8)
         return _Layout(width, height, -(-cols // luma_h), -(-rows // luma_v), blocks, cols,
                        rows, luma_h, luma_v,
-                       _bright_table(head.quant[comps[0][3]], self.max_level))
+                       _bright_table(head.quant[comps[0][3]], self.max_level),
+                       (null[0], null[1]) if 0 < null[0] <= 64 else (0, 0))
 
     def _find(self, jpeg: bytes) -> tuple[_Layout, int] | None:
         """The layout of this frame's header and where its entropy-coded data starts."""
@@ -324,39 +378,43 @@ class BlackCheck:
         del self._recent[8:]
         return (layout, start) if layout is not None else None
 
-    def bright(self, jpeg: bytes) -> tuple[int, int] | None:
-        """(width, height) when a visible luma block brighter than max_level is found within
-        the budget in a frame whose header is admitted: the frame is not black. None: the
-        full decode decides (then call `confirm` with its answer)."""
+    def decide(self, jpeg: bytes) -> tuple[int, int, bool] | None:
+        """(width, height, black) of a frame whose header is admitted, when the walker can
+        tell: a visible luma block brighter than max_level within the budget (not black), or
+        the whole scan read within the budget without one (black). None: the full decode
+        decides (then call `confirm` with its answer)."""
         found = self._find(jpeg)
         if found is None or not found[0].admitted:
             return None
-        return (found[0].width, found[0].height) if _walk(*found, jpeg,
-                                                           self.budget_mcus) else None
+        verdict = _walk(*found, jpeg, *self.budgets)
+        return None if verdict is None else (found[0].width, found[0].height, not verdict)
 
     def confirm(self, jpeg: bytes, width: int, height: int, black: bool) -> None:
-        """The full decode's answer for a frame `bright` did not decide: the frame's header
-        is admitted when the walker agrees with it (size, and no bright block in a black
-        frame), and banned (always the full decode) when not."""
+        """The full decode's answer for a frame `decide` did not answer: the frame's header
+        is admitted when the walker agrees with it (size, and verdict where it has one), and
+        banned (always the full decode) when not."""
         found = self._find(jpeg)
         if found is None or found[0].admitted or found[0].banned:
             return
-        layout = found[0]
-        agrees = (layout.width, layout.height) == (width, height) and not (
-            black and _walk(*found, jpeg, self.budget_mcus))
+        layout, verdict = found[0], _walk(*found, jpeg, *self.budgets)
+        agrees = (layout.width, layout.height) == (width, height) and verdict in (None,
+                                                                              not black)
         layout.admitted, layout.banned = agrees, not agrees
         self.disagreed += not agrees
 
 
-def _walk(layout: _Layout, start: int, jpeg: bytes, budget_mcus: int) -> bool:
-    """Whether a visible luma block brighter than the threshold is among the first
-    budget_mcus MCUs of the scan; False also for data the walker does not accept."""
+def _walk(layout: _Layout, start: int, jpeg: bytes, budget_mcus: int,
+          budget_bytes: int) -> bool | None:
+    """True: a visible luma block brighter than the threshold among the first budget_mcus
+    MCUs; False: none in the whole scan, read within the budget; None: undecided (also for
+    data the walker does not accept)."""
     if not jpeg.endswith(b"\xff\xd9"):
-        return False  # truncated (or bytes after the EOI): the full decode's to judge
+        return None  # truncated (or bytes after the EOI): the full decode's to judge
     try:
-        return _scan(layout, _Entropy(jpeg, start, len(jpeg) - 2), budget_mcus)
+        return _scan(layout, _Entropy(jpeg, start, len(jpeg) - 2), budget_mcus,
+                     max(budget_bytes, (len(jpeg) - start) // 128))
     except (IndexError, ValueError):  # never expected: read as "undecided"
-        return False
+        return None
 
 
 class _Entropy:
@@ -396,53 +454,76 @@ class _Entropy:
         return self.data
 
 
-def _scan(layout: _Layout, src: _Entropy, budget_mcus: int) -> bool:
-    """The MCU loop of `_walk`. One function with its state in locals on purpose: this is
-    the per-frame hot path (calls and attribute reads would cost as much as the decoding).
-    `acc` holds `n` unread bits (>= 32 before each lookup); buf[i:] is not yet in acc."""
-    blocks, bright = layout.blocks, layout.bright
-    buf = src.data
-    acc = n = i = 0
+def _fill(src: _Entropy, buf: bytes, acc: int, n: int, i: int) -> tuple | None:
+    """64 more bits into the accumulator: (buf, acc, n, i); None past the data."""
+    if i + 8 > len(buf):
+        buf = src.grow(i + 8)
+        if buf is None:
+            return None
+    return buf, ((acc & ((1 << n) - 1)) << 64) | int.from_bytes(buf[i:i + 8], "big"), n + 64, i + 8
+
+
+def _scan(layout: _Layout, src: _Entropy, budget_mcus: int, budget_bytes: int) -> bool | None:
+    """The MCU loop of `_walk`, within both budgets. One function with its state in locals
+    on purpose: this is the per-frame hot path (calls and attribute
+    reads would cost as much as the decoding). `acc` holds `n` unread bits (>= 32 before
+    each lookup); buf[i:] is not yet in acc."""
+    blocks, bright, mcus = layout.blocks, layout.bright, layout.mcus_x * layout.mcus_y
+    null_bits, null = layout.null_mcu
+    buf, acc, n, i = src.data, 0, 0, 0
     preds = [0, 0, 0]
-    for mcu in range(min(layout.mcus_x * layout.mcus_y, budget_mcus)):
-        for dc_lut, multi, single, ci, luma in blocks:
-            k = 0  # 0: the DC code is next; then the AC coefficient index
-            while True:
-                if n < 32:
-                    if i + 8 > len(buf):
-                        buf = src.grow(i + 8)
-                        if buf is None:
-                            return False
-                    acc = ((acc & ((1 << n) - 1)) << 64) | int.from_bytes(buf[i:i + 8], "big")
-                    i, n = i + 8, n + 64
-                if not k:
-                    e = dc_lut[(acc >> (n - 16)) & 0xFFFF]
-                    if not e:
-                        return False
-                    n, s, k = n - (e >> 4), e & 15, 1
-                    if s:
-                        r = (acc >> (n - s)) & ((1 << s) - 1)
-                        n -= s
-                        preds[ci] += r if r >> (s - 1) else r - (1 << s) + 1
-                    continue
-                e = multi[(acc >> (n - 16)) & 0xFFFF]  # AC codes: skipped, several at once
-                t = k + (e & 255)
-                if t < 64:
-                    k, n = t, n - (e >> 8)
-                    continue
-                if e == _BAD:
-                    return False
-                if (e & 128 and t - 128 < 64) or t == 64:  # EOB, or up to the 63rd exactly
+    for mcu in range(min(mcus, budget_mcus)):
+        if i > budget_bytes:
+            return None
+        if n < 64 and (got := _fill(src, buf, acc, n, i)) is not None:
+            buf, acc, n, i = got
+        if (n >= null_bits and null_bits and (acc >> (n - null_bits)) & ((1 << null_bits) - 1)
+                == null and not bright[preds[0] & 0xFFFF]):
+            n -= null_bits  # an MCU of unchanged DCs and no AC (black): one comparison
+            continue
+        for dc_lut, multi, single, whole, ci, luma in blocks:
+            if n < 32:
+                if (got := _fill(src, buf, acc, n, i)) is None:
+                    return None
+                buf, acc, n, i = got
+            e = whole[(acc >> (n - 16)) & 0xFFFF]
+            if e:  # the whole block in one lookup
+                n -= e & 31
+                preds[ci] += (e >> 5) - 65536
+            else:
+                e = dc_lut[(acc >> (n - 16)) & 0xFFFF]
+                if not e:
+                    return None
+                n, s, k = n - (e >> 4), e & 15, 1
+                if s:
+                    r = (acc >> (n - s)) & ((1 << s) - 1)
+                    n -= s
+                    preds[ci] += r if r >> (s - 1) else r - (1 << s) + 1
+                while True:  # the AC codes: skipped, several per lookup
+                    if n < 32:
+                        if (got := _fill(src, buf, acc, n, i)) is None:
+                            return None
+                        buf, acc, n, i = got
+                    e = multi[(acc >> (n - 16)) & 0xFFFF]
+                    t = k + (e & 255)
+                    if t < 64:
+                        k, n = t, n - (e >> 8)
+                        continue
+                    if e == _BAD:
+                        return None
+                    if (e & 128 and t - 128 < 64) or t == 64:  # EOB, or up to the 63rd
+                        n -= e >> 8
+                        break
+                    e = single[(acc >> (n - 16)) & 0xFFFF]  # near the block's end: one code
                     n -= e >> 8
-                    break
-                e = single[(acc >> (n - 16)) & 0xFFFF]  # near the block's end: one code
-                n -= e >> 8
-                k += e & 255
-                if e & 128 or k >= 64:
-                    break
+                    k += e & 255
+                    if e & 128 or k >= 64:
+                        break
             if luma is not None and bright[preds[0] & 0xFFFF]:
                 my, mx = divmod(mcu, layout.mcus_x)
                 if (my * layout.luma_v + luma[1] < layout.luma_rows
                         and mx * layout.luma_h + luma[0] < layout.luma_cols):
-                    return src.real < 0 or 8 * i - n <= 8 * src.real  # not past the data
-    return False
+                    return True if src.real < 0 or 8 * i - n <= 8 * src.real else None
+    # the whole scan read, its data ending in the last byte (libjpeg-turbo rejects more)
+    return (False if budget_mcus >= mcus and i <= budget_bytes
+            and 0 <= 8 * src.real - (8 * i - n) < 8 else None)

@@ -23,7 +23,8 @@ from robolake.simulate.robots import profile_of
 BUDGET = 16
 SAMPLING = {"444": (1, 1), "422": (2, 1), "420": (2, 2), "440": (1, 2), "411": (4, 1),
             "Gray": None}
-CHECK = BlackCheck(BLACK_MAX_LEVEL, BUDGET)  # shared: header tables are built once
+# shared: header tables are built once; no bytes budget (tested on its own)
+CHECK = BlackCheck(BLACK_MAX_LEVEL, BUDGET, budget_bytes=1 << 30)
 
 
 def encode(pixels: np.ndarray, sampling: str, quality: int) -> bytes:
@@ -45,18 +46,20 @@ def exact(frame: bytes) -> tuple[int, int, bool, np.ndarray]:
     return width, height, bool(levels.max() <= BLACK_MAX_LEVEL), levels
 
 
-def first_bright_mcu(levels: np.ndarray, mcu_blocks: tuple[int, int] | None) -> int | None:
-    """Scan-order index of the first MCU holding a visible luma block brighter than the
-    threshold (grey scans are not interleaved: one block per MCU)."""
+def early_answer(levels: np.ndarray, mcu_blocks: tuple[int, int] | None):
+    """What the walker must answer, from the full decode's block levels: "not black" when a
+    visible luma block brighter than the threshold lies in the first BUDGET MCUs (scan
+    order; grey scans are not interleaved: one block per MCU), "black" when the whole scan
+    is within the budget and has none, else nothing."""
     h, v = mcu_blocks or (1, 1)
     rows, cols = np.nonzero(levels.reshape(levels.shape[:2]) > BLACK_MAX_LEVEL)
-    if not rows.size:
-        return None
-    mcus_x = -(-levels.shape[1] // h)
-    return int(((rows // v) * mcus_x + cols // h).min())
+    mcus_x, mcus_y = -(-levels.shape[1] // h), -(-levels.shape[0] // v)
+    if rows.size:
+        return False if int(((rows // v) * mcus_x + cols // h).min()) < BUDGET else None
+    return True if mcus_x * mcus_y <= BUDGET else None
 
 
-def walked(frame: bytes) -> tuple[tuple[int, int] | None, tuple[int, int, bool]]:
+def walked(frame: bytes) -> tuple[tuple[int, int, bool] | None, tuple[int, int, bool]]:
     """(the walker's answer once the frame's header is admitted, the cleaned layer's
     (width, height, is_black) for the frame with brightness off)."""
     columns = _CameraColumns(brightness=False)
@@ -65,7 +68,7 @@ def walked(frame: bytes) -> tuple[tuple[int, int] | None, tuple[int, int, bool]]
         columns.add_jpeg("/cam", 0, 0, frame)
     cols = columns.columns()
     assert (cols["brightness"] == np.array([None, None])).all()  # null unless asked
-    return CHECK.bright(frame), (int(cols["width"][1]), int(cols["height"][1]),
+    return CHECK.decide(frame), (int(cols["width"][1]), int(cols["height"][1]),
                                  bool(cols["is_black"][1]))
 
 
@@ -73,9 +76,9 @@ def assert_same(frame: bytes, mcu_blocks: tuple[int, int] | None, walkable: bool
     width, height, black, levels = exact(frame)
     answer, ours = walked(frame)
     assert ours == (width, height, black)
-    first = first_bright_mcu(levels, mcu_blocks)
-    decided = walkable and first is not None and first < BUDGET
-    assert answer == ((width, height) if decided else None), (first, black)
+    walkable = walkable and (width > 4 or height > 4)  # (see the tiny frames' test)
+    early = early_answer(levels, mcu_blocks) if walkable else None
+    assert answer == (None if early is None else (width, height, early)), black
     assert CHECK.disagreed == 0  # no header was banned by the self-check on admission
     return answer
 
@@ -97,6 +100,19 @@ def test_one_bright_block_anywhere_same_flag_as_the_full_decode(size, sampling, 
     bx, by = int(where[0] * ((width - 1) // 8)), int(where[1] * ((height - 1) // 8))
     frame = encode(dark_with_block(width, height, bx, by, dark, bright), sampling, quality)
     assert_same(frame, SAMPLING[sampling])
+
+
+def test_tiny_frames_where_the_decode_is_not_at_one_eighth():
+    """`jpeg_levels` asks simplejpeg for at least max(1, size // 8): for a frame of at most
+    4x4 pixels a larger scale (1/4 ... 1/1) also gives 1x1 and is the one decoded, so its
+    level is an IDCT sample, not the DC mean: those frames are left to the full decode."""
+    yy, xx = np.mgrid[0:8, 0:8]
+    for width in range(1, 7):
+        for height in range(1, 7):
+            for base in range(8, 24, 3):
+                grad = np.clip(base + 6 * xx - 6 * yy, 0, 255).astype(np.uint8)[:height, :width]
+                frame = encode(np.repeat(grad[..., None], 3, axis=2), "444", 90)
+                assert (assert_same(frame, (1, 1)) is None) == (width <= 4 and height <= 4)
 
 
 def test_first_and_last_block_and_the_budget():
@@ -148,7 +164,12 @@ def test_levels_at_the_threshold_and_dense_blocks():
     for sampling in ("444", "420", "Gray"):
         noise = rng.integers(0, 17, (48, 64, 3)).astype(np.uint8)
         noise[:8, 56:] = 240  # block 7 of the first row: after seven dense ones
-        assert assert_same(encode(noise, sampling, 100), SAMPLING[sampling]) is not None
+        frame = encode(noise, sampling, 100)
+        assert assert_same(frame, SAMPLING[sampling]) is not None
+        # the default bytes budget (256, or 1/128 of the data) stops before it
+        default = BlackCheck(BLACK_MAX_LEVEL, BUDGET)
+        default.confirm(frame, *exact(frame)[:3])
+        assert default.decide(frame) is None and default.disagreed == 0
 
 
 def test_simulator_frames_day_night_and_black():
@@ -229,11 +250,11 @@ def test_hostile_bytes_never_crash_the_walker_and_get_todays_verdict(kind, at, d
         frame = data
     else:
         frame = frame[:pos] + b"\xff" + bytes([0xC0 + data[0] % 64]) + frame[pos:]
-    answer = CHECK.bright(frame)  # never raises
+    answer = CHECK.decide(frame)  # never raises
     today, ours = _today(frame), _ours(frame)
     if ours != today:
         scan = REFERENCE.index(b"\xff\xda")
-        assert today is ValueError and answer is not None and ours[2] is False, kind
+        assert today is ValueError and answer == ours, kind
         assert kind in ("flip", "insert", "marker") and pos >= scan + 14, kind
 
 
@@ -244,14 +265,14 @@ def test_damage_the_walker_reads_is_the_full_decodes_to_judge():
     noisy = np.random.default_rng(4).integers(150, 256, (16, 16, 3)).astype(np.uint8)
     frame = encode(noisy, "444", 100)
     start = frame.index(b"\xff\xda") + 14
-    assert walked(frame)[0] == (16, 16)  # admitted and decided on the first block
+    assert walked(frame)[0] == (16, 16, False)  # admitted and decided on the first block
     damaged = [frame[:n] for n in (len(frame) - 1, len(frame) - 2, start + 30, start)]
     damaged += [frame[:start + n] + b"\xff\xd9" for n in (1, 2, 5, 9)]
     damaged += [frame[:start + 4] + insert + frame[start + 4:]
                 for insert in (b"\xff\xd0", b"\xff\xff", b"\xff\xc4")]
     for frame in damaged:
         assert _today(frame) is ValueError
-        assert CHECK.bright(frame) is None and _ours(frame) is ValueError
+        assert CHECK.decide(frame) is None and _ours(frame) is ValueError
 
 
 def test_a_header_the_walker_disagrees_on_is_banned():
@@ -259,15 +280,15 @@ def test_a_header_the_walker_disagrees_on_is_banned():
     black for a bright frame) bans the header; its frames then all go to the full decode."""
     check = BlackCheck(BLACK_MAX_LEVEL, BUDGET)
     frame = encode(np.full((16, 16, 3), 200, np.uint8), "420", 77)
-    assert check.bright(frame) is None  # not admitted yet
+    assert check.decide(frame) is None  # not admitted yet
     check.confirm(frame, 16, 16, True)
-    assert check.disagreed == 1 and check.bright(frame) is None
+    assert check.disagreed == 1 and check.decide(frame) is None
     other = encode(np.full((16, 16, 3), 200, np.uint8), "420", 78)
     check.confirm(other, 16, 8, False)  # a size the header does not say
-    assert check.disagreed == 2 and check.bright(other) is None
+    assert check.disagreed == 2 and check.decide(other) is None
     fine = encode(np.full((16, 16, 3), 200, np.uint8), "420", 79)
     check.confirm(fine, 16, 16, False)
-    assert check.disagreed == 2 and check.bright(fine) == (16, 16)
+    assert check.disagreed == 2 and check.decide(fine) == (16, 16, False)
 
 
 def test_a_recording_with_black_frames_same_flags_brightness_only_when_asked(tmp_path,
