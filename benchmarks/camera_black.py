@@ -2,9 +2,10 @@
 (`jpeg_levels`, brightness on) against the DC walker with the decode as fallback
 (robolake/jpegdc.py, the default), paired runs on the same frames, median of the pairs.
 
-Frames: the simulator's 64x48 camera (daylight), and 1280x720 renderings of the same
-camera by day, at night (levels / 24: the walker must look further) and all black (the
-walker gives up after its budget and the full decode decides).
+Frames: the simulator's 64x48 camera (daylight) and all black (the walker reads the whole
+small scan and decides), and 1280x720 renderings of the same camera by day, at dusk
+(levels / 8: only the sky is brighter than 16), at night (levels / 24: no block is) and all
+black (at night and black the walker gives up after its budget; the full decode decides).
 
 Usage: python benchmarks/camera_black.py [--pairs 5]
 """
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     sets = {"64x48 simulator (day)": frames((64, 48), 600),
             "1280x720 day": frames((1280, 720), 12),
-            "1280x720 dusk (/12)": frames((1280, 720), 12, 1 / 12),
+            "1280x720 dusk (/8)": frames((1280, 720), 12, 1 / 8),
             "1280x720 night (/24)": frames((1280, 720), 12, 1 / 24),
             "1280x720 black": [jpeg(np.zeros((720, 1280, 3), np.uint8))] * 12,
             "64x48 black": [jpeg(np.zeros((48, 64, 3), np.uint8))] * 600}

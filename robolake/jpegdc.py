@@ -32,6 +32,7 @@ recording's decode), the walker calls it "not black".
 from __future__ import annotations
 
 import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,7 @@ def _codes(counts: bytes, symbols: bytes) -> list[tuple[int, int, int]] | None:
     return out
 
 
-def _dc_table(codes: list[tuple[int, int, int]]) -> list[int] | None:
+def _dc_table(codes: list[tuple[int, int, int]]) -> array | None:
     """16-bit lookahead -> code length << 4 | magnitude category; 0: no such code."""
     lut = [0] * 65536
     for code, length, sym in codes:
@@ -66,7 +67,7 @@ def _dc_table(codes: list[tuple[int, int, int]]) -> list[int] | None:
             return None
         lo = code << (16 - length)
         lut[lo: lo + (1 << (16 - length))] = [length << 4 | sym] * (1 << (16 - length))
-    return lut
+    return array("H", lut)
 
 
 def _ac_single(codes: list[tuple[int, int, int]]) -> np.ndarray:
@@ -98,7 +99,7 @@ def _greedy(single: np.ndarray, used: np.ndarray, going: np.ndarray):
     return used, steps, eob
 
 
-def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[list[int], list[int], np.ndarray]:
+def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[array, array, np.ndarray]:
     """(several codes per lookup, one code per lookup, the latter as an array). A multi
     entry: bits << 8 | 128 if it ends with EOB | coefficient steps before it; where not one
     code fits in the 16 bits, the single entry."""
@@ -106,10 +107,10 @@ def _ac_tables(codes: list[tuple[int, int, int]]) -> tuple[list[int], list[int],
     used, steps, eob = _greedy(single, np.zeros(65536, dtype=np.int64),
                                np.ones(65536, dtype=bool))
     multi = np.where(used > 0, used << 8 | np.where(eob, 128, 0) | steps, single)
-    return multi.tolist(), single.tolist(), single
+    return _table(multi, "H"), _table(single, "H"), single
 
 
-def _block_table(dc_lut: list[int], ac_single: np.ndarray) -> list[int]:
+def _block_table(dc_lut: array, ac_single: np.ndarray) -> array:
     """16-bit lookahead -> a whole block (DC code and difference, AC codes to EOB or the
     63rd) when it fits in the 16 bits: (difference + 65536) << 5 | bits; 0 where not.
     Uniform regions (dark frames) are one lookup per block."""
@@ -122,7 +123,15 @@ def _block_table(dc_lut: list[int], ac_single: np.ndarray) -> list[int]:
     high = (extra >> np.maximum(size - 1, 0)) & 1
     diff = np.where(size == 0, 0, np.where(high == 1, extra, extra - (1 << size) + 1))
     used, steps, eob = _greedy(ac_single, dc_bits, fits)
-    return np.where(fits & (eob | (steps >= 63)), (diff + 65536) << 5 | used, 0).tolist()
+    return _table(np.where(fits & (eob | (steps >= 63)), (diff + 65536) << 5 | used, 0), "I")
+
+
+def _table(values: np.ndarray, typecode: str) -> array:
+    """A lookup table as an array of machine ints: a list of 65536 Python ints would hold
+    ~2 MB per table; indexing either costs the same."""
+    out = array(typecode)
+    out.frombytes(values.astype(np.uint16 if typecode == "H" else np.uint32).tobytes())
+    return out
 
 
 def _bright_table(q0: int, max_level: int) -> bytes:
