@@ -445,10 +445,11 @@ class _Entropy:
         cut = min(self.end, self.at + want)
         if cut < self.end and self.jpeg[cut - 1] == 0xFF:
             cut += 1  # never split an FF 00 pair
-        raw = self.jpeg[self.at:cut]
-        data = raw.replace(b"\xff\x00", b"\xff")
-        if len(raw) - len(data) != raw.count(b"\xff"):
-            return False  # an FF not followed by 00: a marker or fill inside the scan
+        data = raw = self.jpeg[self.at:cut]
+        if b"\xff" in raw:
+            data = raw.replace(b"\xff\x00", b"\xff")
+            if len(raw) - len(data) != raw.count(b"\xff"):
+                return False  # an FF not followed by 00: a marker or fill inside the scan
         self.at, self.data = cut, self.data + data
         if cut == self.end:
             self.real = len(self.data)
@@ -480,6 +481,8 @@ def _scan(layout: _Layout, src: _Entropy, budget_mcus: int, budget_bytes: int) -
     blocks, bright, mcus = layout.blocks, layout.bright, layout.mcus_x * layout.mcus_y
     null_bits, null = layout.null_mcu
     buf, acc, n, i = src.data, 0, 0, 0
+    if len(buf) >= 16:  # the first 128 bits at once
+        acc, n, i = int.from_bytes(buf[:16], "big"), 128, 16
     preds = [0, 0, 0]
     for mcu in range(min(mcus, budget_mcus)):
         if i > budget_bytes:
