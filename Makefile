@@ -53,6 +53,7 @@ lint: install
 bench: install
 	$(BIN)/python benchmarks/ingest_raw.py
 	$(BIN)/python benchmarks/align.py
+	$(BIN)/python benchmarks/camera_black.py
 	$(BIN)/python benchmarks/loader.py
 	$(BIN)/python benchmarks/train_step.py
 	$(BIN)/python benchmarks/fuzz_formats.py

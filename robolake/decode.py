@@ -29,6 +29,7 @@ from robolake.bagindex import (
 )
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
+from robolake.jpegdc import BlackCheck
 from robolake.mcapindex import McapIndex
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
@@ -411,32 +412,60 @@ def image_levels(msg) -> tuple[int, int, np.ndarray]:
 
 
 class _CameraColumns:
-    """Collects camera frames; brightness and the black flag are computed a batch of frames at
-    a time (vectorised), and the 8x8 block levels are dropped after each batch."""
+    """Collects camera frames and their black flag. A JPEG frame is first given to the DC
+    walker (robolake/jpegdc.py), which tells "not black" from its first bright luma block
+    (or "black" from a small frame's every block); the others get their 8x8 block levels
+    from the 1/8-scale decode. Brightness (the mean
+    level) is computed only with ROBOLAKE_CAMERA_BRIGHTNESS on: then every frame is decoded,
+    and brightness and the flag are computed a batch of frames at a time (vectorised), the
+    levels dropped after each batch. With it off, brightness is null for every frame."""
 
     NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
     BATCH = 1024
 
-    def __init__(self) -> None:
+    def __init__(self, brightness: bool | None = None) -> None:
+        self.with_brightness = (get_settings().camera_brightness if brightness is None
+                                else brightness)
+        self.check = BlackCheck(BLACK_MAX_LEVEL)
         self.rows: list[tuple] = []
-        self.levels: list[np.ndarray] = []  # of the frames not yet summarised
+        self.levels: list[np.ndarray | bool] = []  # of frames not yet summarised, or a flag
         self.brightness: list[np.ndarray] = []
         self.black: list[np.ndarray] = []
+
+    def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
+        known = None if self.with_brightness else self.check.decide(jpeg)
+        if known is not None:  # told by the DC coefficients: nothing more to decode
+            self._add((topic, log_ns, stamp_ns, len(jpeg), *known[:2]), known[2])
+            return
+        width, height, levels = jpeg_levels(jpeg)
+        if self.with_brightness:
+            self._add((topic, log_ns, stamp_ns, len(jpeg), width, height), levels)
+            return
+        black = bool(levels.max() <= BLACK_MAX_LEVEL)
+        self.check.confirm(jpeg, width, height, black)
+        self._add((topic, log_ns, stamp_ns, len(jpeg), width, height), black)
 
     def add(self, topic: str, log_ns: int, stamp_ns: int, size: int,
             frame: tuple[int, int, np.ndarray]) -> None:
         width, height, levels = frame
-        self.rows.append((topic, log_ns, stamp_ns, size, width, height))
+        self._add((topic, log_ns, stamp_ns, size, width, height),
+                  levels if self.with_brightness else bool(levels.max() <= BLACK_MAX_LEVEL))
+
+    def _add(self, row: tuple, levels: np.ndarray | bool) -> None:
+        self.rows.append(row)
         self.levels.append(levels)
         if len(self.levels) >= self.BATCH:
             self._summarise()
 
     def _summarise(self) -> None:
-        brightness = np.empty(len(self.levels))
+        brightness = np.full(len(self.levels), np.nan)
         black = np.empty(len(self.levels), dtype=bool)
         by_shape: dict[tuple, list[int]] = {}
         for i, levels in enumerate(self.levels):
-            by_shape.setdefault(levels.shape, []).append(i)
+            if isinstance(levels, bool):
+                black[i] = levels
+            else:
+                by_shape.setdefault(levels.shape, []).append(i)
         for idx in by_shape.values():
             stack = np.stack([self.levels[i] for i in idx]).reshape(len(idx), -1)
             brightness[idx] = stack.mean(axis=1)
@@ -450,7 +479,8 @@ class _CameraColumns:
         if not cols:
             return cols
         self._summarise()
-        cols["brightness"] = np.concatenate(self.brightness)
+        cols["brightness"] = (np.concatenate(self.brightness) if self.with_brightness
+                              else np.full(len(self.rows), None, dtype=object))  # null
         cols["is_black"] = np.concatenate(self.black)
         return cols
 
@@ -646,7 +676,7 @@ class _SliceColumns:
 
     def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
         """A CompressedImage frame, its header stamp and image bytes already read."""
-        self.camera.add(topic, log_ns, stamp_ns, len(jpeg), jpeg_levels(jpeg))
+        self.camera.add_jpeg(topic, log_ns, stamp_ns, jpeg)
 
     def decoded(self, fmt: str, payload_ref: str) -> Decoded:
         return Decoded(

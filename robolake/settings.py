@@ -25,6 +25,7 @@ environment gave (Dagster resources read those through the variable:
 | cache_dir | ROBOLAKE_CACHE | ~/.cache/robolake |
 | dagster_home | DAGSTER_HOME | ./.dagster_home |
 | freshness_max_lag_s | ROBOLAKE_FRESHNESS_MAX_LAG_S | 3600 (s): cleaned vs landing SLA |
+| camera_brightness | ROBOLAKE_CAMERA_BRIGHTNESS | off: camera frames' brightness left null |
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ ENV_VARS = {
     "cache_dir": "ROBOLAKE_CACHE",
     "dagster_home": "DAGSTER_HOME",
     "freshness_max_lag_s": "ROBOLAKE_FRESHNESS_MAX_LAG_S",
+    "camera_brightness": "ROBOLAKE_CAMERA_BRIGHTNESS",
 }
 DEPLOYMENTS = ("local", "k8s")  # embedded on a laptop | Kubernetes (k8s_job_executor)
 # local: robolake/ functions in-process; spark: the same functions in Spark tasks
@@ -89,6 +91,9 @@ class Settings:
     # fields whose value came from the environment (the rest are defaults or overrides)
     env_fields: frozenset[str] = field(default=frozenset(), compare=False)
     freshness_max_lag_s: float = DEFAULT_FRESHNESS_MAX_LAG_S  # cleaned vs landing SLA
+    # decode every camera frame for its brightness (off: the black flag from the first bright
+    # block where one shows it, robolake/jpegdc.py, and brightness null)
+    camera_brightness: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -120,6 +125,7 @@ class Settings:
             dagster_home=path("dagster_home", base / ".dagster_home").resolve(),
             env_fields=frozenset(given),
             freshness_max_lag_s=_max_lag(given.get("freshness_max_lag_s")),
+            camera_brightness=_switch("camera_brightness", given.get("camera_brightness")),
         )
 
     def replace(self, **overrides) -> Settings:
@@ -155,6 +161,16 @@ def _max_lag(value: str | None) -> float:
         raise ValueError(f"{ENV_VARS['freshness_max_lag_s']}={value!r}: expected a positive "
                          "number of seconds, e.g. 3600")
     return seconds
+
+
+def _switch(name: str, value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ENV_VARS[name]}={value!r}: expected on or off (1/0, true/false)")
 
 
 def _workers(value: str | None) -> int | None:

@@ -30,7 +30,8 @@ DESCRIPTIONS = {
     "cleaned_gps": "GPS fixes: duplicates and invalid fixes (no fix, NaN) removed",
     "cleaned_lidar": f"LiDAR frames: kept points (<= {contract.LIDAR_MAX_RANGE_M:g} m), range "
                      "stats, payload ref",
-    "cleaned_camera_frames": "Camera frame index: size, brightness, black flag, ref",
+    "cleaned_camera_frames": "Camera frame index: size, black flag, ref (brightness with "
+                             "ROBOLAKE_CAMERA_BRIGHTNESS on, else null)",
     "cleaned_aligned_frames": "One row per LiDAR frame with camera, IMU and GPS aligned to it "
                               "(data contract)",
     "cleaned_quality_reports": "Per-upload quality metrics and rule counts",

@@ -22,6 +22,7 @@ from robolake.datasets.build import build_dataset
 from robolake.datasets.loader import load
 from robolake.datasets.scenarios import SCENARIO_CLASSES, refresh_corner_cases
 from robolake.datasets.spec import parse_spec
+from robolake.settings import reset_settings
 from robolake.simulate import simulate_fleet
 from robolake.storage import open_store
 from robolake.tables import read_table
@@ -36,8 +37,12 @@ def lake_dir(tmp_path_factory) -> Path:
     simulate_fleet(tmp / "landing", robots=2, date=DAY, minutes=0.5, seed=11,
                    faults=["imu_spikes:0"], robot_types=["delivery"])
     lake = open_store(tmp / "lake")
-    for part in raw.ingest_landing(open_store(tmp / "landing"), lake):
-        cleaned.clean_partition(lake, *part)
+    with pytest.MonkeyPatch.context() as env:  # brightness is decoded only where asked
+        env.setenv("ROBOLAKE_CAMERA_BRIGHTNESS", "on")
+        reset_settings()
+        for part in raw.ingest_landing(open_store(tmp / "landing"), lake):
+            cleaned.clean_partition(lake, *part)
+    reset_settings()
     refresh_corner_cases(lake)
     return tmp / "lake"
 

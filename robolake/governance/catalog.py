@@ -120,8 +120,10 @@ _LIDAR = (
 )
 _CAMERA = (
     _c("bytes", "Encoded image size, bytes"), _c("width", "Image width, px"),
-    _c("height", "Image height, px"), _c("brightness", "Mean brightness 0..255"),
-    _c("is_black", "All-black frame (never matched)"),
+    _c("height", "Image height, px"),
+    _c("brightness", "Mean brightness 0..255 of the 8x8 block levels; null unless the "
+                     "cleaned layer ran with ROBOLAKE_CAMERA_BRIGHTNESS on"),
+    _c("is_black", "All-black frame: no 8x8 block brighter than 16 (never matched)"),
     _c("payload_ref", "Where the camera image lies in the raw copy (images of people: "
                       "personal data)", RESTRICTED),
 )
@@ -307,7 +309,7 @@ TABLES: dict[str, Table] = {t.key: t for t in (
     Table(LIDAR_KEY, "cleaned", OWNERS["perception"], "LiDAR frames: kept points, range "
           "statistics, payload reference", (*_SENSOR_ROW, *_LIDAR)),
     Table(CAMERA_KEY, "cleaned", OWNERS["perception"], "Camera frame index: size, "
-          "brightness, black flag, payload reference", (*_SENSOR_ROW, *_CAMERA)),
+          "black flag, brightness (when asked), payload reference", (*_SENSOR_ROW, *_CAMERA)),
     Table(ALIGNED_KEY, "cleaned", OWNERS["perception"], "One row per LiDAR frame with camera, "
           "IMU and GPS aligned to it", _aligned_columns()),
     Table("cleaned/quality_reports", "cleaned", OWNERS["perception"], "Per-upload quality "
