@@ -289,6 +289,9 @@ def _sampling_ok(comps: tuple) -> bool:
     return all(c[1] == c[2] == 1 for c in chroma) and h * v + 2 <= 10
 
 
+_SHARED_TABLES: dict[tuple, object] = {}
+
+
 class BlackCheck:
     """The early "not black" of JPEG frames; holds the tables of the headers it has seen."""
 
@@ -302,7 +305,9 @@ class BlackCheck:
         self.budgets = (budget_mcus, budget_bytes)
         self._recent: list[tuple[bytes, _Layout | None]] = []  # (header bytes, layout), MRU
         self._layouts: dict[bytes, _Layout | None] = {}
-        self._tables: dict[tuple, object] = {}
+        # lookup tables are a function of the Huffman tables alone: shared by every check in
+        # the process, so a worker decoding upload after upload builds them once (~50 ms)
+        self._tables = _SHARED_TABLES
         self.disagreed = 0  # headers banned: the walker disagreed with the full decode
 
     def _huffman(self, head: _Header, cls: int, table: int):
