@@ -554,6 +554,28 @@ def drop_overlap(frame: pl.DataFrame, existing: pl.DataFrame, topic: str,
 OVERLAP_TOPIC = {"imu": "topic", "gps": "topic", "lidar": "topic", "camera": "topic",
                  "aligned": "lidar_topic"}
 
+Span = tuple[str, str, str, int, int]  # upload_id, robot_id, topic, first ts_ns, last ts_ns
+
+
+def time_spans(frame: pl.DataFrame, topic: str) -> list[Span]:
+    """Each upload's time range per robot and topic."""
+    if frame.is_empty():
+        return []
+    agg = frame.group_by("upload_id", "robot_id", topic).agg(
+        pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi"))
+    return [tuple(r) for r in agg.iter_rows()]  # type: ignore[misc]
+
+
+def touching(spans: list[Span], others: list[Span]) -> set[str]:
+    """The uploads of `spans` whose (robot, topic) time range meets another upload's (in
+    `spans` or `others`): only their rows can be dropped as overlap, so both engines run
+    `drop_overlap` on those alone (on a real fleet, rarely any)."""
+    by_key: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+    for u, r, t, lo, hi in spans + others:
+        by_key.setdefault((r, t), []).append((lo, hi, u))
+    return {u for u, r, t, lo, hi in spans
+            if any(u2 != u and lo <= hi2 and lo2 <= hi for lo2, hi2, u2 in by_key[(r, t)])}
+
 
 def write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Upload],
                            robot_type: str) -> tuple[int, pl.DataFrame, dict[str, int]]:
@@ -576,7 +598,14 @@ def write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Up
         existing = snap.read(["robot_id", topic, "ts_ns", "upload_id"], filters=scope,
                              schema=SCHEMAS[name])
         existing = existing.filter(~pl.col("upload_id").is_in(ids))
-        decided[:] = drop_overlap(frame, existing, topic, ids)
+        hit = touching(time_spans(frame, topic), time_spans(existing, topic))
+        decided[:] = [frame, {}]
+        if hit:  # the rule on the rows it can apply to, the row order kept
+            rows = frame.with_row_index("_row")
+            kept, dropped = drop_overlap(rows.filter(pl.col("upload_id").is_in(list(hit))),
+                                         existing, topic, ids)
+            rest = rows.filter(~pl.col("upload_id").is_in(list(hit)))
+            decided[:] = [pl.concat([kept, rest]).sort("_row").drop("_row"), dropped]
         # the kept rows as part files, the uploads' earlier rows out: the Spark engine's
         # commit too (a plan that loses to another writer leaves files VACUUM deletes)
         adds = write_part_files(lake, key, decided[0], PARTITION_BY, "local")

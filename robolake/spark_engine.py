@@ -98,20 +98,12 @@ class TaskOutput:
     counts: dict[str, int]
     note: str
     parts: dict[str, list[PartFile]]  # table kind -> part files written (uncommitted)
-    # table kind -> (robot_id, topic, min ts_ns, max ts_ns) of the rows in its part files
-    ranges: dict[str, list[tuple[str, str, int, int]]]
+    # table kind -> the time spans (cleaned.time_spans) of the rows in its part files
+    ranges: dict[str, list[cl.Span]]
     input_bytes: int
     rows: int
     seconds: float
     attempt: int
-
-
-def _ranges(frame: pl.DataFrame, topic: str) -> list[tuple[str, str, int, int]]:
-    if frame.is_empty():
-        return []
-    agg = frame.group_by("robot_id", topic).agg(pl.col("ts_ns").min().alias("lo"),
-                                                pl.col("ts_ns").max().alias("hi"))
-    return [tuple(r) for r in agg.iter_rows()]  # type: ignore[misc]
 
 
 def clean_upload_task(task: TaskInput,
@@ -131,7 +123,7 @@ def clean_upload_task(task: TaskInput,
     up = task.upload
     result, report, note = cl.clean_one(lake, up, task.fmt, task.day, task.cleaned_ns)
     parts: dict[str, list[PartFile]] = {}
-    ranges: dict[str, list[tuple[str, str, int, int]]] = {}
+    ranges: dict[str, list[cl.Span]] = {}
     rows = 0
     tag = f"spark-{up.upload_id[:12]}-a{attempt}"
     for kind in ROW_TABLES:
@@ -139,7 +131,7 @@ def clean_upload_task(task: TaskInput,
             schema=cl.SCHEMAS[kind])
         rows += frame.height
         parts[kind] = write_part_files(lake, cl.TABLES[kind], frame, cl.PARTITION_BY, tag)
-        ranges[kind] = _ranges(frame, cl.OVERLAP_TOPIC[kind])
+        ranges[kind] = cl.time_spans(frame, cl.OVERLAP_TOPIC[kind])
     if hook is not None:
         hook(up.upload_id, attempt)
     return TaskOutput(up.upload_id, report, dict(result.counts) if result else {}, note,
@@ -171,24 +163,6 @@ class SparkRun:
         return self.rows / self.seconds if self.seconds else 0.0
 
 
-def _touching(outputs: list[TaskOutput], kind: str,
-              existing: list[tuple[str, str, str, int, int]]) -> set[str]:
-    """Uploads whose (robot, topic) time range meets another upload's, in this batch or in
-    the table: only their rows can be dropped as overlap."""
-    spans = [(r, t, lo, hi, o.upload_id) for o in outputs for r, t, lo, hi in o.ranges[kind]]
-    others = spans + [(r, t, lo, hi, u) for u, r, t, lo, hi in existing]
-    touching = set()
-    by_key: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-    for r, t, lo, hi, u in others:
-        by_key.setdefault((r, t), []).append((lo, hi, u))
-    for r, t, lo, hi, u in spans:
-        for lo2, hi2, u2 in by_key[(r, t)]:
-            if u2 != u and lo <= hi2 and lo2 <= hi:
-                touching.add(u)
-                break
-    return touching
-
-
 def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str],
                 robot_type: str, decided: dict) -> Callable[[Snapshot], FileCommit]:
     """The commit of one table, decided on a snapshot (again after a conflict)."""
@@ -199,15 +173,13 @@ def _plan_table(lake: Store, kind: str, outputs: list[TaskOutput], ids: list[str
         # only rows at the run's dates and times can hold the same keys
         "date": sorted({f.partition_values["date"] for o in outputs for f in o.parts[kind]})}
     if spans:
-        scope["ts_ns"] = Between(min(r[2] for r in spans), max(r[3] for r in spans))
+        scope["ts_ns"] = Between(min(r[3] for r in spans), max(r[4] for r in spans))
 
     def plan(snap: Snapshot) -> FileCommit:
         # other uploads' keys of these robots (what the local engine reads for the same rule)
         others = snap.read(["robot_id", topic, "ts_ns", "upload_id"], filters=scope,
                            schema=cl.SCHEMAS[kind]).filter(~pl.col("upload_id").is_in(ids))
-        existing = [tuple(r) for r in others.group_by("upload_id", "robot_id", topic).agg(
-            pl.col("ts_ns").min().alias("lo"), pl.col("ts_ns").max().alias("hi")).iter_rows()]
-        touching = _touching(outputs, kind, existing)
+        touching = cl.touching(spans, cl.time_spans(others, topic))
         adds: list[PartFile] = []
         dropped: dict[str, int] = {}
         if touching:  # the local engine's rule, on exactly the rows it could apply to
