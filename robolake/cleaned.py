@@ -36,7 +36,6 @@ from robolake.tables import (
     FileCommit,
     Snapshot,
     commit_files,
-    open_table,
     read_table,
     replace_files,
     replace_rows,
@@ -709,14 +708,17 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
 
 def nothing_to_clean(lake, day: str, robot_type: str, plan: CleaningPlan,
                      log) -> PartitionResult:
-    """A run that finds every upload of the partition cleaned: no commit, the tables as
-    they are."""
+    """A run that finds every upload of the partition cleaned: the tables as they are (a
+    table that does not exist yet is created empty, as later layers read it)."""
     log(f"nothing new to clean: the partition's {len(plan.earlier)} upload(s) were cleaned "
         "by earlier runs (clean them again with a re-clean)")
     versions = {}
     for name, key in TABLES.items():
-        table = open_table(lake, key)
-        versions[name] = table.version() if table is not None else -1
+        schema = pl.DataFrame(schema=SCHEMAS[name]).to_arrow().schema
+        version = commit_files(lake, key, lambda snap: None if snap.table is not None
+                               else FileCommit([], []), schema, PARTITION_BY)
+        assert version is not None
+        versions[name] = version
     return PartitionResult(day, robot_type, [], {n: pl.DataFrame(schema=SCHEMAS[n])
                                                  for n in TABLES}, versions, [], {},
                            plan.partition_reports([]))

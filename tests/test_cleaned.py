@@ -216,6 +216,10 @@ def test_a_run_cleans_only_the_uploads_that_arrived_since_the_last(tmp_path: Pat
     simulate_fleet(landing / "a", robots=1, date="2026-11-20", minutes=0.2, seed=1,
                    robot_types=["delivery"])
     lake, [part] = _ingest(landing, tmp_path / "lake")
+    # a day without uploads (a raw run found none): the tables exist for later layers
+    empty = cleaned.clean_partition(lake, "2026-11-19", "delivery")
+    assert empty.uploads == [] and empty.versions == {k: 0 for k in cleaned.TABLES}
+    assert all(read_table(lake, key).num_rows == 0 for key in cleaned.TABLES.values())
     [a] = cleaned.clean_partition(lake, *part).uploads
     files_a = {k: set(open_table(lake, v).file_uris()) for k, v in cleaned.TABLES.items()}
     rows_a = pl.from_arrow(read_table(lake, cleaned.TABLES["imu"]))
