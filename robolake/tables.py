@@ -86,13 +86,18 @@ def read_table(lake: Store, key: str, columns: Sequence[str] | None = None,
     return _scan(lake, key, version, columns, filters, names).to_arrow()
 
 
+def add_actions(table: DeltaTable) -> pl.DataFrame:
+    """The table's live files: path, size_bytes, num_records, partition.*, min.*, max.*."""
+    return pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+
+
 def partition_rows(lake: Store, key: str, partition: dict[str, str]) -> int:
     """Rows of the table in the partitions matching `partition` (equality on partition
     columns), from the live files' statistics: no data is read."""
     table = open_table(lake, key)
     if table is None:
         return 0
-    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+    adds = add_actions(table)
     for col, value in partition.items():
         adds = adds.filter(pl.col(f"partition.{col}") == value)
     return int(adds["num_records"].sum() or 0)
@@ -376,7 +381,7 @@ def replace_files(lake: Store, key: str, table: DeltaTable, column: str,
     wanted = set(values)
     if not wanted:
         return change
-    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+    adds = add_actions(table)
     for col, value in scope.items():
         adds = adds.filter(pl.col(f"partition.{col}") == value)
     lo, hi = min(wanted), max(wanted)

@@ -39,11 +39,17 @@ from urllib.parse import unquote
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable
 
 from robolake.storage import Store
-from robolake.tables import FileCommit, PartFile, Snapshot, commit_files, write_part_files
+from robolake.tables import (
+    FileCommit,
+    PartFile,
+    Snapshot,
+    add_actions,
+    commit_files,
+    write_part_files,
+)
 
 ZORDER_COLUMNS = ("robot_id", "ts_ns")
 ZORDER_LAYERS = ("cleaned/",)
@@ -71,11 +77,6 @@ def zorder_columns(lake: Store, key: str, table: DeltaTable) -> tuple[str, ...]:
     names = {f.name for f in table.schema().fields}
     wanted = key.startswith(ZORDER_LAYERS) and set(ZORDER_COLUMNS) <= names
     return ZORDER_COLUMNS if wanted else ()
-
-
-def add_actions(table: DeltaTable) -> pl.DataFrame:
-    """The table's live files: path, size_bytes, partition.*, min.*, max.* columns."""
-    return pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
 
 
 def _partition_filter(part: dict[str, str]) -> pl.Expr:

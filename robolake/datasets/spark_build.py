@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 import polars as pl
-import pyarrow as pa
 
 from robolake.cleaned import TABLES
 from robolake.spark_engine import shipped_options
 from robolake.storage import Store, open_store
-from robolake.tables import open_table
+from robolake.tables import add_actions, open_table
 
 IMU_TABLE = TABLES["imu"]
 
@@ -101,7 +100,7 @@ def imu_files(lake: Store, spec, version: int, upload_ids: list[str]) -> dict[st
     table = open_table(lake, IMU_TABLE)
     assert table is not None, IMU_TABLE
     table.load_as_version(version)
-    adds = pl.DataFrame(pa.table(table.get_add_actions(flatten=True)))  # arro3 -> arrow
+    adds = add_actions(table)
     for column, _op, values in imu_filters(spec):  # robot type / region: "in"
         adds = adds.filter(pl.col(f"partition.{column}").is_in(list(values)))
     out = {}
