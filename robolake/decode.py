@@ -415,35 +415,96 @@ class _CameraColumns:
     """Collects camera frames and their black flag. A JPEG frame is first given to the DC
     walker (robolake/jpegdc.py), which tells "not black" from its first bright luma block
     (or "black" from a small frame's every block); the others get their 8x8 block levels
-    from the 1/8-scale decode. Brightness (the mean
+    from the 1/8-scale decode. A chunk's CompressedImage frames (`add_jpegs`) are held, up
+    to PENDING_BYTES, and their first blocks checked together (`bright_first_blocks`);
+    the frames that does not tell go through the walker one by one. Brightness (the mean
     level) is computed only with ROBOLAKE_CAMERA_BRIGHTNESS on: then every frame is decoded,
     and brightness and the flag are computed a batch of frames at a time (vectorised), the
     levels dropped after each batch. With it off, brightness is null for every frame."""
 
     NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
     BATCH = 1024
+    PENDING_BYTES = 1 << 20  # JPEG bytes held for the batched check
 
     def __init__(self, brightness: bool | None = None) -> None:
         self.with_brightness = (get_settings().camera_brightness if brightness is None
                                 else brightness)
         self.check = BlackCheck(BLACK_MAX_LEVEL)
-        self.rows: list[tuple] = []
-        self.levels: list[np.ndarray | bool] = []  # of frames not yet summarised, or a flag
-        self.brightness: list[np.ndarray] = []
-        self.black: list[np.ndarray] = []
+        self.rows: list[tuple] = []  # frames added one by one, not yet summarised
+        self.levels: list[np.ndarray | bool] = []  # their levels, or their flag
+        self.parts: list[dict[str, np.ndarray]] = []  # summarised frames, in file order
+        self.pending: list[tuple[dict[str, np.ndarray], bytes]] = []  # (part, its frames)
+        self.pending_bytes = 0
 
     def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
-        known = None if self.with_brightness else self.check.decide(jpeg)
-        if known is not None:  # told by the DC coefficients: nothing more to decode
-            self._add((topic, log_ns, stamp_ns, len(jpeg), *known[:2]), known[2])
-            return
-        width, height, levels = jpeg_levels(jpeg)
+        row = (topic, log_ns, stamp_ns, len(jpeg))
         if self.with_brightness:
-            self._add((topic, log_ns, stamp_ns, len(jpeg), width, height), levels)
+            width, height, levels = jpeg_levels(jpeg)
+            self._add((*row, width, height), levels)
+        else:
+            width, height, black = self._judge(jpeg)
+            self._add((*row, width, height), black)
+
+    def add_jpegs(self, topics: np.ndarray, log_ns: np.ndarray, stamps: np.ndarray,
+                  data: bytes, starts: np.ndarray, ends: np.ndarray) -> None:
+        """CompressedImage frames data[starts[i]:ends[i]] in file order (a chunk's)."""
+        if self.with_brightness:
+            for topic, log, stamp, a, b in zip(topics.tolist(), log_ns.tolist(),
+                                               stamps.tolist(), starts.tolist(),
+                                               ends.tolist(), strict=True):
+                self.add_jpeg(topic, log, stamp, data[a:b])
             return
+        self._summarise()
+        frames = b"".join([data[a:b] for a, b in zip(starts.tolist(), ends.tolist(),
+                                                      strict=True)])
+        n = len(topics)
+        part = {"topic": topics, "log_ns": log_ns, "stamp_ns": stamps, "bytes": ends - starts,
+                "width": np.zeros(n, dtype=np.int64), "height": np.zeros(n, dtype=np.int64),
+                "is_black": np.zeros(n, dtype=bool)}
+        self.parts.append(part)
+        self.pending.append((part, frames))
+        self.pending_bytes += len(frames)
+        if self.pending_bytes >= self.PENDING_BYTES:
+            self._check_pending()
+
+    def _check_pending(self) -> None:
+        """The held frames' flags: their first blocks together, then the walker (and the
+        full decode) for the others, in file order; once a frame admits a header, the
+        frames after it are checked together again."""
+        if not self.pending:
+            return
+        data = b"".join(frames for _, frames in self.pending)
+        ends = np.cumsum(np.concatenate([part["bytes"] for part, _ in self.pending]))
+        starts = ends - np.concatenate([part["bytes"] for part, _ in self.pending])
+        told, width, height = self.check.bright_first_blocks(data, starts, ends)
+        black = np.zeros(len(told), dtype=bool)
+        rest = np.flatnonzero(~told).tolist()
+        while rest:
+            i = rest.pop(0)
+            admissions = self.check.admissions
+            width[i], height[i], black[i] = self._judge(data[starts[i]:ends[i]])
+            if self.check.admissions != admissions and rest:
+                later = np.asarray(rest)
+                again, w, h = self.check.bright_first_blocks(data, starts[later], ends[later])
+                width[later[again]], height[later[again]] = w[again], h[again]
+                rest = later[~again].tolist()
+        at = 0
+        for part, _ in self.pending:
+            n = len(part["bytes"])
+            part["width"][:], part["height"][:] = width[at:at + n], height[at:at + n]
+            part["is_black"][:] = black[at:at + n]
+            at += n
+        self.pending, self.pending_bytes = [], 0
+
+    def _judge(self, jpeg: bytes) -> tuple[int, int, bool]:
+        """(width, height, black) of one frame: the walker, else the full decode."""
+        known = self.check.decide(jpeg)
+        if known is not None:  # told by the DC coefficients: nothing more to decode
+            return known
+        width, height, levels = jpeg_levels(jpeg)
         black = bool(levels.max() <= BLACK_MAX_LEVEL)
         self.check.confirm(jpeg, width, height, black)
-        self._add((topic, log_ns, stamp_ns, len(jpeg), width, height), black)
+        return width, height, black
 
     def add(self, topic: str, log_ns: int, stamp_ns: int, size: int,
             frame: tuple[int, int, np.ndarray]) -> None:
@@ -458,6 +519,10 @@ class _CameraColumns:
             self._summarise()
 
     def _summarise(self) -> None:
+        """The frames added one by one become a part: their flags (and brightness) computed
+        a batch at a time, their levels dropped."""
+        if not self.rows:
+            return
         brightness = np.full(len(self.levels), np.nan)
         black = np.empty(len(self.levels), dtype=bool)
         by_shape: dict[tuple, list[int]] = {}
@@ -470,18 +535,21 @@ class _CameraColumns:
             stack = np.stack([self.levels[i] for i in idx]).reshape(len(idx), -1)
             brightness[idx] = stack.mean(axis=1)
             black[idx] = stack.max(axis=1) <= BLACK_MAX_LEVEL
-        self.brightness.append(brightness)
-        self.black.append(black)
-        self.levels = []
+        part = _rows_to_columns(self.rows, list(self.NAMES))
+        part["brightness"], part["is_black"] = brightness, black
+        self.parts.append(part)
+        self.rows, self.levels = [], []
 
     def columns(self) -> dict[str, np.ndarray]:
-        cols = _rows_to_columns(self.rows, list(self.NAMES))
-        if not cols:
-            return cols
+        self._check_pending()
         self._summarise()
-        cols["brightness"] = (np.concatenate(self.brightness) if self.with_brightness
-                              else np.full(len(self.rows), None, dtype=object))  # null
-        cols["is_black"] = np.concatenate(self.black)
+        if not self.parts:
+            return {}
+        cols = {name: np.concatenate([part[name] for part in self.parts])
+                for name in (*self.NAMES, "is_black")}
+        cols["brightness"] = (np.concatenate([part["brightness"] for part in self.parts])
+                              if self.with_brightness
+                              else np.full(len(cols["log_ns"]), None, dtype=object))  # null
         return cols
 
 
@@ -669,14 +737,10 @@ class _SliceColumns:
             msg = self.deserialize(data, msgtype, encoding)
             self.lidar.add(topic, log_ns, _stamp(msg), summarize_scan(msg))
         elif kind == "camera" and msgtype.endswith("CompressedImage"):
-            self.add_jpeg(topic, log_ns, *compressed_image_payload(data, encoding))
+            self.camera.add_jpeg(topic, log_ns, *compressed_image_payload(data, encoding))
         elif kind == "camera":
             msg = self.deserialize(data, msgtype, encoding)
             self.camera.add(topic, log_ns, _stamp(msg), len(msg.data), image_levels(msg))
-
-    def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
-        """A CompressedImage frame, its header stamp and image bytes already read."""
-        self.camera.add_jpeg(topic, log_ns, stamp_ns, jpeg)
 
     def decoded(self, fmt: str, payload_ref: str) -> Decoded:
         return Decoded(
@@ -785,20 +849,21 @@ def _add_in_file_order(columns: _SliceColumns, chunk: ChunkMessages, rows: np.nd
             columns, chunk, rows[clouds], sensors, encoding):
         rows, kind = rows[~clouds], kind[~clouds]
     jpeg = kind == _JPEG
-    spans = _jpeg_spans(chunk, rows[jpeg], encoding) if jpeg.any() else None
-    if spans is None:  # none, or one the bulk read cannot place: each read as before
-        jpeg[:] = False
-        spans = (np.empty(0, dtype=np.int64),) * 3
-    spans = iter(zip(*(s.tolist() for s in spans), strict=True))
-    plain = chunk.plain
-    for i, is_jpeg, cid, log_ns in zip(rows.tolist(), jpeg.tolist(), chunk.conn[rows].tolist(),
-                                       chunk.log_ns[rows].tolist(), strict=True):
+    # a chunk's CompressedImage frames as one block, unless other camera messages lie
+    # among them (the camera rows' order is file order)
+    spans = (_jpeg_spans(chunk, rows[jpeg], encoding)
+             if jpeg.any() and not (kind == _CAMERA).any() else None)
+    if spans is not None:
+        stamps, starts, ends = spans
+        topics = np.asarray([sensors[c][0] for c in chunk.conn[rows[jpeg]].tolist()],
+                            dtype=object)
+        columns.camera.add_jpegs(topics, chunk.log_ns[rows[jpeg]], stamps, chunk.plain,
+                                 starts, ends)
+        rows = rows[~jpeg]
+    for i, cid, log_ns in zip(rows.tolist(), chunk.conn[rows].tolist(),
+                              chunk.log_ns[rows].tolist(), strict=True):
         topic, msgtype = sensors[cid]
-        if is_jpeg:
-            stamp, start, end = next(spans)
-            columns.add_jpeg(topic, log_ns, stamp, plain[start:end])
-        else:
-            columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
+        columns.add(topic, msgtype, log_ns, chunk.data(i), encoding)
 
 
 def _header_stamps(buf: np.ndarray, at: np.ndarray, encoding: str) -> np.ndarray:

@@ -162,6 +162,7 @@ class _Layout:
     null_mcu: tuple[int, int]  # (bits, pattern) of an MCU of zero DC differences and EOBs
     admitted: bool = False
     banned: bool = False
+    arrays: tuple | None = None  # the first block's lookup tables as numpy (bulk check)
 
 
 @dataclass
@@ -305,10 +306,12 @@ class BlackCheck:
         self.budgets = (budget_mcus, budget_bytes)
         self._recent: list[tuple[bytes, _Layout | None]] = []  # (header bytes, layout), MRU
         self._layouts: dict[bytes, _Layout | None] = {}
+        self._admitted: dict[bytes, _Layout] = {}  # header bytes -> an admitted layout
         # lookup tables are a function of the Huffman tables alone: shared by every check in
         # the process, so a worker decoding upload after upload builds them once (~50 ms)
         self._tables = _SHARED_TABLES
         self.disagreed = 0  # headers banned: the walker disagreed with the full decode
+        self.admissions = 0  # headers admitted
 
     def _huffman(self, head: _Header, cls: int, table: int):
         """(key, (lookup tables..., (bits, code) of symbol 0: DC difference 0 or EOB))."""
@@ -385,6 +388,7 @@ class BlackCheck:
         if key not in self._layouts:
             if len(self._layouts) >= self.MAX_HEADERS:
                 self._layouts.clear()
+                self._admitted.clear()
                 self._tables.clear()
             self._layouts[key] = self._layout(head)
         layout = self._layouts[key]
@@ -400,8 +404,39 @@ class BlackCheck:
         found = self._find(jpeg)
         if found is None or not found[0].admitted:
             return None
+        if len(self._admitted) < self.MAX_HEADERS:
+            self._admitted.setdefault(jpeg[:found[1]], found[0])
         verdict = _walk(*found, jpeg, *self.budgets)
         return None if verdict is None else (found[0].width, found[0].height, not verdict)
+
+    def bright_first_blocks(self, data: bytes, starts: np.ndarray,
+                            ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`decide` for many frames at once (data[starts[i]:ends[i]] each), where it is told
+        by the first luma block: (told "not black", width, height) per frame. A frame is
+        told only when the walker would read the same bits and answer the same (its header
+        admitted, its first raw bytes free of markers and its data longer than they are, the
+        block inside them); the others are `decide`'s, one by one. Daylight frames mostly
+        end here: one pass of numpy over a chunk's frames instead of a walk per frame."""
+        told = np.zeros(len(starts), dtype=bool)
+        width, height = np.zeros(len(starts), dtype=np.int64), np.zeros(len(starts), np.int64)
+        buf = np.frombuffer(data, dtype=np.uint8)
+        if not buf.size:
+            return told, width, height
+        whole_frames = (ends - starts >= 4) & (buf[np.maximum(ends - 2, 0)] == 0xFF) & (
+            buf[np.maximum(ends - 1, 0)] == 0xD9)
+        for prefix, layout in self._admitted.items():
+            if not layout.admitted:
+                continue
+            at = starts + len(prefix)  # the entropy-coded data
+            rows = np.flatnonzero(~told & whole_frames & (ends - 2 - at > _RAW))
+            rows = rows[[data.startswith(prefix, s) for s in starts[rows].tolist()]]
+            if rows.size:
+                unstuffed, ok = _unstuffed(np.lib.stride_tricks.sliding_window_view(
+                    buf, _RAW)[at[rows]])
+                rows = rows[ok]
+                rows = rows[_first_block_bright(layout, unstuffed[ok])]
+                told[rows], width[rows], height[rows] = True, layout.width, layout.height
+        return told, width, height
 
     def confirm(self, jpeg: bytes, width: int, height: int, black: bool) -> None:
         """The full decode's answer for a frame `decide` did not answer: the frame's header
@@ -415,6 +450,96 @@ class BlackCheck:
                                                                               not black)
         layout.admitted, layout.banned = agrees, not agrees
         self.disagreed += not agrees
+        self.admissions += agrees
+        if agrees and len(self._admitted) < self.MAX_HEADERS:
+            self._admitted[jpeg[:found[1]]] = layout
+
+
+# What `bright_first_blocks` reads of a frame's entropy-coded data: _RAW raw bytes, which
+# cover all that _Entropy unstuffs before the walker has read _WINDOW bytes (its first
+# read of 48, one doubling of 96 and an FF 00 pair's second byte at either cut); the first
+# block is told only within the first _WINDOW unstuffed bytes.
+_RAW, _WINDOW = 160, 48
+
+
+def _unstuffed(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first _WINDOW bytes of each row with stuffed zeros removed, rows free of markers
+    and fill bytes: an FF followed by anything but 00, or an FF last)."""
+    ff = raw == 0xFF
+    zero_next = raw[:, 1:] == 0
+    ok = ~ff[:, -1] & ~(ff[:, :-1] & ~zero_next).any(axis=1)
+    head = _WINDOW + 16  # the window's bytes lie among the first `head` raw ones
+    stuffed = ff[:, :head - 1] & zero_next[:, :head - 1]  # the 00 after an FF, at column + 1
+    out = raw[:, :_WINDOW].copy()
+    rows = np.flatnonzero(stuffed.any(axis=1) & ok)
+    if rows.size:  # compact those rows: each kept byte to its place among the kept
+        keep = np.ones((rows.size, head), dtype=bool)
+        keep[:, 1:] = ~stuffed[rows]
+        place = np.cumsum(keep, axis=1, dtype=np.int16) - 1
+        ok[rows[place[:, -1] < _WINDOW - 1]] = False  # more than 16 stuffed: not read here
+        r, c = np.nonzero(keep & (place < _WINDOW))
+        out[rows[r], place[r, c]] = raw[rows[r], c]
+    return out, ok
+
+
+def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
+    """Per row of unstuffed entropy-coded bytes: whether the scan's first block (luma, the
+    top-left one, always visible) is complete within them and brighter than the threshold.
+    `_scan`'s first block, step for step, over all rows at once."""
+    if layout.arrays is None:
+        layout.arrays = tuple(np.frombuffer(t, np.uint16 if t.typecode == "H" else np.uint32)
+                              .astype(np.int32) for t in layout.blocks[0][:4])
+    dc_lut, multi, single, whole = layout.arrays
+    n = len(data)
+    wide = np.zeros((n, _WINDOW + 2), dtype=np.int32)
+    wide[:, :_WINDOW] = data
+    # the 24 bits from each byte on, flat: a 16-bit lookup at bit p is one gather and shift
+    bits24 = (wide[:, :-2] << 16 | wide[:, 1:-1] << 8 | wide[:, 2:]).ravel()
+    base = np.arange(n, dtype=np.int32) * _WINDOW
+    limit = 8 * _WINDOW - 16  # a lookup reads 16 bits that must all be data
+
+    def bits16(rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return (bits24[base[rows] + (pos >> 3)] >> (8 - (pos & 7))) & 0xFFFF
+
+    pos, k = np.zeros(n, dtype=np.int32), np.ones(n, dtype=np.int32)
+    ok = np.ones(n, dtype=bool)
+    e = whole[bits16(np.arange(n), pos)]
+    pred = np.where(e != 0, (e >> 5) - 65536, 0)
+    pos = np.where(e != 0, e & 31, 0)
+    rows = np.flatnonzero(e == 0)  # the DC code, its difference, then the AC codes
+    e = dc_lut[bits16(rows, pos[rows])]
+    ok[rows[e == 0]] = False
+    rows, e = rows[e != 0], e[e != 0]
+    pos[rows] += e >> 4
+    s = e & 15
+    r = (bits16(rows, pos[rows]) >> (16 - s)) & ((1 << s) - 1)
+    pos[rows] += s
+    pred[rows] = np.where(s == 0, 0, np.where(r >> np.maximum(s - 1, 0) == 1, r,
+                                               r - (1 << s) + 1))
+    while rows.size:
+        late = pos[rows] > limit
+        if late.any():
+            ok[rows[late]] = False
+            rows = rows[~late]
+        v = bits16(rows, pos[rows])
+        e = multi[v]
+        t = k[rows] + (e & 255)
+        go = t < 64
+        if go.all():
+            k[rows], pos[rows] = t, pos[rows] + (e >> 8)
+            continue
+        k[rows[go]], pos[rows[go]] = t[go], pos[rows[go]] + (e[go] >> 8)
+        bad = ~go & (e == _BAD)
+        ok[rows[bad]] = False
+        end = ~go & ~bad & ((((e & 128) != 0) & (t - 128 < 64)) | (t == 64))
+        pos[rows[end]] += e[end] >> 8
+        one = ~go & ~bad & ~end  # near the block's end: one code
+        r1, e1 = rows[one], single[v[one]]
+        pos[r1] += e1 >> 8
+        k[r1] += e1 & 255
+        rows = np.concatenate([rows[go], r1[((e1 & 128) == 0) & (k[r1] < 64)]])
+    bright = np.frombuffer(layout.bright, dtype=np.uint8)
+    return ok & (pos <= 8 * _WINDOW) & (bright[pred & 0xFFFF] == 1)
 
 
 def _walk(layout: _Layout, start: int, jpeg: bytes, budget_mcus: int,

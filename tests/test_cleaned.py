@@ -326,6 +326,7 @@ def test_parallel_decoding_equals_serial(tmp_path: Path, monkeypatch, fmt: str):
     serial = decode.decode_recording(path, "ref", workers=1)
     monkeypatch.setattr(decode, "FIXED_BATCH", 7)
     monkeypatch.setattr(decode._CameraColumns, "BATCH", 5)
+    monkeypatch.setattr(decode._CameraColumns, "PENDING_BYTES", 3000)
     monkeypatch.setattr(decode, "CLOUD_BATCH", 3)
     _same_columns(serial, decode.decode_recording(path, "ref", workers=1))
     monkeypatch.setattr(decode, "PARALLEL_MIN_MESSAGES", 1)

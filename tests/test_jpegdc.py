@@ -251,11 +251,88 @@ def test_hostile_bytes_never_crash_the_walker_and_get_todays_verdict(kind, at, d
     else:
         frame = frame[:pos] + b"\xff" + bytes([0xC0 + data[0] % 64]) + frame[pos:]
     answer = CHECK.decide(frame)  # never raises
+    told, width, height = CHECK.bright_first_blocks(frame, np.array([0]), np.array([len(frame)]))
+    if told[0]:  # the first blocks checked together: only where the walker says the same
+        assert answer == (width[0], height[0], False), kind
     today, ours = _today(frame), _ours(frame)
     if ours != today:
         scan = REFERENCE.index(b"\xff\xda")
         assert today is ValueError and answer == ours, kind
         assert kind in ("flip", "insert", "marker") and pos >= scan + 14, kind
+
+
+def _block_of(frames: list[bytes]) -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The frames one after another, as a chunk holds them (with bytes between them)."""
+    gap = b"\xff\xd9\x00" * 7
+    data = gap + gap.join(frames) + gap
+    starts = np.cumsum([len(gap)] + [len(f) + len(gap) for f in frames[:-1]])
+    return data, starts, starts + np.array([len(f) for f in frames])
+
+
+def test_first_blocks_checked_together_tell_only_what_the_walker_tells():
+    """`bright_first_blocks` over many frames (day and night frames of three sizes, black
+    ones, noisy ones whose first bytes hold stuffed zeros, and every kind of damage at every
+    position of the first 200 entropy-coded bytes): a frame it tells is one the walker
+    tells "not black" with the same size, and it tells most daylight frames."""
+    rng = np.random.default_rng(11)
+    day, other = [], []
+    for size in ((64, 48), (100, 37), (320, 240)):
+        camera = Camera(rng, Trajectory(rng, profile_of("delivery"), 60.0), size)
+        for pixels in camera.pixels(np.linspace(0, 60, 12)):
+            day.append(jpeg(pixels))
+            other += [jpeg(pixels // 24), jpeg(np.zeros_like(pixels))]
+    noisy = [encode(rng.integers(0, 256, (32, 32, 3)).astype(np.uint8), "444", q)
+             for q in range(50, 101, 5)]  # long first blocks: some past the window
+    scan = REFERENCE.index(b"\xff\xda") + 14
+    damaged = []
+    for pos in range(scan, scan + 200):
+        damaged += [REFERENCE[:pos] + bytes([REFERENCE[pos] ^ 0x10]) + REFERENCE[pos + 1:],
+                    REFERENCE[:pos] + b"\xff\xd0" + REFERENCE[pos:],
+                    REFERENCE[:pos] + b"\xff" + REFERENCE[pos:],
+                    REFERENCE[:pos] + b"\xff\xd9"]
+    frames = day + other + noisy + damaged
+    check = BlackCheck(BLACK_MAX_LEVEL, BUDGET, budget_bytes=1 << 30)
+    for frame in frames:  # every header admitted (where the full decode accepts the frame)
+        if check.decide(frame) is None and _today(frame) is not ValueError:
+            check.confirm(frame, *exact(frame)[:3])
+    told, width, height = check.bright_first_blocks(*_block_of(frames))
+    for i in np.flatnonzero(told):
+        assert check.decide(frames[i]) == (width[i], height[i], False), i
+    assert told[:len(day)].mean() > 0.9
+    assert not told[len(day):len(day) + len(other)].any()  # night and black: not bright
+    stuffed = [b"\xff\x00" in f[f.index(b"\xff\xda") + 14:][:48] for f in day]
+    assert sum(stuffed) >= 3 and told[:len(day)][stuffed].all()  # stuffed zeros removed
+
+
+def test_a_block_of_frames_equals_the_frames_one_by_one(monkeypatch):
+    """`_CameraColumns.add_jpegs` (a chunk's frames held and checked together, the rest
+    walked or decoded) against `add_jpeg` frame by frame, from a fresh check (the first
+    frame admits the header in the middle of the block), across several held batches and
+    headers, with a damaged frame among them: the same columns, and the same error."""
+    rng = np.random.default_rng(12)
+    camera = Camera(rng, Trajectory(rng, profile_of("delivery"), 60.0), (64, 48))
+    frames = [jpeg(p) for p in camera.pixels(np.linspace(0, 60, 60))]
+    frames[10] = jpeg(np.zeros((48, 64, 3), np.uint8))
+    frames[20:20] = [pil(np.full((40, 60, 3), 90, np.uint8), quality=70)]  # another header
+    monkeypatch.setattr(_CameraColumns, "PENDING_BYTES", 20_000)
+    one, block = _CameraColumns(brightness=False), _CameraColumns(brightness=False)
+    for i, frame in enumerate(frames):
+        one.add_jpeg("/cam", i, i + 1, frame)
+    data, starts, ends = _block_of(frames)
+    topics = np.array(["/cam"] * len(frames), dtype=object)
+    for half in (slice(0, 33), slice(33, None)):
+        block.add_jpegs(topics[half], np.arange(len(frames))[half],
+                        np.arange(len(frames))[half] + 1, data, starts[half], ends[half])
+    a, b = one.columns(), block.columns()
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    assert b["is_black"].sum() == 1 and block.check.admissions == 2
+    damaged = frames[5][:frames[5].index(b"\xff\xda") + 19] + b"\xff\xd9"  # in block 1
+    block.add_jpegs(topics[:1], np.zeros(1, np.int64), np.zeros(1, np.int64), damaged,
+                    np.array([0]), np.array([len(damaged)]))
+    with pytest.raises(ValueError):
+        block.columns()
 
 
 def test_damage_the_walker_reads_is_the_full_decodes_to_judge():
