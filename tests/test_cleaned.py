@@ -333,6 +333,39 @@ def test_parallel_decoding_equals_serial(tmp_path: Path, monkeypatch, fmt: str):
     _same_columns(serial, decode.decode_recording(path, "ref", workers=2))
 
 
+def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
+        tmp_path: Path, monkeypatch):
+    """The decode workers stay up between recordings: each slice still runs under the
+    caller's ROBOLAKE_* settings of that moment (brightness on, off, on), and a worker
+    killed between two recordings is replaced, not reported as a decode failure."""
+    import os
+    import signal
+
+    import robolake.decode as decode
+    from robolake.settings import reset_settings
+
+    truth = simulate_recording(tmp_path, ROBOT, _start("2026-11-20", 9, 0), 6.0, seed=8)
+    path = tmp_path / truth["file"]
+    monkeypatch.setattr(decode, "PARALLEL_MIN_MESSAGES", 1)
+    for switch in ("on", "off", "on"):
+        monkeypatch.setenv("ROBOLAKE_CAMERA_BRIGHTNESS", switch)
+        reset_settings()
+        brightness = decode.decode_recording(path, "ref", workers=2).camera["brightness"]
+        nulls = np.array([b is None for b in brightness])
+        assert nulls.all() if switch == "off" else not nulls.any(), switch
+    reset_settings()
+    pool = decode._warm_pool(1)
+    for pid in list(pool._processes):
+        os.kill(pid, signal.SIGKILL)
+    for _ in range(50):  # the pool notices its dead worker
+        if pool._broken:
+            break
+        time.sleep(0.1)
+    again = decode.decode_recording(path, "ref", workers=2)
+    assert decode._warm_pool(1) is not pool
+    _same_columns(decode.decode_recording(path, "ref", workers=1), again)
+
+
 def test_concurrent_runs_on_different_partitions(tmp_path: Path):
     from concurrent.futures import ThreadPoolExecutor
 
