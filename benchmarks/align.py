@@ -270,9 +270,9 @@ def bench_cleaned(minutes: float) -> None:
                 for _ in StreamReader(f).records:
                     pass
 
-        lake = open_store(Path(tmp) / "lake")
-
         def ours() -> None:
+            # a lake of its own per run: the upload's first cleaning, as in a partition run
+            lake = open_store(Path(tempfile.mkdtemp(dir=tmp, prefix="lake-")))
             upload = Upload("bench", "bench-0", "delivery", "eu-west", "raw/bench.mcap",
                             time.time_ns())
             result = clean_upload(path, upload, "2026-11-27")

@@ -120,15 +120,18 @@ def _event_time(cols: dict[str, np.ndarray], clock: ClockCheck) -> np.ndarray:
 
 
 def _frame(cols: dict[str, np.ndarray], clock: ClockCheck, upload: Upload,
-           schema: dict[str, pl.DataType]) -> pl.DataFrame:
+           schema: dict[str, pl.DataType], payload_ref: str = "") -> pl.DataFrame:
     if not cols:
         return pl.DataFrame(schema=schema)
     data = {k: v for k, v in cols.items() if k in schema and k not in ("ts_ns", "date")}
     data["ts_ns"] = _event_time(cols, clock)
+    refs = ([pl.concat_str(pl.lit(f"{payload_ref}#"), "topic", pl.lit("@"),
+                           pl.col("log_ns").cast(pl.String)).alias("payload_ref")]
+            if "payload_ref" in schema else [])  # where the payload lies in the raw copy
     frame = pl.DataFrame(data).with_columns(
         pl.lit(upload.robot_id).alias("robot_id"), pl.lit(upload.robot_type).alias("robot_type"),
         pl.lit(upload.region).alias("region"), pl.lit(upload.upload_id).alias("upload_id"),
-        utc_date_expr())
+        utc_date_expr(), *refs)
     return frame.select([pl.col(k).cast(t) for k, t in schema.items()])
 
 
@@ -362,8 +365,10 @@ def clean_decoded(decoded: Decoded, upload: Upload, day: str,
     clock = check_clock(decoded)
     imu, c_imu = clean_imu(_frame(decoded.imu, clock, upload, IMU_SCHEMA))
     gps, c_gps = clean_gps(_frame(decoded.gps, clock, upload, GPS_SCHEMA))
-    lidar, c_lidar = clean_lidar(_frame(decoded.lidar, clock, upload, LIDAR_SCHEMA))
-    camera, c_cam = clean_camera(_frame(decoded.camera, clock, upload, CAMERA_SCHEMA))
+    lidar, c_lidar = clean_lidar(_frame(decoded.lidar, clock, upload, LIDAR_SCHEMA,
+                                        decoded.payload_ref))
+    camera, c_cam = clean_camera(_frame(decoded.camera, clock, upload, CAMERA_SCHEMA,
+                                        decoded.payload_ref))
     counts = {**c_imu, **c_gps, **c_lidar, **c_cam}
     aligned = align_to_lidar(lidar, camera, imu, gps)
     present = {"imu": not imu.is_empty(), "gps": not gps.is_empty(),
@@ -376,8 +381,11 @@ def clean_decoded(decoded: Decoded, upload: Upload, day: str,
     return Cleaned(imu, gps, lidar, camera, aligned, report, counts)
 
 
-def clean_upload(path: Path, upload: Upload, day: str, cleaned_ns: int | None = None) -> Cleaned:
-    return clean_decoded(decode_recording(path, upload.raw_key), upload, day, cleaned_ns)
+def clean_upload(path: Path, upload: Upload, day: str, cleaned_ns: int | None = None,
+                 workers: int | None = None) -> Cleaned:
+    """`workers`: decode processes (None: ROBOLAKE_DECODE_WORKERS, see decode_recording)."""
+    return clean_decoded(decode_recording(path, upload.raw_key, workers), upload, day,
+                         cleaned_ns)
 
 
 def check_report(report: dict) -> dict[str, bool]:
@@ -619,18 +627,18 @@ def write_without_overlap(lake, name: str, frame: pl.DataFrame, uploads: list[Up
     return version, decided[0], decided[1]
 
 
-def clean_one(lake, upload: Upload, fmt: str, day: str,
-              cleaned_ns: int) -> tuple[Cleaned | None, dict, str]:
+def clean_one(lake, upload: Upload, fmt: str, day: str, cleaned_ns: int,
+              workers: int | None = None) -> tuple[Cleaned | None, dict, str]:
     """One upload through the rules, whichever engine runs it: (the cleaned tables or None,
     its quality report, a note when it was not decoded). A file that fails to decode is
     its own verdict (an empty report saying why); a transient error (storage, network)
-    is raised so the step or task is retried."""
+    is raised so the step or task is retried. `workers`: see clean_upload."""
     if fmt not in DECODABLE_FORMATS:
         note = f"{fmt}: indexed only, not decoded"
         return None, _empty_report(upload, day, cleaned_ns, note), note
     try:
         with lake.local_path(upload.raw_key) as path:
-            cleaned = clean_upload(path, upload, day, cleaned_ns)
+            cleaned = clean_upload(path, upload, day, cleaned_ns, workers)
     except Exception as exc:  # one bad upload must not stop the partition
         if is_transient(exc):
             raise

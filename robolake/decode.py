@@ -29,6 +29,7 @@ from robolake.bagindex import (
     ChunkMessages,
     IndexRejected,
     _u32_at,
+    byte_windows,
 )
 from robolake.bagscan import BagScan
 from robolake.contract import LIDAR_MAX_RANGE_M
@@ -51,13 +52,16 @@ class RawMessages:
 
 @dataclass
 class Decoded:
-    """Columns per sensor kind for one recording; each dict maps column -> numpy array."""
+    """Columns per sensor kind for one recording; each dict maps column -> numpy array.
+    LiDAR and camera rows refer to their payload as f"{payload_ref}#{topic}@{log_ns}"
+    (that column is built where the rows become a table: cleaned._frame)."""
 
     format: str
     imu: dict[str, np.ndarray]
     gps: dict[str, np.ndarray]
     lidar: dict[str, np.ndarray]
     camera: dict[str, np.ndarray]
+    payload_ref: str = ""
 
 
 def iter_sensor_messages(path: Path, start_ns: int | None = None,
@@ -349,14 +353,14 @@ def _range_stats(r: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     """Per row of ranges: points, kept (<= LIDAR_MAX_RANGE_M), far, min/mean/max of kept."""
     far = valid & (r > LIDAR_MAX_RANGE_M)
     kept = valid & ~far
-    n_kept = kept.sum(axis=1)
+    n_kept = np.count_nonzero(kept, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(kept, r, 0.0).sum(axis=1) / n_kept
-    lo = np.where(kept, r, np.inf).min(axis=1)
-    hi = np.where(kept, r, -np.inf).max(axis=1)
+        mean = np.where(kept, r, 0.0).sum(axis=1) / n_kept  # (pairwise sums, as ever)
+    lo = np.min(r, axis=1, where=kept, initial=np.inf)
+    hi = np.max(r, axis=1, where=kept, initial=-np.inf)
     empty = n_kept == 0
     return {"points_total": np.full(r.shape[0], r.shape[1]), "points_kept": n_kept,
-            "points_far": far.sum(axis=1),
+            "points_far": np.count_nonzero(far, axis=1),
             "range_min_m": np.where(empty, np.nan, lo), "range_mean_m": np.where(empty, np.nan,
                                                                                  mean),
             "range_max_m": np.where(empty, np.nan, hi)}
@@ -369,8 +373,10 @@ def _cloud_stats(points: bytes, n: int, first: CloudLayout) -> dict[str, np.ndar
                       "formats": [endian + _POINT_DTYPES[t] for _, t in first.xyz],
                       "offsets": [o for o, _ in first.xyz], "itemsize": first.point_step})
     pts = np.frombuffer(points, dtype=dtype).reshape(n, first.n_points)
-    x, y, z = (pts[k].astype(np.float64) for k in "xyz")
-    r = np.sqrt(x * x + y * y + z * z)
+    r = np.square(pts["x"], dtype=np.float64)  # x*x + y*y + z*z in float64, in place
+    r += np.square(pts["y"], dtype=np.float64)
+    r += np.square(pts["z"], dtype=np.float64)
+    np.sqrt(r, out=r)
     return _range_stats(r, np.isfinite(r) & (r > 0))  # (0, 0, 0) is "no return"
 
 
@@ -662,7 +668,7 @@ def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -
     parts = [f.result() for f in futures] + [last]
     merged = {kind: _concat_parts([getattr(p, kind) for p in parts])
               for kind in ("imu", "gps", "lidar", "camera")}
-    return Decoded(format=parts[0].format, **merged)
+    return Decoded(format=parts[0].format, **merged, payload_ref=payload_ref)
 
 
 _MALLOC_TUNED = False
@@ -809,8 +815,9 @@ class _SliceColumns:
             format=fmt,
             imu=self.fixed.columns("imu", self.encoding),
             gps=self.fixed.columns("gps", self.encoding),
-            lidar=_with_payload_ref(self.lidar.columns(), payload_ref),
-            camera=_with_payload_ref(self.camera.columns(), payload_ref),
+            lidar=self.lidar.columns(),
+            camera=self.camera.columns(),
+            payload_ref=payload_ref,
         )
 
 
@@ -951,7 +958,7 @@ def _add_cloud_blocks(columns: _SliceColumns, chunk: ChunkMessages, rows: np.nda
     head = 16 + struct.unpack_from("<I", first, 12)[0]
     if (_u32_at(buf, at + 12) != head - 16).any():
         return False
-    windows = np.lib.stride_tricks.sliding_window_view
+    windows = byte_windows
     if not (windows(buf, layout.data_at - head)[at + head]
             == np.frombuffer(first, np.uint8, layout.data_at - head, head)).all():
         return False
@@ -1008,10 +1015,3 @@ def _rows_to_columns(rows: list[tuple], names: list[str]) -> dict[str, np.ndarra
             for i, name in enumerate(names)}  # the topic column shares the rows' str objects
     return cols
 
-
-def _with_payload_ref(cols: dict[str, np.ndarray], payload_ref: str) -> dict[str, np.ndarray]:
-    if cols:
-        cols["payload_ref"] = np.asarray(
-            [f"{payload_ref}#{t}@{ns}" for t, ns in zip(cols["topic"], cols["log_ns"],
-                                                        strict=True)], dtype=object)
-    return cols

@@ -28,7 +28,7 @@ import numpy as np
 from mcap.exceptions import EndOfFile
 from mcap.opcode import Opcode
 
-from robolake.bagindex import ChunkInconsistent, ChunkMessages, IndexRejected
+from robolake.bagindex import ChunkInconsistent, ChunkMessages, IndexRejected, byte_windows
 from robolake.inflate import FormatProblem, inflate
 from robolake.mcapscan import _CHUNK_FIXED, _HEAD, MAGIC, Definitions, _definition_into
 
@@ -256,7 +256,7 @@ def _locate(plain: bytes, conn: np.ndarray, log: np.ndarray, offset: np.ndarray,
     at = offset.astype(np.int64)
     if n:
         buf = np.frombuffer(plain, dtype=np.uint8)
-        head = np.lib.stride_tricks.sliding_window_view(buf, _MESSAGE_FIXED)[at]
+        head = byte_windows(buf, _MESSAGE_FIXED)[at]
         length = head[:, 1:9].copy().view("<u8").ravel()
         bad = ((head[:, 0] != int(Opcode.MESSAGE)) | (length < 22)
                | (length > (end - _HEAD.size - at).astype(np.uint64))

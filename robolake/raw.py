@@ -611,7 +611,7 @@ def sensor_values_digest(path: Path) -> str:
     decoded = decode_recording(path, "")
     h = hashlib.sha256()
     for kind in ("imu", "gps", "lidar", "camera"):
-        cols = {k: v for k, v in getattr(decoded, kind).items() if k != "payload_ref"}
+        cols = getattr(decoded, kind)
         if not cols:
             continue
         frame = pl.DataFrame(cols)

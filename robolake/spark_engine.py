@@ -121,7 +121,9 @@ def clean_upload_task(task: TaskInput,
     started = time.perf_counter()
     lake = open_store(task.lake_uri, task.store_options)
     up = task.upload
-    result, report, note = cl.clean_one(lake, up, task.fmt, task.day, task.cleaned_ns)
+    # a task is one core: its recording is decoded in the task's own process
+    result, report, note = cl.clean_one(lake, up, task.fmt, task.day, task.cleaned_ns,
+                                        workers=1)
     parts: dict[str, list[PartFile]] = {}
     ranges: dict[str, list[cl.Span]] = {}
     rows = 0
