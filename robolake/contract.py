@@ -7,8 +7,10 @@ built from them, so a changed threshold changes what the UI says too.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:  # polars is not imported here: decode workers start without it (0.2 s)
+    import polars as pl
 
 # --------------------------------------------------------------------------- upload status
 

@@ -9,15 +9,10 @@ Point clouds, laser scans and images are summarised one message at a time
 
 from __future__ import annotations
 
-import ctypes
 import itertools
-import multiprocessing
 import os
 import struct
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +32,8 @@ from robolake.jpegdc import BlackCheck
 from robolake.mcapindex import McapIndex
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
-from robolake.settings import get_settings, reset_settings
+from robolake.settings import get_settings
+from robolake.workers import keep_freed_memory, run_all
 
 
 @dataclass
@@ -643,83 +639,23 @@ def decode_workers() -> int:
 def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -> Decoded:
     """Decode every sensor topic of a recording into columns.
 
-    `payload_ref` (the raw copy's key) is written into LiDAR and camera rows with
-    the topic and log time, enough to fetch the payload later. A large recording
-    is split into log-time slices decoded in parallel processes (the per-frame
-    JPEG and point-cloud work is CPU-bound), then concatenated in time order.
+    `payload_ref` (the raw copy's key) goes with the columns: LiDAR and camera rows
+    refer to their payload by it, their topic and log time. A large recording is split
+    into log-time slices decoded in parallel processes (robolake.workers: kept warm from
+    one recording to the next), then concatenated in time order.
     """
-    _keep_freed_memory()
     workers = decode_workers() if workers is None else workers
     span = _time_span(path) if workers > 1 else None
     if span is None or span[2] < PARALLEL_MIN_MESSAGES:
+        keep_freed_memory()
         return _decode_slice(path, payload_ref)
     start, end, _ = span
     edges = [start + (end + 1 - start) * i // workers for i in range(workers + 1)]
-    env = {k: v for k, v in os.environ.items() if k.startswith("ROBOLAKE_")}
-    pool = _warm_pool(workers - 1)
-    try:
-        futures = [pool.submit(_slice_in_worker, env, path, payload_ref, a, b)
-                   for a, b in itertools.pairwise(edges[:-1])]
-    except BrokenProcessPool:  # a worker died since the last recording: start them again
-        pool = _warm_pool(workers - 1, broken=pool)
-        futures = [pool.submit(_slice_in_worker, env, path, payload_ref, a, b)
-                   for a, b in itertools.pairwise(edges[:-1])]
-    last = _decode_slice(path, payload_ref, edges[-2], edges[-1])  # this process: the last
-    parts = [f.result() for f in futures] + [last]
+    parts = run_all(workers, _decode_slice, [(path, payload_ref, a, b)
+                                             for a, b in itertools.pairwise(edges)])
     merged = {kind: _concat_parts([getattr(p, kind) for p in parts])
               for kind in ("imu", "gps", "lidar", "camera")}
     return Decoded(format=parts[0].format, **merged, payload_ref=payload_ref)
-
-
-_MALLOC_TUNED = False
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc's malloc reuse freed memory instead of returning it to the system: chunks
-    (~1 MiB inflated) and column batches are allocated and freed thousands of times per
-    recording, and by default each one above 128 KiB is a fresh mmap whose pages fault in
-    again (on a robot-hour: 200 k page faults, a fifth of the decode time). Allocations
-    under 32 MiB come from the heap, and up to 128 MiB freed at its top stay mapped (peak
-    RSS +35 MB there). Once per process; nothing where the C library is not glibc."""
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 128 << 20)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _warm_pool(size: int, broken: ProcessPoolExecutor | None = None) -> ProcessPoolExecutor:
-    """Worker processes kept from one recording to the next (a step cleans upload after
-    upload): each pays its imports and lookup tables once, not once per recording. Spawned,
-    not forked (callers may hold threads); `broken`: a pool to replace."""
-    with _POOLS_LOCK:
-        if broken is not None and _POOLS.get(size) is broken:
-            del _POOLS[size]
-        if size not in _POOLS:
-            _POOLS[size] = ProcessPoolExecutor(size,
-                                               mp_context=multiprocessing.get_context("spawn"))
-        return _POOLS[size]
-
-
-def _slice_in_worker(env: dict[str, str], *args) -> Decoded:
-    """`_decode_slice` in a warm worker under the caller's ROBOLAKE_* settings (the worker's
-    own environment is the one it was spawned with)."""
-    _keep_freed_memory()
-    if {k: v for k, v in os.environ.items() if k.startswith("ROBOLAKE_")} != env:
-        for key in [k for k in os.environ if k.startswith("ROBOLAKE_")]:
-            del os.environ[key]
-        os.environ.update(env)
-        reset_settings()
-    return _decode_slice(*args)
 
 
 def _concat_parts(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -81,7 +81,7 @@ class Settings:
     notebooks_dir: Path  # each notebook is an asset; schedules.yaml schedules some
     partitions_start: str  # first date of the daily partitions, YYYY-MM-DD
     deployment: str  # one of DEPLOYMENTS
-    decode_workers: int | None  # processes per large recording; None: CPUs up to 4
+    decode_workers: int | None  # the local engine's processes; None: CPUs up to 4
     engine: str  # one of ENGINES
     spark_min_bytes: int  # auto engine: Spark above this many bytes of uploads to decode
     spark_master: str  # the Spark engine's master URL (local[N,F] or k8s://…)

@@ -288,6 +288,37 @@ def test_fleet_partition_through_clean(tmp_path: Path):
     assert metrics["warehouse_amr"]["outlier_rate"] == 0.0
 
 
+def test_uploads_cleaned_one_per_worker_process_equal_one_process(tmp_path: Path,
+                                                                   monkeypatch):
+    """The local engine on two cores (one upload per warm worker process) writes the same
+    tables and reports as on one; the same lake cleaned twice, from two copies."""
+    import shutil
+
+    from robolake import workers
+    from robolake.settings import reset_settings
+
+    simulate_fleet(tmp_path / "landing", robots=4, date="2026-11-20", minutes=0.2, seed=3,
+                   robot_types=["delivery"], faults=["imu_spikes:2", "black_frames"])
+    lake, [part] = _ingest(tmp_path / "landing", tmp_path / "lake")
+    shutil.copytree(tmp_path / "lake", tmp_path / "lake2")
+    out = {}
+    for n, folder in ((1, "lake"), (2, "lake2")):
+        monkeypatch.setenv("ROBOLAKE_DECODE_WORKERS", str(n))
+        reset_settings()
+        result = cleaned.clean_partition(open_store(tmp_path / folder), *part)
+        assert len(result.uploads) == 4
+        out[n] = {}
+        for kind, key in cleaned.TABLES.items():
+            frame = pl.from_arrow(read_table(open_store(tmp_path / folder), key))
+            frame = frame.drop("cleaned_ns", "latency_s", strict=False)
+            out[n][kind] = frame.sort([c for c, t in frame.schema.items() if not t.is_nested()])
+    reset_settings()
+    assert workers._POOLS[2]._processes  # the second run's uploads went to two workers
+    for kind, frame in out[1].items():
+        assert frame.height > 0, kind
+        assert frame.equals(out[2][kind]), kind
+
+
 def test_great_expectations_suites_catch_contract_violations(tmp_path: Path):
     from robolake.expectations import validate
 
@@ -342,6 +373,7 @@ def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
     import signal
 
     import robolake.decode as decode
+    from robolake import workers
     from robolake.settings import reset_settings
 
     truth = simulate_recording(tmp_path, ROBOT, _start("2026-11-20", 9, 0), 6.0, seed=8)
@@ -354,7 +386,7 @@ def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
         nulls = np.array([b is None for b in brightness])
         assert nulls.all() if switch == "off" else not nulls.any(), switch
     reset_settings()
-    pool = decode._warm_pool(1)
+    pool = workers.warm_pool(2)
     for pid in list(pool._processes):
         os.kill(pid, signal.SIGKILL)
     for _ in range(50):  # the pool notices its dead worker
@@ -362,7 +394,7 @@ def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
             break
         time.sleep(0.1)
     again = decode.decode_recording(path, "ref", workers=2)
-    assert decode._warm_pool(1) is not pool
+    assert workers.warm_pool(2) is not pool
     _same_columns(decode.decode_recording(path, "ref", workers=1), again)
 
 

@@ -50,6 +50,9 @@ AUDIT_SCHEMA = pa.schema([
     ("hash", pa.string()),
 ])
 _HASHED = [n for n in AUDIT_SCHEMA.names if n != "hash"]
+_POLARS_SCHEMA = {f.name: pl.Int64 if pa.types.is_integer(f.type) else
+                  pl.List(pl.String) if pa.types.is_list(f.type) else pl.String
+                  for f in AUDIT_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,9 @@ def append(lake: Store, entries: Sequence[Entry]) -> int:
             rows.append(_row(e, seq, prev, now))
             prev = rows[-1]["hash"]
         tail = json.dumps({"seq": seq, "hash": prev})
-        return Write(pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA), metadata={TAIL_KEY: tail})
+        # through polars: pyarrow's own conversion of Python rows imports pandas (0.4 s)
+        table = pl.DataFrame(rows, schema=_POLARS_SCHEMA).to_arrow().cast(AUDIT_SCHEMA)
+        return Write(table, metadata={TAIL_KEY: tail})
 
     version = commit_keyed(lake, AUDIT, plan, partition_by=["date"])
     assert version is not None
