@@ -41,7 +41,6 @@ from robolake.tables import (
     replace_rows,
     write_part_files,
 )
-from robolake.workers import as_done
 
 CLOCK_OFFSET_MIN_NS = 500_000_000  # sensor stamps this far from log times: clock is off
 CLOCK_CONSTANT_SPREAD_NS = 20_000_000  # offsets within this band (p5..p95): constant, corrected
@@ -449,6 +448,7 @@ class PartitionResult:
     counts: dict[str, int]
     # every cleaned upload of the partition, those of earlier runs included
     partition_reports: list[dict]
+    processes: int = 1  # the uploads were cleaned in this many processes, one upload each
 
     @property
     def metrics(self) -> dict:
@@ -683,26 +683,28 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
     plan = plan_cleaning(lake, day, robot_type, reclean)
     if not plan.todo:
         return nothing_to_clean(lake, day, robot_type, plan, log)
+    processes = min(decode_workers(), len(plan.todo))
+    if processes > 1:  # one upload per core, in warm worker processes; see spark_engine
+        from robolake.spark_engine import clean_partition_processes
+
+        result = clean_partition_processes(lake, day, robot_type, processes, log, plan=plan)[0]
+        return replace(result, processes=processes)
     frames: dict[str, list[pl.DataFrame]] = {k: [] for k in TABLES if k != "report"}
     reports = []
     counts: dict[str, int] = {}
-    answers = {}
-    for i, (upload, (cleaned, report, note)) in enumerate(_clean_all(lake, day, plan), 1):
-        answers[upload.upload_id] = cleaned, report
-        if cleaned is not None:
-            log(f"[{i}/{len(plan.todo)}] {upload.robot_id} {upload.upload_id[:12]}: "
-                f"{cleaned.aligned.height} aligned frames; {cleaned.report['notes'][0]}")
-        elif note.startswith("decode failed"):
-            log(f"[{i}/{len(plan.todo)}] {upload.raw_key}: {note}")
-    for upload, _ in plan.todo:  # the partition's order, however they finished
-        cleaned, report = answers[upload.upload_id]
+    for i, (upload, fmt) in enumerate(plan.todo, 1):
+        cleaned, report, note = clean_one(lake, upload, fmt, day, plan.cleaned_ns(upload.upload_id))
         reports.append(report)
         if cleaned is None:
+            if note.startswith("decode failed"):
+                log(f"[{i}/{len(plan.todo)}] {upload.raw_key}: {note}")
             continue
         for name in frames:
             frames[name].append(getattr(cleaned, name))
         for k, v in cleaned.counts.items():
             counts[k] = counts.get(k, 0) + v
+        log(f"[{i}/{len(plan.todo)}] {upload.robot_id} {upload.upload_id[:12]}: "
+            f"{cleaned.aligned.height} aligned frames; {cleaned.report['notes'][0]}")
     tables = {name: pl.concat(parts) if parts else pl.DataFrame(schema=SCHEMAS[name])
               for name, parts in frames.items()}
     only = [u for u, _ in plan.todo]
@@ -717,33 +719,6 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
                                       partition_by=PARTITION_BY, scope={"robot_type": robot_type})
     return PartitionResult(day, robot_type, only, tables, versions, reports, counts,
                            plan.partition_reports(reports))
-
-
-def _clean_all(lake, day: str, plan: CleaningPlan):
-    """(upload, clean_one's answer) for the plan's uploads, in the order they finish. One
-    upload: here, its recording decoded in slices across the cores (decode_recording).
-    More: one upload per core in warm worker processes (robolake.workers), the biggest
-    first, each decoded on its own core; the rows come back here to be written."""
-    todo = plan.todo
-    processes = min(decode_workers(), len(todo))
-    if processes <= 1:
-        for upload, fmt in todo:
-            yield upload, clean_one(lake, upload, fmt, day, plan.cleaned_ns(upload.upload_id))
-        return
-    order = sorted(range(len(todo)), key=lambda i: -plan.sizes.get(todo[i][0].upload_id, 0))
-    calls = [(lake.uri, lake.delta_options, todo[i][0], todo[i][1], day,
-              plan.cleaned_ns(todo[i][0].upload_id)) for i in order]
-    for i, answer in as_done(processes, _clean_in_worker, calls):
-        yield todo[order[i]][0], answer
-
-
-def _clean_in_worker(lake_uri: str, options: dict[str, str], upload: Upload, fmt: str,
-                     day: str, cleaned_ns: int) -> tuple[Cleaned | None, dict, str]:
-    """clean_one in a worker process (the store opened again there), on that one core."""
-    from robolake.storage import open_store
-
-    return clean_one(open_store(lake_uri, options or None), upload, fmt, day, cleaned_ns,
-                     workers=1)
 
 
 def nothing_to_clean(lake, day: str, robot_type: str, plan: CleaningPlan,

@@ -46,6 +46,7 @@ from robolake.tables import (
     replace_rows,
     write_part_files,
 )
+from robolake.workers import run_all
 
 SHIPPED_OPTIONS = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ALLOW_HTTP")  # no secrets
 ROW_TABLES = [k for k in cl.TABLES if k != "report"]  # written by tasks; reports by the driver
@@ -208,33 +209,58 @@ def clean_partition_spark(spark, lake: Store, day: str, robot_type: str,
                           log=lambda _msg: None,
                           task_hook: Callable[[str, int], None] | None = None,
                           reclean: bool = False) -> tuple[cl.PartitionResult, SparkRun]:
-    # one sequence read top to bottom: plan, run the tasks, commit each table, report
     """`cleaned.clean_partition` with the uploads decoded in Spark tasks: same rows, same
     reports, each table committed once. `spark` is a SparkSession (from dagster-pyspark's
     PySparkResource in the Dagster code location)."""
-    started = time.perf_counter()
-    plan = cl.plan_cleaning(lake, day, robot_type, reclean)
-    if not plan.todo:
-        return cl.nothing_to_clean(lake, day, robot_type, plan, log), SparkRun()
-    options = shipped_options(lake)
-    tasks = [TaskInput(lake.uri, day, u, fmt, plan.cleaned_ns(u.upload_id),
-                       plan.sizes[u.upload_id], options) for u, fmt in plan.todo]
     sc = spark.sparkContext
     # a cluster's block managers count the driver too; local mode runs in the driver
     local_mode = sc.master.startswith("local")
     managers = 1 if local_mode else sc._jsc.sc().getExecutorMemoryStatus().size()
-    run = SparkRun(tasks=len(tasks), ui_url=sc.uiWebUrl, executors=max(1, managers - 1)
-                   if not local_mode else 1)
+    run = SparkRun(ui_url=sc.uiWebUrl, executors=max(1, managers - 1) if not local_mode else 1)
     if run.ui_url:
         log(f"Spark UI: {run.ui_url}")
-    outputs: list[TaskOutput] = []
-    stage_started = time.perf_counter()
-    if tasks:
+
+    def on_spark(tasks: list[TaskInput]) -> list[TaskOutput]:
         hook = task_hook
-        # the biggest uploads first, so the last wave is of small ones (less idle cores)
-        biggest_first = sorted(tasks, key=lambda t: -t.size_bytes)
-        outputs = (sc.parallelize(biggest_first, numSlices=len(tasks))
-                   .map(lambda t: clean_upload_task(t, hook)).collect())
+        return (sc.parallelize(tasks, numSlices=len(tasks))
+                .map(lambda t: clean_upload_task(t, hook)).collect())
+
+    return run_partition_tasks(lake, day, robot_type, on_spark, run, shipped_options(lake),
+                               log, reclean)
+
+
+def clean_partition_processes(lake: Store, day: str, robot_type: str, processes: int,
+                              log=lambda _msg: None, reclean: bool = False,
+                              plan: cl.CleaningPlan | None = None,
+                              ) -> tuple[cl.PartitionResult, SparkRun]:
+    """The same tasks in `processes` warm worker processes on this machine (the local
+    engine on several cores): each decodes one upload on its core and writes its part
+    files; this process commits. Credentials travel with the store options (same
+    machine), unlike to Spark executors."""
+    def on_workers(tasks: list[TaskInput]) -> list[TaskOutput]:
+        return run_all(processes, clean_upload_task, [(t,) for t in tasks])
+
+    return run_partition_tasks(lake, day, robot_type, on_workers, SparkRun(executors=processes),
+                               lake.delta_options or None, log, reclean, plan)
+
+
+def run_partition_tasks(lake: Store, day: str, robot_type: str,
+                        run_tasks: Callable[[list[TaskInput]], list[TaskOutput]],
+                        run: SparkRun, store_options: dict[str, str] | None, log,
+                        reclean: bool, plan: cl.CleaningPlan | None = None,
+                        ) -> tuple[cl.PartitionResult, SparkRun]:
+    # one sequence read top to bottom: plan, run the tasks, commit each table, report
+    """Plan the partition's uploads, run one task each (`run_tasks`: Spark, or worker
+    processes; biggest first, so the last ones to start are small), commit each table."""
+    started = time.perf_counter()
+    plan = plan or cl.plan_cleaning(lake, day, robot_type, reclean)
+    if not plan.todo:
+        return cl.nothing_to_clean(lake, day, robot_type, plan, log), run
+    tasks = [TaskInput(lake.uri, day, u, fmt, plan.cleaned_ns(u.upload_id),
+                       plan.sizes[u.upload_id], store_options) for u, fmt in plan.todo]
+    run.tasks = len(tasks)
+    stage_started = time.perf_counter()
+    outputs = run_tasks(sorted(tasks, key=lambda t: -t.size_bytes))
     run.stage_seconds = time.perf_counter() - stage_started
     commit_started = time.perf_counter()
     by_id = {o.upload_id: o for o in outputs}

@@ -14,8 +14,8 @@ import ctypes
 import multiprocessing
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -54,34 +54,23 @@ def warm_pool(size: int, broken: ProcessPoolExecutor | None = None) -> ProcessPo
 
 
 def run_all(processes: int, fn: Callable, calls: Sequence[tuple]) -> list:
-    """[fn(*call) for call in calls] (see `as_done`)."""
-    results = [None] * len(calls)
-    for i, result in as_done(processes, fn, calls):
-        results[i] = result
-    return results
-
-
-def as_done(processes: int, fn: Callable, calls: Sequence[tuple]) -> Iterator[tuple[int, object]]:
-    """(index, fn(*calls[index])) as each call finishes, on `processes` warm workers (this
-    process waits), or here, in order, when one process is enough. Workers take the next
-    call as they finish one: put the longest first. A call's exception is raised when it
-    comes, and the calls not started yet are cancelled."""
+    """[fn(*call) for call in calls] on `processes` warm workers (this process waits), or
+    here when one process is enough. Workers take the next call as they finish one: put
+    the longest first. A call's exception is raised once the calls before it are done;
+    the calls not started by then are cancelled."""
     if processes <= 1 or len(calls) <= 1:
         keep_freed_memory()
-        for i, call in enumerate(calls):
-            yield i, fn(*call)
-        return
+        return [fn(*call) for call in calls]
     env = dict(os.environ)
     size = min(processes, len(calls))
     pool = warm_pool(size)
     try:
-        futures = {pool.submit(_in_worker, env, fn, *call): i for i, call in enumerate(calls)}
+        futures = [pool.submit(_in_worker, env, fn, *call) for call in calls]
     except BrokenProcessPool:  # a worker died since the last call: start them again
         pool = warm_pool(size, broken=pool)
-        futures = {pool.submit(_in_worker, env, fn, *call): i for i, call in enumerate(calls)}
+        futures = [pool.submit(_in_worker, env, fn, *call) for call in calls]
     try:
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+        return [future.result() for future in futures]
     finally:
         for future in futures:
             future.cancel()

@@ -99,7 +99,9 @@ def cleaned_layer(context: dg.AssetExecutionContext, lake: LakeResource,
         else:
             result = cleaned.clean_partition(lake_store, day, robot_type, log=context.log.info,
                                              reclean=reclean)
-            engine_metadata = {"tasks": 1, "executors": 1}
+            # several uploads: one per process (ROBOLAKE_DECODE_WORKERS), else one task
+            engine_metadata = {"tasks": len(result.uploads) if result.processes > 1 else 1,
+                               "executors": result.processes}
         seconds = time.perf_counter() - started
     rows = sum(result.frames[k].height for k in spark_engine.ROW_TABLES)
     engine_metadata.update({"engine": chosen, "input_bytes": input_bytes,
