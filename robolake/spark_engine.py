@@ -22,6 +22,10 @@ A task that dies (executor lost, Python worker killed) is retried by Spark; the 
 files of its failed attempt are never named in a commit, so they are not in the table,
 and maintenance's VACUUM deletes them once older than its retention.
 
+The same tasks and commits also serve the local engine on several cores
+(`clean_partition_processes`): warm worker processes on this machine
+(robolake.workers) take the tasks instead of Spark (`run_partition_tasks`).
+
 This module imports pyspark only inside functions; it never imports Dagster.
 """
 
