@@ -91,8 +91,9 @@ class TaskInput:
     fmt: str
     cleaned_ns: int
     size_bytes: int
-    # S3 endpoint and region (never credentials: executors take theirs from their own
-    # environment or pod role, as boto3's default chain does)
+    # to Spark: S3 endpoint and region (never credentials: executors take theirs from their
+    # own environment or pod role, as boto3's default chain does); to local worker
+    # processes (same machine, same user): the store's options as they are
     store_options: dict[str, str] | None = None
 
 
