@@ -679,6 +679,10 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
     its rows in both dates), without rows that another upload of the same robot
     holds already (same topic and time: kept once, counted as overlap). An upload
     that fails to decode is reported, not fatal to the others.
+
+    With several uploads to do and several processes allowed (ROBOLAKE_DECODE_WORKERS),
+    each upload is a task in a warm worker process, with the Spark engine's tasks and
+    commits (spark_engine.clean_partition_processes): the same tables.
     """
     plan = plan_cleaning(lake, day, robot_type, reclean)
     if not plan.todo:
