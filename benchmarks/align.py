@@ -207,9 +207,12 @@ def bench_alignment(minutes: float) -> None:
 
 def _slice_peak(path: Path, start_ns: int, end_ns: int, queue) -> None:
     """One chunk-range worker's work in a fresh process: the peak of what it allocates
-    (tracemalloc sees Python objects and numpy arrays) and the bytes of its output columns."""
+    (tracemalloc sees Python objects and numpy arrays), the bytes of its output columns and
+    of the camera check's lookup tables (built once per process, kept for its next
+    recordings)."""
     import tracemalloc
 
+    from robolake import jpegdc
     from robolake.decode import _decode_slice
 
     tracemalloc.start()
@@ -218,7 +221,10 @@ def _slice_peak(path: Path, start_ns: int, end_ns: int, queue) -> None:
     columns = sum(a.nbytes + (sum(len(str(x)) + 49 for x in a) if a.dtype == object else 0)
                   for kind in ("imu", "gps", "lidar", "camera")
                   for a in getattr(decoded, kind).values())
-    queue.put((peak / 2**20, columns / 2**20))
+    tables = sum(memoryview(t).nbytes for luts in jpegdc._SHARED_TABLES.values() if luts
+                 for t in (luts if isinstance(luts, tuple) else (luts,))
+                 if t is not None and not isinstance(t, tuple))
+    queue.put((peak / 2**20, columns / 2**20, tables / 2**20))
 
 
 def _in_fresh_process(target, *args):
@@ -234,7 +240,8 @@ def _in_fresh_process(target, *args):
 def memory_report(path: Path, workers: int) -> None:
     """Each chunk-range worker holds one inflated chunk (and its compressed bytes) at a time,
     bounded batches of messages, and its slice's output columns: per worker the bound is
-    2 x the largest chunk + its output columns. Each worker's slice is run alone here."""
+    2 x the largest chunk + its output columns, plus the camera check's lookup tables
+    (fixed, per process). Each worker's slice is run alone here."""
     from mcap.reader import make_reader
 
     with open(path, "rb") as f:
@@ -243,10 +250,10 @@ def memory_report(path: Path, workers: int) -> None:
     start, end = summary.statistics.message_start_time, summary.statistics.message_end_time
     edges = [start + (end + 1 - start) * i // workers for i in range(workers + 1)]
     for i in range(workers):
-        peak, columns = _in_fresh_process(_slice_peak, path, edges[i], edges[i + 1])
+        peak, columns, tables = _in_fresh_process(_slice_peak, path, edges[i], edges[i + 1])
         print(f"    memory, worker {i + 1}/{workers}: peak {peak:.1f} MB allocated; bound "
-              f"{2 * largest + columns:.1f} MB (2 x largest chunk {largest:.1f} MB + its "
-              f"output columns {columns:.1f} MB)")
+              f"{2 * largest + columns + tables:.1f} MB (2 x largest chunk {largest:.1f} MB + "
+              f"its output columns {columns:.1f} MB + lookup tables {tables:.1f} MB)")
 
 
 def bench_cleaned(minutes: float) -> None:

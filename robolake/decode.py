@@ -429,7 +429,7 @@ class _CameraColumns:
 
     NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
     BATCH = 1024
-    PENDING_BYTES = 1 << 20  # JPEG bytes held for the batched check
+    PENDING_BYTES = 1 << 19  # JPEG bytes held for the batched check
 
     def __init__(self, brightness: bool | None = None) -> None:
         self.with_brightness = (get_settings().camera_brightness if brightness is None
@@ -438,8 +438,8 @@ class _CameraColumns:
         self.rows: list[tuple] = []  # frames added one by one, not yet summarised
         self.levels: list[np.ndarray | bool] = []  # their levels, or their flag
         self.parts: list[dict[str, np.ndarray]] = []  # summarised frames, in file order
-        self.pending: list[tuple[dict[str, np.ndarray], bytes]] = []  # (part, its frames)
-        self.pending_bytes = 0
+        self.pending: list[dict[str, np.ndarray]] = []  # parts whose flags are not known yet
+        self.held = bytearray()  # their frames, one after another
 
     def add_jpeg(self, topic: str, log_ns: int, stamp_ns: int, jpeg: bytes) -> None:
         row = (topic, log_ns, stamp_ns, len(jpeg))
@@ -460,16 +460,16 @@ class _CameraColumns:
                 self.add_jpeg(topic, log, stamp, data[a:b])
             return
         self._summarise()
-        frames = b"".join([data[a:b] for a, b in zip(starts.tolist(), ends.tolist(),
-                                                      strict=True)])
+        view = memoryview(data)
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            self.held += view[a:b]
         n = len(topics)
         part = {"topic": topics, "log_ns": log_ns, "stamp_ns": stamps, "bytes": ends - starts,
                 "width": np.zeros(n, dtype=np.int64), "height": np.zeros(n, dtype=np.int64),
                 "is_black": np.zeros(n, dtype=bool)}
         self.parts.append(part)
-        self.pending.append((part, frames))
-        self.pending_bytes += len(frames)
-        if self.pending_bytes >= self.PENDING_BYTES:
+        self.pending.append(part)
+        if len(self.held) >= self.PENDING_BYTES:
             self._check_pending()
 
     def _check_pending(self) -> None:
@@ -478,28 +478,29 @@ class _CameraColumns:
         frames after it are checked together again."""
         if not self.pending:
             return
-        data = b"".join(frames for _, frames in self.pending)
-        ends = np.cumsum(np.concatenate([part["bytes"] for part, _ in self.pending]))
-        starts = ends - np.concatenate([part["bytes"] for part, _ in self.pending])
+        data = self.held
+        sizes = np.concatenate([part["bytes"] for part in self.pending])
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
         told, width, height = self.check.bright_first_blocks(data, starts, ends)
         black = np.zeros(len(told), dtype=bool)
         rest = np.flatnonzero(~told).tolist()
         while rest:
             i = rest.pop(0)
             admissions = self.check.admissions
-            width[i], height[i], black[i] = self._judge(data[starts[i]:ends[i]])
+            width[i], height[i], black[i] = self._judge(bytes(data[starts[i]:ends[i]]))
             if self.check.admissions != admissions and rest:
                 later = np.asarray(rest)
                 again, w, h = self.check.bright_first_blocks(data, starts[later], ends[later])
                 width[later[again]], height[later[again]] = w[again], h[again]
                 rest = later[~again].tolist()
         at = 0
-        for part, _ in self.pending:
+        for part in self.pending:
             n = len(part["bytes"])
             part["width"][:], part["height"][:] = width[at:at + n], height[at:at + n]
             part["is_black"][:] = black[at:at + n]
             at += n
-        self.pending, self.pending_bytes = [], 0
+        self.pending, self.held = [], bytearray()
 
     def _judge(self, jpeg: bytes) -> tuple[int, int, bool]:
         """(width, height, black) of one frame: the walker, else the full decode."""
@@ -578,7 +579,7 @@ def compressed_image_payload(data: bytes, encoding: str) -> tuple[int, bytes]:
 # --------------------------------------------------------------------------- a recording
 
 
-CLOUD_BATCH = 256  # frames summarised together; bounds the memory held for point clouds
+CLOUD_BATCH = 128  # frames summarised together; bounds the memory held for point clouds
 
 
 class _LidarColumns:

@@ -162,7 +162,7 @@ class _Layout:
     null_mcu: tuple[int, int]  # (bits, pattern) of an MCU of zero DC differences and EOBs
     admitted: bool = False
     banned: bool = False
-    arrays: tuple | None = None  # the first block's lookup tables as numpy (bulk check)
+    arrays: tuple | None = None  # numpy views of the first block's lookup tables (bulk check)
 
 
 @dataclass
@@ -409,7 +409,7 @@ class BlackCheck:
         verdict = _walk(*found, jpeg, *self.budgets)
         return None if verdict is None else (found[0].width, found[0].height, not verdict)
 
-    def bright_first_blocks(self, data: bytes, starts: np.ndarray,
+    def bright_first_blocks(self, data: bytes | bytearray, starts: np.ndarray,
                             ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`decide` for many frames at once (data[starts[i]:ends[i]] each), where it is told
         by the first luma block: (told "not black", width, height) per frame. A frame is
@@ -486,10 +486,13 @@ def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
     """Per row of unstuffed entropy-coded bytes: whether the scan's first block (luma, the
     top-left one, always visible) is complete within them and brighter than the threshold.
     `_scan`'s first block, step for step, over all rows at once."""
-    if layout.arrays is None:
+    if layout.arrays is None:  # views of the walker's tables, not copies
         layout.arrays = tuple(np.frombuffer(t, np.uint16 if t.typecode == "H" else np.uint32)
-                              .astype(np.int32) for t in layout.blocks[0][:4])
-    dc_lut, multi, single, whole = layout.arrays
+                              for t in layout.blocks[0][:4])
+    tables = layout.arrays
+
+    def look(table: int, bits: np.ndarray) -> np.ndarray:
+        return tables[table][bits].astype(np.int32)
     n = len(data)
     wide = np.zeros((n, _WINDOW + 2), dtype=np.int32)
     wide[:, :_WINDOW] = data
@@ -503,11 +506,11 @@ def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
 
     pos, k = np.zeros(n, dtype=np.int32), np.ones(n, dtype=np.int32)
     ok = np.ones(n, dtype=bool)
-    e = whole[bits16(np.arange(n), pos)]
+    e = look(3, bits16(np.arange(n), pos))  # the whole block in one lookup
     pred = np.where(e != 0, (e >> 5) - 65536, 0)
     pos = np.where(e != 0, e & 31, 0)
     rows = np.flatnonzero(e == 0)  # the DC code, its difference, then the AC codes
-    e = dc_lut[bits16(rows, pos[rows])]
+    e = look(0, bits16(rows, pos[rows]))
     ok[rows[e == 0]] = False
     rows, e = rows[e != 0], e[e != 0]
     pos[rows] += e >> 4
@@ -522,7 +525,7 @@ def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
             ok[rows[late]] = False
             rows = rows[~late]
         v = bits16(rows, pos[rows])
-        e = multi[v]
+        e = look(1, v)
         t = k[rows] + (e & 255)
         go = t < 64
         if go.all():
@@ -534,7 +537,7 @@ def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
         end = ~go & ~bad & ((((e & 128) != 0) & (t - 128 < 64)) | (t == 64))
         pos[rows[end]] += e[end] >> 8
         one = ~go & ~bad & ~end  # near the block's end: one code
-        r1, e1 = rows[one], single[v[one]]
+        r1, e1 = rows[one], look(2, v[one])
         pos[r1] += e1 >> 8
         k[r1] += e1 & 255
         rows = np.concatenate([rows[go], r1[((e1 & 128) == 0) & (k[r1] < 64)]])
