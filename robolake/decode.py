@@ -429,7 +429,7 @@ class _CameraColumns:
 
     NAMES = ("topic", "log_ns", "stamp_ns", "bytes", "width", "height")
     BATCH = 1024
-    PENDING_BYTES = 1 << 19  # JPEG bytes held for the batched check
+    PENDING_BYTES = 1 << 20  # JPEG bytes held for the batched check
 
     def __init__(self, brightness: bool | None = None) -> None:
         self.with_brightness = (get_settings().camera_brightness if brightness is None
