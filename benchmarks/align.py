@@ -8,13 +8,15 @@
     align, write Delta as the engines do: part files and a keyed commit per table) on
     one core (ROBOLAKE_DECODE_WORKERS=1) and on all cores, beside the floor of
     iterating the same file's records with the `mcap` StreamReader without decoding
-    (one core), all in the same run. In-process: the best of two runs in this process
-    (the second finds the decode workers and lookup tables warm, as a step cleaning
-    upload after upload does). Whole process: a fresh interpreter per run, imports and
+    (one core), all in the same run, in rounds (floor, 1 core, all cores; in-process,
+    then whole process) so that the machine's drifting speed hits all alike: medians over
+    the rounds, and medians of the rounds' ratios. In-process: in this process, after one
+    warm-up run (the decode workers and lookup tables warm, as a step cleaning upload
+    after upload has them). Whole process: a fresh interpreter per run, imports and
     worker start-up included, for ours and for the floor.
     Target: <= 1.0x the floor per core.
 
-Usage: python benchmarks/align.py [--minutes 60] [--skip-b]
+Usage: python benchmarks/align.py [--minutes 60] [--skip-b] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -256,7 +259,7 @@ def memory_report(path: Path, workers: int) -> None:
               f"its output columns {columns:.1f} MB + lookup tables {tables:.1f} MB)")
 
 
-def bench_cleaned(minutes: float) -> None:
+def bench_cleaned(minutes: float, rounds: int) -> None:
     from mcap.stream_reader import StreamReader
 
     from robolake.cleaned import Upload, clean_upload, write_without_overlap
@@ -295,32 +298,44 @@ def bench_cleaned(minutes: float) -> None:
                 ours()
             return run
 
-        timings = {}
-        runs_of = (("floor: mcap StreamReader, no decode (1 core)", floor),
-                   ("robolake cleaned layer, 1 core", ours_on(1)),
-                   (f"robolake cleaned layer, {cores} cores", ours_on(cores)))
-        for name, fn in runs_of:
-            best = float("inf")
-            for _ in range(2):
+        runs_of = (("floor: mcap StreamReader, no decode (1 core)", floor, 0),
+                   ("robolake cleaned layer, 1 core", ours_on(1), 1),
+                   (f"robolake cleaned layer, {cores} cores", ours_on(cores), cores))
+        names = [name for name, _, _ in runs_of]
+        for _, fn, _ in runs_of[1:]:
+            fn()  # in-process: the decode workers and lookup tables warm, as in a step
+        # rounds of floor, 1 core, all cores, in-process then whole process, so that the
+        # machine's drifting speed hits all alike; the figures are medians over the rounds
+        timed: dict[tuple[str, str], list[float]] = {}
+        for _ in range(rounds):
+            for name, fn, _ in runs_of:
                 wall = time.perf_counter()
                 fn()
-                best = min(best, time.perf_counter() - wall)
-            timings[name] = best
-        whole = {name: whole_process(path, Path(tmp) / "lake-whole", workers)
-                 for name, workers in zip((n for n, _ in runs_of), (0, 1, cores), strict=True)}
+                timed.setdefault(("in-process", name), []).append(time.perf_counter() - wall)
+            for name, _, workers in runs_of:
+                timed.setdefault(("whole process", name), []).append(
+                    whole_process(path, Path(tmp) / "lake-whole", workers))
         n, gb = truth["message_count"], path.stat().st_size / 1e9
-        print(f"    {'':<46}{'in-process':>22}{'whole process':>22}")
+        med = {k: statistics.median(v) for k, v in timed.items()}
+
+        def ratio(label: str, a: str, b: str) -> float:  # median of the rounds' a / b
+            return statistics.median(x / y for x, y in zip(timed[(label, a)],
+                                                           timed[(label, b)], strict=True))
+
+        print(f"    medians of {rounds} rounds{'in-process':>30}{'whole process':>22}")
         cols = f"{'wall s':>8}{'msg/s':>8}{'x fl':>6}"
         print(f"    {'':<46}{cols}{cols}")
-        for name in timings:
-            a, b = timings[name], whole[name]
-            print(f"    {name:<46}{a:>8.2f}{n / a / 1e3:>7.0f}k{a / timings[runs_of[0][0]]:>6.2f}"
-                  f"{b:>8.2f}{n / b / 1e3:>7.0f}k{b / whole[runs_of[0][0]]:>6.2f}")
-        for label, t in (("in-process", timings), ("whole process", whole)):
-            one, alls = t[runs_of[1][0]], t[runs_of[2][0]]
+        for name in names:
+            row = "".join(f"{med[(label, name)]:>8.2f}{n / med[(label, name)] / 1e3:>7.0f}k"
+                          f"{ratio(label, name, names[0]):>6.2f}"
+                          for label in ("in-process", "whole process"))
+            print(f"    {name:<46}{row}")
+        for label in ("in-process", "whole process"):
+            one, alls = med[(label, names[1])], med[(label, names[2])]
             print(f"    {label}: per core {n / one:,.0f} msg/s, {one / gb:.0f} s/GB, "
-                  f"{one / t[runs_of[0][0]]:.2f}x the floor; {cores} cores {alls / gb:.0f} s/GB, "
-                  f"{one / alls:.2f}x the 1-core speed")
+                  f"{ratio(label, names[1], names[0]):.2f}x the floor; {cores} cores "
+                  f"{alls / gb:.0f} s/GB, {1 / ratio(label, names[2], names[1]):.2f}x the 1-core "
+                  "speed (medians of the rounds' ratios)")
         print("    targets: <= 1.0x the floor per core, >= 100 K msg/s, <= 30 s/GB, "
               "near-linear in cores")
         memory_report(path, max(cores, 2))
@@ -347,31 +362,29 @@ with open({path!r}, "rb") as f:
 
 
 def whole_process(path: Path, lake: Path, workers: int) -> float:
-    """Wall seconds of a fresh interpreter doing the work (best of two): 0 workers, the
-    floor; else the cleaned layer on that many decode processes."""
+    """Wall seconds of a fresh interpreter doing the work: 0 workers, the floor; else the
+    cleaned layer on that many decode processes."""
     import shutil
     import subprocess
 
     code = (WHOLE_FLOOR if not workers else WHOLE_OURS).format(repo=str(REPO), path=str(path),
                                                                 lake=str(lake))
     env = {**os.environ, "ROBOLAKE_DECODE_WORKERS": str(max(workers, 1))}
-    best = float("inf")
-    for _ in range(2):
-        shutil.rmtree(lake, ignore_errors=True)
-        wall = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], env=env, check=True)
-        best = min(best, time.perf_counter() - wall)
-    return best
+    shutil.rmtree(lake, ignore_errors=True)
+    wall = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    return time.perf_counter() - wall
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="robot-time to process")
     parser.add_argument("--skip-b", action="store_true", help="alignment only")
+    parser.add_argument("--rounds", type=int, default=5, help="(b): rounds of paired runs")
     args = parser.parse_args()
     bench_alignment(args.minutes)
     if not args.skip_b:
-        bench_cleaned(args.minutes)
+        bench_cleaned(args.minutes, args.rounds)
 
 
 if __name__ == "__main__":
