@@ -18,8 +18,8 @@ the first run pays what a process's first partition pays (lookup tables, first-u
 the first Spark job), the second is the steady state of a long-lived step process or
 session. Prints seconds for both runs, MB/s and messages/s, the speed-up from 1 to 2 cores
 beside the ceiling, and Spark's overhead over the local engine at one core, and checks
-that the four engines' lakes hold identical cleaned tables. Targets (issue 11): >= 1.8x from 1 to 2 cores,
-overhead <= 15 % at 1 core. Not a test: it never fails on time.
+that the four engines' lakes hold identical cleaned tables. Targets (issue 11): >= 1.8x
+from 1 to 2 cores, overhead <= 15 % at 1 core. Not a test: it never fails on time.
 
 Usage: python benchmarks/spark_scale.py [--robots 8] [--minutes 10]
 """

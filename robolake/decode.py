@@ -10,7 +10,6 @@ Point clouds, laser scans and images are summarised one message at a time
 from __future__ import annotations
 
 import itertools
-import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from robolake.mcapindex import McapIndex
 from robolake.mcapscan import Definitions, iter_messages
 from robolake.recordings import detect_format, normalize_msgtype, read_head, sensor_kind
 from robolake.settings import get_settings
-from robolake.workers import keep_freed_memory, run_all
+from robolake.workers import keep_freed_memory, run_all, usable_cpus
 
 
 @dataclass
@@ -633,8 +632,8 @@ PARALLEL_MIN_MESSAGES = 150_000  # below this, starting worker processes costs m
 
 
 def decode_workers() -> int:
-    """Processes for one large recording: ROBOLAKE_DECODE_WORKERS, else the CPUs (max 4)."""
-    return get_settings().decode_workers or min(os.cpu_count() or 1, 4)
+    """The local engine's processes: ROBOLAKE_DECODE_WORKERS, else the usable CPUs (max 4)."""
+    return get_settings().decode_workers or min(usable_cpus(), 4)
 
 
 def decode_recording(path: Path, payload_ref: str, workers: int | None = None) -> Decoded:

@@ -398,6 +398,21 @@ def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
     _same_columns(decode.decode_recording(path, "ref", workers=1), again)
 
 
+def test_usable_cpus_follow_the_container_cpu_limit(tmp_path: Path):
+    """A container's CPU limit (cgroup v2 cpu.max) caps the processes, not the node's CPUs."""
+    import os
+
+    from robolake.workers import usable_cpus
+
+    mine = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    for text, expected in (("max 100000", mine), ("150000 100000", 1), ("50000 100000", 1),
+                           (f"{(mine + 3) * 100000} 100000", mine), ("garbage", mine)):
+        cpu_max.write_text(text + "\n")
+        assert usable_cpus(cpu_max) == expected, text
+    assert usable_cpus(tmp_path / "absent") == mine
+
+
 def test_concurrent_runs_on_different_partitions(tmp_path: Path):
     from concurrent.futures import ThreadPoolExecutor
 
