@@ -17,7 +17,7 @@ environment gave (Dagster resources read those through the variable:
 | notebooks_dir | ROBOLAKE_NOTEBOOKS | ./notebooks |
 | partitions_start | ROBOLAKE_PARTITIONS_START | 2015-01-01 |
 | deployment | ROBOLAKE_DEPLOYMENT | local (or k8s) |
-| decode_workers | ROBOLAKE_DECODE_WORKERS | unset: CPUs up to 4 |
+| decode_workers | ROBOLAKE_DECODE_WORKERS | unset: usable CPUs up to 4 |
 | engine | ROBOLAKE_ENGINE | auto (local, spark or auto) |
 | spark_min_bytes | ROBOLAKE_SPARK_MIN_BYTES | 4 GiB: `auto` runs a partition on Spark above it |
 | spark_master | ROBOLAKE_SPARK_MASTER | local[*,4] (4 attempts per task); k8s://… in production |
@@ -81,7 +81,7 @@ class Settings:
     notebooks_dir: Path  # each notebook is an asset; schedules.yaml schedules some
     partitions_start: str  # first date of the daily partitions, YYYY-MM-DD
     deployment: str  # one of DEPLOYMENTS
-    decode_workers: int | None  # the local engine's processes; None: CPUs up to 4
+    decode_workers: int | None  # the local engine's processes; None: usable CPUs up to 4
     engine: str  # one of ENGINES
     spark_min_bytes: int  # auto engine: Spark above this many bytes of uploads to decode
     spark_master: str  # the Spark engine's master URL (local[N,F] or k8s://…)
