@@ -687,12 +687,12 @@ def clean_partition(lake, day: str, robot_type: str, log=lambda _msg: None,
     plan = plan_cleaning(lake, day, robot_type, reclean)
     if not plan.todo:
         return nothing_to_clean(lake, day, robot_type, plan, log)
-    processes = min(decode_workers(), len(plan.todo))
-    if processes > 1:  # one upload per core, in warm worker processes; see spark_engine
+    processes = decode_workers()
+    if processes > 1 and len(plan.todo) > 1:  # one upload per core, in warm workers
         from robolake.spark_engine import clean_partition_processes
 
         result = clean_partition_processes(lake, day, robot_type, processes, log, plan=plan)[0]
-        return replace(result, processes=processes)
+        return replace(result, processes=min(processes, len(plan.todo)))
     frames: dict[str, list[pl.DataFrame]] = {k: [] for k in TABLES if k != "report"}
     reports = []
     counts: dict[str, int] = {}

@@ -77,12 +77,13 @@ def run_all(processes: int, fn: Callable, calls: Sequence[tuple]) -> list:
         keep_freed_memory()
         return [fn(*call) for call in calls]
     env = dict(os.environ)
-    size = min(processes, len(calls))
-    pool = warm_pool(size)
+    # one pool per size, however many calls (a worker starts when a call needs it), so a
+    # step does not collect idle pools of every size its partitions asked for
+    pool = warm_pool(processes)
     try:
         futures = [pool.submit(_in_worker, env, fn, *call) for call in calls]
     except BrokenProcessPool:  # a worker died since the last call: start them again
-        pool = warm_pool(size, broken=pool)
+        pool = warm_pool(processes, broken=pool)
         futures = [pool.submit(_in_worker, env, fn, *call) for call in calls]
     try:
         return [future.result() for future in futures]
