@@ -55,10 +55,16 @@ class SparkSessionResource(LazyPySparkResource):
         self._spark_session = spark_session_from_config(conf)
 
 
+# Robolake settings that change what a task computes: the executors' Python workers get
+# the driver's values (they do not read the code location's environment)
+TASK_SETTINGS = ("ROBOLAKE_CAMERA_BRIGHTNESS",)
+
+
 def spark_config(master: str, app_name: str = "robolake",
                  image: str | None = None) -> dict[str, str]:
     """Spark settings the engine relies on wherever it runs."""
     return {
+        **{f"spark.executorEnv.{k}": os.environ[k] for k in TASK_SETTINGS if k in os.environ},
         "spark.master": master,
         "spark.app.name": app_name,
         # tasks must run the project's interpreter (its venv holds robolake/ and its deps)

@@ -422,6 +422,16 @@ def test_spark_executors_on_kubernetes_follow_the_cpu_spot_pool(tmp_path):
     # a laptop's master gets none of it
     assert not any(k.startswith(("spark.kubernetes", "spark.dynamic"))
                    for k in spark_config("local[*,4]"))
+
+
+def test_settings_that_change_a_task_travel_to_the_executors(monkeypatch):
+    from robolake_resources.spark import spark_config
+
+    monkeypatch.delenv("ROBOLAKE_CAMERA_BRIGHTNESS", raising=False)
+    assert not any(k.startswith("spark.executorEnv.") for k in spark_config("local[2]"))
+    monkeypatch.setenv("ROBOLAKE_CAMERA_BRIGHTNESS", "on")
+    conf = spark_config("k8s://https://kubernetes.default.svc:443", image="img:1")
+    assert conf["spark.executorEnv.ROBOLAKE_CAMERA_BRIGHTNESS"] == "on"
     # the chart's values start executors from the code location's own image
     [deployment] = HELM_VALUES["dagster-user-deployments"]["deployments"]
     env = {e["name"]: e["value"] for e in deployment["env"]}
