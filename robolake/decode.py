@@ -894,12 +894,11 @@ def _add_cloud_blocks(columns: _SliceColumns, chunk: ChunkMessages, rows: np.nda
     head = 16 + struct.unpack_from("<I", first, 12)[0]
     if (_u32_at(buf, at + 12) != head - 16).any():
         return False
-    windows = byte_windows
-    if not (windows(buf, layout.data_at - head)[at + head]
+    if not (byte_windows(buf, layout.data_at - head)[at + head]
             == np.frombuffer(first, np.uint8, layout.data_at - head, head)).all():
         return False
     stamps = _header_stamps(buf, at, encoding).tolist()
-    points = windows(buf, span)[at + layout.data_at]
+    points = byte_windows(buf, span)[at + layout.data_at]
     logs = chunk.log_ns[rows].tolist()
     topics = [sensors[c][0] for c in chunk.conn[rows].tolist()]
     edges = [0, *(i for i in range(1, len(topics)) if topics[i] != topics[i - 1]), len(topics)]

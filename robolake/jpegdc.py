@@ -424,9 +424,7 @@ class BlackCheck:
             return told, width, height
         whole_frames = (ends - starts >= 4) & (buf[np.maximum(ends - 2, 0)] == 0xFF) & (
             buf[np.maximum(ends - 1, 0)] == 0xD9)
-        for prefix, layout in self._admitted.items():
-            if not layout.admitted:
-                continue
+        for prefix, layout in self._admitted.items():  # (an admitted layout stays so)
             at = starts + len(prefix)  # the entropy-coded data
             rows = np.flatnonzero(~told & whole_frames & (ends - 2 - at > _RAW))
             rows = rows[[data.startswith(prefix, s) for s in starts[rows].tolist()]]
@@ -493,6 +491,7 @@ def _first_block_bright(layout: _Layout, data: np.ndarray) -> np.ndarray:
 
     def look(table: int, bits: np.ndarray) -> np.ndarray:
         return tables[table][bits].astype(np.int32)
+
     n = len(data)
     wide = np.zeros((n, _WINDOW + 2), dtype=np.int32)
     wide[:, :_WINDOW] = data
