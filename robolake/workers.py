@@ -63,8 +63,14 @@ def warm_pool(size: int, broken: ProcessPoolExecutor | None = None) -> ProcessPo
         if broken is not None and _POOLS.get(size) is broken:
             del _POOLS[size]
         if size not in _POOLS:
-            _POOLS[size] = ProcessPoolExecutor(size,
-                                               mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context("spawn"))
+            # a process that multiprocessing started (a step of Dagster's multiprocess
+            # executor) waits for its child processes when it ends, before the handler that
+            # would stop the pool runs: stop it first (before the pool's queues close, at
+            # exit priority 10), or that process never ends
+            multiprocessing.util.Finalize(pool, pool.shutdown, kwargs={"cancel_futures": True},
+                                          exitpriority=100)
+            _POOLS[size] = pool
         return _POOLS[size]
 
 

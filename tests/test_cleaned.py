@@ -398,6 +398,28 @@ def test_warm_decode_workers_follow_the_settings_and_are_replaced_when_killed(
     _same_columns(decode.decode_recording(path, "ref", workers=1), again)
 
 
+def _uses_warm_workers() -> None:
+    from robolake import workers
+
+    assert workers.run_all(2, abs, [(-1,), (-2,), (-3,)]) == [1, 2, 3]
+    time.sleep(1)  # every worker up and idle
+    assert workers.run_all(2, abs, [(-4,), (-5,)]) == [4, 5]
+
+
+def test_a_process_started_by_multiprocessing_ends_after_using_warm_workers():
+    """A Dagster step in the multiprocess executor is a multiprocessing child: when it ends it
+    waits for its child processes, so its warm worker pool must stop first, or it hangs."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=_uses_warm_workers)
+    child.start()
+    child.join(60)
+    hung = child.is_alive()
+    if hung:
+        child.kill()
+    assert not hung and child.exitcode == 0
+
+
 def test_usable_cpus_follow_the_container_cpu_limit(tmp_path: Path):
     """A container's CPU limit (cgroup v2 cpu.max) caps the processes, not the node's CPUs."""
     import os
