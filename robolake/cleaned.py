@@ -10,6 +10,7 @@ Rules are the data contract's (see DESIGN.md) and each counts what it removed.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -442,7 +443,9 @@ class PartitionResult:
     day: str
     robot_type: str
     uploads: list[Upload]  # cleaned by this run
-    frames: dict[str, pl.DataFrame]  # table kind -> the rows this run wrote
+    # table kind -> the rows this run wrote (the task engines' are read from their part
+    # files only when asked for: spark_engine.CommittedRows)
+    frames: Mapping[str, pl.DataFrame]
     versions: dict[str, int]  # table -> Delta version after the write
     reports: list[dict]  # this run's uploads'
     counts: dict[str, int]

@@ -32,7 +32,7 @@ This module imports pyspark only inside functions; it never imports Dagster.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -300,9 +300,8 @@ def run_partition_tasks(lake: Store, day: str, robot_type: str,
                              for f in o.parts[kind] if f.path not in kept]
     reports = [o.report for o in outputs]
     cl.count_overlap(reports, dropped, counts, log)
-    frames = {kind: _committed_rows(lake, kind, committed[kind]) for kind in ROW_TABLES}
-    frames["report"] = pl.DataFrame(reports, schema=cl.REPORT_SCHEMA)
-    versions["report"] = replace_rows(lake, cl.TABLES["report"], frames["report"].to_arrow(),
+    report_rows = pl.DataFrame(reports, schema=cl.REPORT_SCHEMA)
+    versions["report"] = replace_rows(lake, cl.TABLES["report"], report_rows.to_arrow(),
                                       "upload_id", ids, partition_by=cl.PARTITION_BY,
                                       scope={"robot_type": robot_type})
     run.commit_seconds = time.perf_counter() - commit_started
@@ -310,11 +309,28 @@ def run_partition_tasks(lake: Store, day: str, robot_type: str,
     run.rows = sum(f.rows for files in committed.values() for f in files)
     run.task_seconds = sum(o.seconds for o in outputs)
     run.seconds = time.perf_counter() - started
-    result = cl.PartitionResult(day, robot_type, [t.upload for t in tasks], frames, versions,
+    result = cl.PartitionResult(day, robot_type, [t.upload for t in tasks],
+                                CommittedRows(lake, committed, report_rows), versions,
                                 reports, counts, plan.partition_reports(reports))
     return result, run
 
 
-def _committed_rows(lake: Store, kind: str, files: list[PartFile]) -> pl.DataFrame:
-    """The rows this run committed (the asset's checks validate them)."""
-    return read_part_files(lake, cl.TABLES[kind], files, cl.SCHEMAS[kind])
+class CommittedRows(Mapping[str, pl.DataFrame]):
+    """Table kind -> the rows a run committed, read from its part files when first asked
+    for (the asset's checks validate them): the engine itself never brings rows to the
+    driver."""
+
+    def __init__(self, lake: Store, files: dict[str, list[PartFile]], reports: pl.DataFrame):
+        self._lake, self._files, self._read = lake, files, {"report": reports}
+
+    def __getitem__(self, kind: str) -> pl.DataFrame:
+        if kind not in self._read:
+            self._read[kind] = read_part_files(self._lake, cl.TABLES[kind], self._files[kind],
+                                               cl.SCHEMAS[kind])
+        return self._read[kind]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._files, "report"])
+
+    def __len__(self) -> int:
+        return len(self._files) + 1
