@@ -70,6 +70,8 @@ def spark_config(master: str, app_name: str = "robolake",
         # tasks must run the project's interpreter (its venv holds robolake/ and its deps)
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
+        # workers fork from a daemon that has the cleaned layer imported (robolake.spark_daemon)
+        "spark.python.daemon.module": "robolake.spark_daemon",
         # on a cluster: attempts per task before the job fails (local mode: local[N,F])
         "spark.task.maxFailures": "4",
         "spark.sql.session.timeZone": "UTC",
