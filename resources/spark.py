@@ -72,6 +72,10 @@ def spark_config(master: str, app_name: str = "robolake",
         "spark.pyspark.driver.python": sys.executable,
         # workers fork from a daemon that has the cleaned layer imported (robolake.spark_daemon)
         "spark.python.daemon.module": "robolake.spark_daemon",
+        # the driver's JVM schedules tasks and relays Python workers' results (in local mode
+        # it is the executor too): the C2 compiler's work on that code took 0.5-1 s of CPU
+        # per 8-task partition, more than it saved (C1 only: 0.15 s; see spark_scale.py)
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
         # on a cluster: attempts per task before the job fails (local mode: local[N,F])
         "spark.task.maxFailures": "4",
         "spark.sql.session.timeZone": "UTC",

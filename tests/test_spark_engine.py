@@ -245,6 +245,22 @@ def test_a_task_killed_on_its_first_attempt_is_retried_and_its_files_never_commi
         assert {Path(d).name for d in dead} <= {Path(d).name for d in doomed}
 
 
+def test_python_workers_fork_from_a_daemon_with_robolake_imported(spark):
+    """spark.python.daemon.module: each Python worker is forked from robolake.spark_daemon,
+    which imported the cleaned layer before forking (a worker's first task imports none)."""
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("no /proc to read a worker's parent from")
+
+    def origin(_: int) -> tuple[str, bool]:  # runs in a worker (shipped by value)
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = f.read().replace(b"\0", b" ").decode()
+        return parent, "robolake.spark_engine" in sys.modules
+
+    origins = spark.sparkContext.parallelize(range(2), 2).map(origin).collect()
+    for parent, imported in origins:
+        assert "-m robolake.spark_daemon" in parent and imported, (parent, imported)
+
+
 def test_engine_choice_and_settings():
     assert spark_engine.choose_engine("auto", 10, 100) == "local"
     assert spark_engine.choose_engine("auto", 101, 100) == "spark"
