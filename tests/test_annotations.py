@@ -195,11 +195,15 @@ def test_spec_refuses_annotation_labels_for_ego_motion():
                     "output": {"splits": {"train": 1.0, "val": 0.0, "test": 0.0}}})
 
 
-def test_erasing_a_robot_removes_its_tasks_media_and_labels(lake_dir, queued):
+def test_erasing_a_robot_removes_its_tasks_media_and_labels(lake_dir, queued, tmp_path):
     from robolake.governance.erase import erase_robot
 
     lake = open_store(lake_dir)
     _, tasks = queued
+    # labels for both robots, whichever of this module's tests ran before on this worker
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(_export(tasks)))
+    assert annotations.import_annotations(lake, export).imported
     robot = tasks[0]["data"]["robot_id"]
     mine = [t["data"] for t in tasks if t["data"]["robot_id"] == robot]
     assert 0 < len(mine) < len(tasks)
