@@ -15,7 +15,8 @@ What tensors cannot show, convolution kernels' own scratch buffers and allocator
 rounding, is `KERNEL_WORKSPACE` on top (on CPU it measured 0-30 % for the registry's
 networks, strided convolutions the most). `measure_peak_bytes` measures the real peak
 on CPU, from the profiler's record of every allocation, to check the estimate
-(tests/test_costs_recommend.py, within 25 % for every architecture).
+(tests/test_costs_recommend.py, within 25 % for every architecture);
+`measure_cuda_peak_bytes` measures it on a GPU (benchmarks/gpu_paths.py).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class _LiveTensors(TorchDispatchMode):
 
 
 def _training_steps(config: TrainingConfig, io: ModelIO, precision: str, steps: int,
-                    on_forward=None) -> None:
+                    on_forward=None, device: str = "cpu") -> None:
     """`steps` training steps as robolake.models.train runs them (model and optimiser
     created here, so whatever tracks allocations sees them too)."""
     from robolake.models.train import loss_function, make_optimizer
@@ -111,12 +112,15 @@ def _training_steps(config: TrainingConfig, io: ModelIO, precision: str, steps: 
     hp = config.training
     torch.manual_seed(0)
     model = build_model(config.model.architecture, dict(config.model.params), io).train()
-    optimizer = make_optimizer(config, model.parameters())
-    loss_fn = loss_function(io.task)
-    inputs = io.example_inputs(hp.batch_size)
+    inputs = list(io.example_inputs(hp.batch_size))
     target = (torch.randint(0, io.outputs, (hp.batch_size,)) if io.task == "scenario"
               else torch.randn(hp.batch_size, io.outputs))
-    autocast = (torch.autocast("cpu", dtype=HALF[precision]) if precision in HALF
+    if device != "cpu":  # (fake tensors, which the estimate replays on, stay where they are)
+        model, target = model.to(device), target.to(device)
+        inputs = [t.to(device) for t in inputs]
+    optimizer = make_optimizer(config, model.parameters())
+    loss_fn = loss_function(io.task)
+    autocast = (torch.autocast(device, dtype=HALF[precision]) if precision in HALF
                 else contextlib.nullcontext())
     for step in range(steps):
         hooks = on_forward(model) if on_forward and step == 0 else contextlib.nullcontext()
@@ -196,3 +200,16 @@ def measure_peak_bytes(config: TrainingConfig, io: ModelIO, steps: int = 2) -> i
         live += size
         peak = max(peak, live)
     return peak
+
+
+def measure_cuda_peak_bytes(config: TrainingConfig, io: ModelIO, precision: str = "fp32",
+                            steps: int = 2) -> int:
+    """The measured peak of CUDA memory that `steps` real training steps allocate at
+    `precision` (PyTorch's caching allocator: tensors, cuDNN and cuBLAS workspaces), above
+    what was allocated before: what the estimate stands for on a GPU."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _training_steps(config, io, precision, steps, device="cuda")
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
