@@ -24,7 +24,12 @@ from robolake_assets import (
 from robolake_assets.automation import automation_sensor
 from robolake_assets.freshness import cleaned_freshness, freshness_job, freshness_schedule
 from robolake_assets.jobs import INGEST_JOBS, build_datasets
-from robolake_assets.maintenance import delta_maintenance, delta_maintenance_schedule
+from robolake_assets.maintenance import (
+    delta_maintenance,
+    delta_maintenance_schedule,
+    storage_tiering,
+    storage_tiering_schedule,
+)
 from robolake_resources.executors import robolake_executor
 from robolake_resources.lake import storage_resources
 from robolake_sensors.budgets import budget_sensor
@@ -45,9 +50,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 costs.ops_costs],
         asset_checks=[cleaned_freshness],
         jobs=[*INGEST_JOBS.values(), build_datasets, *model_jobs, delta_maintenance,
-              backups.instance_backup, freshness_job, costs.ops_costs_job, *nb_jobs],
-        schedules=[delta_maintenance_schedule, freshness_schedule, costs.ops_costs_schedule,
-                   backups.instance_backup_schedule(settings.deployment), *nb_schedules],
+              storage_tiering, backups.instance_backup, freshness_job, costs.ops_costs_job,
+              *nb_jobs],
+        schedules=[delta_maintenance_schedule, storage_tiering_schedule, freshness_schedule,
+                   costs.ops_costs_schedule, backups.instance_backup_schedule(settings.deployment),
+                   *nb_schedules],
         # new uploads run through the cleaned layer; eager automation scores features after
         sensors=[build_new_uploads_sensor(INGEST_JOBS["cleaned"]), failed_runs_sensor,
                  automation_sensor, notify_failed_runs, notify_failed_checks,

@@ -1,10 +1,11 @@
-"""Nightly Delta maintenance: compact (cleaned tables: Z-order by robot_id, ts_ns) and
-vacuum every table in the lake.
+"""Nightly lake upkeep: Delta maintenance (compact, cleaned tables Z-ordered by robot_id,
+ts_ns, and vacuum every table) and the tiering of a local lake by configs/retention.yaml.
 
-The rules (table discovery, the retention that protects writes in flight)
-live in `robolake.maintenance`; this module only schedules them. The job runs
-in the batch queue (lowest priority, capped), on on-demand CPU: a vacuum is
-safe to repeat, but there is no point paying a Spot interruption for it.
+The rules (table discovery, the retention that protects writes in flight, what moves to
+the cold tier and what expires) live in `robolake.maintenance` and
+`robolake.governance.tiering`; this module only schedules them. The jobs run in the batch
+queue (lowest priority, capped), on on-demand CPU: both are safe to repeat, but there is
+no point paying a Spot interruption for them.
 """
 
 
@@ -12,6 +13,7 @@ import dagster as dg
 
 from robolake import maintenance
 from robolake.costs.budgets import job_owner_tags
+from robolake.storage import LocalStore
 from robolake_assets.helpers import markdown_table
 from robolake_resources import pools
 from robolake_resources.lake import LakeResource
@@ -67,4 +69,59 @@ delta_maintenance_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="03:00 UTC: compact and vacuum every Delta table (batch queue).",
+)
+
+
+class TieringConfig(dg.Config):
+    dry_run: bool = False
+
+
+@dg.op(**pools.CPU_ON_DEMAND.op_kwargs(),
+       description="Tier a local lake by configs/retention.yaml: files past their layer's "
+                   "first transition move to <lake>/.cold/, expired ones are deleted (audited). "
+                   "An S3 lake is tiered by its bucket's lifecycle rules instead.")
+def tier_local_lake(context: dg.OpExecutionContext, config: TieringConfig,
+                    lake: LakeResource) -> dg.Output[int]:
+    from robolake.governance import tiering
+
+    store = lake.store()
+    if not isinstance(store, LocalStore):
+        context.log.info(f"{store.uri}: an S3 lake is tiered by its bucket's lifecycle rules "
+                         "(robolake.governance.retention.apply_lifecycle), not by this job")
+        return dg.Output(0, metadata={"lake": store.uri, "skipped": "S3 lifecycle rules"})
+    plan = tiering.plan_tiering(store)
+    done = {} if config.dry_run else tiering.apply_tiering(store, plan)
+    shown = plan.actions[:50]
+    report = markdown_table(["action", "file", "tier", "bytes", "age (days)"],
+                            [(a.action, a.key, a.tier, a.size, f"{a.age_days:.0f}")
+                             for a in shown]) if shown else "nothing to tier"
+    if len(plan.actions) > len(shown):
+        report += f"\n\n… and {len(plan.actions) - len(shown)} more"
+    metadata = {
+        "lake": store.uri, "dry_run": config.dry_run,
+        "files_to_cold": sum(a.action == "cold" for a in plan.actions),
+        "files_expired": sum(a.action == "expire" for a in plan.actions),
+        "bytes": sum(a.size for a in plan.actions),
+        "left_in_delta_tables": plan.in_tables, "pinned_by_live_versions": plan.pinned,
+        "done": dg.MetadataValue.json(done),
+        "plan": dg.MetadataValue.md(report),
+    }
+    return dg.Output(sum(done.values()), metadata=metadata)
+
+
+@dg.job(tags={**pools.queue_tags("batch"), **job_owner_tags("storage_tiering")},
+        description="Nightly: move a local lake's files past their tier age to the cold "
+                    "folder and delete expired ones (configs/retention.yaml).")
+def storage_tiering():
+    tier_local_lake()
+
+
+storage_tiering_schedule = dg.ScheduleDefinition(
+    name="nightly_storage_tiering",
+    job=storage_tiering,
+    cron_schedule="0 4 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="04:00 UTC: tier a local lake by configs/retention.yaml (an S3 lake's "
+                "lifecycle rules do this on their own).",
 )

@@ -80,13 +80,13 @@ def test_jobs_and_sensors():
     assert sorted(j.name for j in repo.get_all_jobs() if not j.name.startswith("__")) == [
         "build_datasets", "cleaned_freshness", "delta_maintenance", "ingest_through_cleaned",
         "ingest_through_features", "ingest_through_raw", "instance_backup",
-        "notebook_explore_day_job", "ops_costs_job", "train_imu_gps_demo"]
+        "notebook_explore_day_job", "ops_costs_job", "storage_tiering", "train_imu_gps_demo"]
     assert sorted(s.name for s in repo.sensor_defs) == [
         "budget_sensor", "default_automation_condition_sensor", "failed_runs_sensor",
         "new_uploads_sensor", "notify_failed_checks", "notify_failed_runs", "run_costs_sensor"]
     assert sorted(s.name for s in repo.schedule_defs) == [
         "cleaned_freshness_schedule", "hourly_instance_backup", "hourly_ops_costs",
-        "nightly_delta_maintenance", "notebook_explore_day_schedule"]
+        "nightly_delta_maintenance", "nightly_storage_tiering", "notebook_explore_day_schedule"]
     # a laptop's SQLite instance has nothing to pg_dump: the backup schedule starts stopped
     backup_schedule = repo.get_schedule_def("hourly_instance_backup")
     assert backup_schedule.default_status == dg.DefaultScheduleStatus.STOPPED

@@ -133,3 +133,40 @@ def test_erase_deletes_a_tiered_raw_copy(tmp_path):
     assert ".cold/raw/files/2026-01-01/r1.mcap" in receipt.files_deleted
     assert sorted(p.name for p in cold.iterdir()) == ["r2.mcap"]  # the other robot's stays
     assert read_table(lake, RAW_UPLOADS).column("robot_id").to_pylist() == ["r2"]
+
+
+def test_the_nightly_job_tiers_a_local_lake_and_leaves_an_s3_lake_to_its_lifecycle(tmp_path):
+    import dagster as dg
+
+    from robolake_assets.maintenance import storage_tiering
+    from robolake_resources.lake import LakeResource
+
+    lake = _lake(tmp_path)
+
+    def run(root: str, **config):
+        with dg.instance_for_test() as instance:
+            result = storage_tiering.execute_in_process(
+                instance=instance, resources={"lake": LakeResource(root=root)},
+                run_config={"ops": {"tier_local_lake": {"config": config}}})
+        assert result.success
+        [materialized] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+        metadata = {k: v.value for k, v in
+                    materialized.event_specific_data.metadata.items()}
+        return result.output_for_node("tier_local_lake"), metadata
+
+    done, meta = run(str(lake.root), dry_run=True)
+    assert done == 0 and (lake.root / "raw/files/old.mcap").exists()
+    assert (meta["files_to_cold"], meta["files_expired"], meta["bytes"]) == (4, 1, 260)
+    assert meta["pinned_by_live_versions"] == 2 and meta["left_in_delta_tables"] >= 2
+    assert "raw/quarantine/ancient.mcap" in meta["plan"]
+
+    done, meta = run(str(lake.root))
+    assert done == 5 and meta["done"] == {"datasets:cold": 2, "models:cold": 1,
+                                          "raw:cold": 1, "raw:expire": 1}
+    assert (lake.root / ".cold/raw/files/old.mcap").exists()
+    assert not (lake.root / "raw/quarantine/ancient.mcap").exists()
+    done, meta = run(str(lake.root))  # the next night: nothing left to do
+    assert done == 0 and meta["plan"] == "nothing to tier"
+
+    done, meta = run("s3://robolake-lake/prefix")  # its bucket's lifecycle rules tier it
+    assert done == 0 and meta["skipped"] == "S3 lifecycle rules"
