@@ -224,9 +224,7 @@ def _slice_peak(path: Path, start_ns: int, end_ns: int, queue) -> None:
     columns = sum(a.nbytes + (sum(len(str(x)) + 49 for x in a) if a.dtype == object else 0)
                   for kind in ("imu", "gps", "lidar", "camera")
                   for a in getattr(decoded, kind).values())
-    tables = sum(memoryview(t).nbytes for luts in jpegdc._SHARED_TABLES.values() if luts
-                 for t in (luts if isinstance(luts, tuple) else (luts,))
-                 if t is not None and not isinstance(t, tuple))
+    tables = jpegdc.shared_tables_bytes()
     queue.put((peak / 2**20, columns / 2**20, tables / 2**20))
 
 

@@ -293,6 +293,13 @@ def _sampling_ok(comps: tuple) -> bool:
 _SHARED_TABLES: dict[tuple, object] = {}
 
 
+def shared_tables_bytes() -> int:
+    """Bytes of the lookup tables this process's checks built (for memory reports)."""
+    return sum(memoryview(t).nbytes for luts in _SHARED_TABLES.values() if luts
+               for t in (luts if isinstance(luts, tuple) else (luts,))
+               if t is not None and not isinstance(t, tuple))
+
+
 class BlackCheck:
     """The early "not black" of JPEG frames; holds the tables of the headers it has seen."""
 

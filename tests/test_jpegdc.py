@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from robolake import jpegdc
 from robolake.decode import BLACK_MAX_LEVEL, _CameraColumns, jpeg_levels
 from robolake.jpegdc import BlackCheck
 from robolake.simulate.camera import Camera, jpeg
@@ -180,6 +181,9 @@ def test_simulator_frames_day_night_and_black():
             assert assert_same(jpeg(pixels), (2, 2)) is not None  # day: the sky decides
             assert_same(jpeg(pixels // 24), (2, 2))  # night: near the threshold
             assert_same(jpeg(np.zeros_like(pixels)), (2, 2))
+    # the walker's lookup tables are built once per process and their size is reported
+    # (benchmarks/align.py's memory bound): a DC and an AC table per component, kilobytes
+    assert 4_096 < jpegdc.shared_tables_bytes() < 8 << 20
 
 
 def test_other_encoders_and_what_the_walker_leaves_to_the_full_decode():
