@@ -25,12 +25,12 @@ SPEC = {"name": "probe", "labels": {"kind": "scenario"},
 
 
 def config(arch: str, batch: int, params: dict | None = None, processes: int = 1,
-           **training) -> object:
+           nodes: int = 1, **training) -> object:
     return parse_config({
         "name": "probe", "dataset": {"name": "probe", "version": "1.0.0"},
         "model": {"architecture": arch, "params": params or {}},
         "training": {"epochs": 1, "batch_size": batch, **training},
-        "distributed": {"nproc_per_node": processes}})
+        "distributed": {"nproc_per_node": processes, "nnodes": nodes}})
 
 
 def io(arch: str, spec: dict = SPEC):
@@ -175,3 +175,24 @@ def test_training_asset_asks_for_what_the_recommender_chose():
         "g4dn.2xlarge", "g6.2xlarge", "g5.2xlarge", "g6e.2xlarge"]
     assert "GPU request sized by `robolake recommend`: 1 GPU(s)" in \
         assets_def.descriptions_by_key[key]
+
+
+def test_several_nodes_share_an_epoch_and_all_of_them_are_paid_for():
+    """Multi-node DDP (`nnodes` pods of `nproc_per_node` GPUs): each node asks for the same
+    GPUs, the epoch's samples are shared by every process, and its cost counts every node."""
+    one = recommend(config("camera_cnn", 256), io("camera_cnn", CAMERA), PRICES,
+                    samples_per_epoch=100_000)
+    four = recommend(config("camera_cnn", 256, nodes=4), io("camera_cnn", CAMERA), PRICES,
+                     samples_per_epoch=100_000)
+    assert (four.processes, four.nodes, one.nodes) == (1, 4, 1)
+    assert four.memory.ddp_buckets == four.memory.weights > 0 == one.memory.ddp_buckets
+    assert four.chosen.instance_type == one.chosen.instance_type
+    a = next(c for c in one.candidates if c.instance_type == one.chosen.instance_type)
+    b = next(c for c in four.candidates if c.instance_type == one.chosen.instance_type)
+    assert b.on_demand_per_h == a.on_demand_per_h  # per node
+    assert b.epoch_hours == pytest.approx(a.epoch_hours / 4)
+    assert b.epoch_cost == pytest.approx(b.epoch_hours * b.on_demand_per_h * 4)
+    assert b.epoch_cost == pytest.approx(a.epoch_cost)  # same GPU-hours, four times the GPUs
+    table = format_table(four)
+    assert "batch 256 x 1 process(es) x 4 nodes" in table and "counts all 4 nodes" in table
+    assert json.loads(json.dumps(four.to_dict()))["nodes"] == 4

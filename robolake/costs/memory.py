@@ -160,7 +160,7 @@ def estimate_memory(config: TrainingConfig, io: ModelIO, *, precision: str = "fp
     with FakeTensorMode(), flops:
         _training_steps(config, io, precision, 1)
     n = counts["parameters"]
-    world = world_size or config.distributed.nproc_per_node
+    world = world_size or config.distributed.world_size
     opt = config.training.optimizer
     states = 0 if opt.name == "sgd" and not opt.momentum else OPTIMIZER_STATES[opt.name]
     batch = config.training.batch_size

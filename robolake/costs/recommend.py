@@ -2,12 +2,13 @@
 
 `recommend(config, io, prices)` estimates the peak memory of one training process
 (robolake.costs.memory), adds the CUDA context and a headroom, and prices every
-GPU instance type with enough GPUs for the config's processes: it fits when one
+GPU instance type with enough GPUs for the config's processes per node: it fits when one
 GPU's memory holds a process. The cheapest fitting type per hour is chosen; the
-time per epoch comes from the step's FLOPs, the samples per epoch and the GPU's
-peak throughput at the config's precision times an efficiency (configs/prices.yaml),
-so it is an estimate for planning, not a benchmark (small networks are bound by data
-loading, which this does not see).
+time per epoch comes from the step's FLOPs, the samples per epoch shared by every process
+of every node (`distributed.nnodes` x `nproc_per_node`) and the GPU's peak throughput at
+the config's precision times an efficiency (configs/prices.yaml), so it is an estimate for
+planning, not a benchmark (small networks are bound by data loading, which this does not
+see). An epoch's cost counts every node.
 """
 
 from __future__ import annotations
@@ -34,20 +35,23 @@ class Candidate:
     gpu_memory_gib: float
     gpus: int  # on the node
     fits: bool
-    on_demand_per_h: float  # of the GPUs asked for (a share of a multi-GPU node)
+    on_demand_per_h: float  # of the GPUs asked for on one node (a share of a multi-GPU node)
     spot_per_h: float
     epoch_hours: float | None  # None when the samples per epoch are unknown
+    nodes: int = 1  # of this type, each asked for the same GPUs (multi-node DDP)
 
     @property
     def epoch_cost(self) -> float | None:
-        return None if self.epoch_hours is None else self.epoch_hours * self.on_demand_per_h
+        return (None if self.epoch_hours is None
+                else self.epoch_hours * self.on_demand_per_h * self.nodes)
 
 
 @dataclass(frozen=True)
 class Recommendation:
     config: str
     architecture: str
-    processes: int
+    processes: int  # per node: the GPUs one node (pod) asks for
+    nodes: int
     memory: MemoryEstimate
     needed_bytes: int  # per GPU: peak + CUDA context, times (1 + headroom)
     samples_per_epoch: int | None
@@ -64,7 +68,8 @@ class Recommendation:
 
     def to_dict(self) -> dict:
         return {"config": self.config, "architecture": self.architecture,
-                "processes": self.processes, "memory": self.memory.to_dict(),
+                "processes": self.processes, "nodes": self.nodes,
+                "memory": self.memory.to_dict(),
                 "needed_bytes": self.needed_bytes, "needed_gib": self.needed_bytes / GIB,
                 "samples_per_epoch": self.samples_per_epoch,
                 "candidates": [{**asdict(c), "epoch_cost": c.epoch_cost}
@@ -81,9 +86,10 @@ def recommend(config: TrainingConfig, io: ModelIO, prices: Prices,
               samples_per_epoch: int | None = None) -> Recommendation:
     """Price every GPU type with enough GPUs for the config's processes; choose the
     cheapest one whose GPUs each hold a process's peak with headroom."""
-    processes = config.distributed.nproc_per_node
+    processes, nodes = config.distributed.nproc_per_node, config.distributed.nnodes
+    world = config.distributed.world_size
     precision = precision_of(config)
-    memory = estimate_memory(config, io, precision=precision, world_size=processes)
+    memory = estimate_memory(config, io, precision=precision, world_size=world)
     need = needed_bytes(memory)
     candidates = []
     for pool_name, pool in prices.pools.items():
@@ -94,18 +100,18 @@ def recommend(config: TrainingConfig, io: ModelIO, prices: Prices,
             epoch_h = None
             if samples_per_epoch:
                 tflops = gpu.tflops_half if precision in ("bf16", "fp16") else gpu.tflops_fp32
-                steps = samples_per_epoch / (config.training.batch_size * processes)
+                steps = samples_per_epoch / (config.training.batch_size * world)
                 step_s = prices.compute.step_overhead_s + memory.flops_per_step / (
                     tflops * 1e12 * prices.compute.efficiency)
                 epoch_h = steps * step_s / 3600
             share = processes / t.gpus  # the GPUs asked for: a share of a multi-GPU node
             candidates.append(Candidate(pool_name, name, t.gpu or "", gpu.memory_gib,
                                         t.gpus, gpu.memory_gib * GIB >= need,
-                                        t.on_demand * share, t.spot * share, epoch_h))
+                                        t.on_demand * share, t.spot * share, epoch_h, nodes))
     candidates.sort(key=lambda c: (c.on_demand_per_h, c.instance_type))
     chosen = next((c for c in candidates if c.fits), None)
-    return Recommendation(config.name, config.model.architecture, processes, memory, need,
-                          samples_per_epoch, tuple(candidates), chosen)
+    return Recommendation(config.name, config.model.architecture, processes, nodes, memory,
+                          need, samples_per_epoch, tuple(candidates), chosen)
 
 
 @functools.lru_cache(maxsize=64)
@@ -165,7 +171,8 @@ def format_table(rec: Recommendation) -> str:
     """The recommendation for people: the memory estimate, then every candidate type."""
     m = rec.memory
     lines = [f"{rec.config}: {rec.architecture}, {m.parameters:,} parameters, batch "
-             f"{m.batch_size} x {rec.processes} process(es), {m.precision}",
+             f"{m.batch_size} x {rec.processes} process(es)"
+             + (f" x {rec.nodes} nodes" if rec.nodes > 1 else "") + f", {m.precision}",
              "peak memory per process (estimate):"]
     for label, value in (("weights", m.weights), ("gradients", m.gradients),
                          ("optimiser states", m.optimizer_states),
@@ -178,7 +185,8 @@ def format_table(rec: Recommendation) -> str:
     header = f"{'':2}{'instance':<15}{'pool':<14}{'GPU':<10}{'GPU GiB':>8}{'GPUs':>5}" \
              f"{'fits':>6}{'$/h':>9}{'Spot $/h':>9}{'epoch':>10}{'$/epoch':>10}"
     lines += ["", f"{rec.samples_per_epoch or 'unknown'} training samples per epoch; $/h is "
-                  "the GPUs asked for (a share of a multi-GPU node)", header]
+                  "the GPUs asked for on one node (a share of a multi-GPU node)"
+              + (f"; $/epoch counts all {rec.nodes} nodes" if rec.nodes > 1 else ""), header]
     for c in rec.candidates:
         mark = "*" if c is rec.chosen else ""
         cost = f"{c.epoch_cost:.4f}" if c.epoch_cost is not None else "-"
