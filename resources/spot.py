@@ -23,6 +23,7 @@ from robolake_resources import pools
 
 FALLBACK_TAG = "robolake/spot_fallback"  # run tag: "step@attempt=losses,..." (moved)
 _ATTEMPT_ENDS = {dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE}
+_CANCELING = dg.DagsterEventType.RUN_CANCELING
 
 
 def error_chain(error: SerializableErrorInfo | None) -> list[tuple[str | None, str]]:
@@ -50,11 +51,17 @@ def retry_chain(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
 
 def capacity_losses(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: str) -> int:
     """Attempts of `step_key` that lost their capacity, in this run and those it was
-    re-executed from."""
+    re-executed from. A run that someone terminated (UI, CLI, GraphQL) gets SIGTERM in
+    its step pods as a Spot reclaim would: its attempts that ended once the run was being
+    cancelled are not capacity losses."""
     attempts = []
     for run_id in retry_chain(instance, run):
-        for entry in instance.all_logs(run_id, of_type=_ATTEMPT_ENDS):
-            if entry.step_key == step_key and entry.dagster_event is not None:
+        for entry in instance.all_logs(run_id, of_type=_ATTEMPT_ENDS | {_CANCELING}):
+            if entry.dagster_event is None:
+                continue
+            if entry.dagster_event.event_type == _CANCELING:
+                break  # what ends after this was ended by the termination
+            if entry.step_key == step_key:
                 data = entry.dagster_event.event_specific_data
                 attempts.append(error_chain(getattr(data, "error", None)))
     return spot.count_capacity_losses(attempts)

@@ -75,6 +75,21 @@ def spot_job():
     flaky_step()
 
 
+@dg.op(retry_policy=FAST_RETRY, tags=pools.CPU_SPOT.op_tags())
+def terminated_step(context) -> None:
+    """Someone terminates the run (the UI's Terminate: the run is marked cancelling, then
+    its step pods are deleted, so their processes get SIGTERM as on a Spot reclaim)."""
+    with pools.retry_only_transient():
+        if context.retry_number == 0:
+            context.instance.report_run_canceling(context.run, "terminated from the UI")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@dg.job(executor_def=dg.in_process_executor)
+def terminated_job():
+    terminated_step()
+
+
 def step_handler(instance, run, step_key: str, kubeconfig):
     """The robolake_k8s executor's step handler and its context for one step of `run`, as
     the executor builds them (dagster-k8s's own tests build them the same way)."""
@@ -143,6 +158,30 @@ def test_sigterm_on_kubernetes_is_lost_capacity_counted_across_run_retries(runs)
     # flaky_step: one SIGTERM, one network error (retried, but not lost capacity)
     assert RS.capacity_losses(instance, parent, "flaky_step") == 1
     assert RS.retry_chain(instance, child) == [parent.run_id, child.run_id]
+
+
+def test_a_run_someone_terminated_lost_no_capacity():
+    """Terminating a run deletes its step pods: SIGTERM, as on a Spot reclaim. What ends once
+    the run is cancelling is not a capacity loss, so it never moves a step off Spot."""
+    from dagster._utils.interrupts import setup_interrupt_handlers
+
+    with dg.instance_for_test() as instance:
+        previous = signal.getsignal(signal.SIGTERM)
+        os.environ[pools.DEPLOYMENT_VAR] = "k8s"
+        try:
+            setup_interrupt_handlers()
+            result = dg.execute_job(dg.reconstructable(terminated_job), instance,
+                                    raise_on_error=False)
+        finally:
+            os.environ.pop(pools.DEPLOYMENT_VAR, None)
+            signal.signal(signal.SIGTERM, previous)
+        run = instance.get_run_by_id(result.run_id)
+        ends = [e.dagster_event for e in instance.all_logs(run.run_id, of_type={
+            dg.DagsterEventType.STEP_UP_FOR_RETRY, dg.DagsterEventType.STEP_FAILURE})]
+        # the attempt did end on SIGTERM, raised as CapacityLost ...
+        assert ends and S.is_capacity_loss(RS.error_chain(ends[0].event_specific_data.error))
+        # ... but after the run was marked cancelling: not lost capacity
+        assert RS.capacity_losses(instance, run, "terminated_step") == 0
 
 
 def test_the_next_attempt_after_two_losses_falls_back_and_the_run_says_so(runs):
