@@ -1,7 +1,9 @@
 """The GPU paths, run once on a CUDA machine: what CPU-only CI cannot exercise.
 
 1. The memory estimate (robolake.costs.memory) against PyTorch's measured CUDA peak
-   for every architecture, at fp32 and bf16, at the tests' batch and a large one.
+   for every architecture, at fp32 and bf16, at the tests' batch and a large one, and
+   whether the steps still run with the allocator capped at the recommender's allowance
+   (the estimate plus its headroom, the CUDA context aside).
 2. Training on a synthetic dataset (robolake.models.synthetic) on CUDA with the
    config's mixed precision (`auto`: bf16; and `fp16`, which turns the GradScaler on),
    with the per-step GPU metrics (memory, utilisation through NVML).
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from robolake.costs import memory as M  # noqa: E402
+from robolake.costs.recommend import HEADROOM  # noqa: E402
 from robolake.models import metrics  # noqa: E402
 from robolake.models.architectures import ARCHITECTURES, io_for_dataset  # noqa: E402
 from robolake.models.config import parse_config  # noqa: E402
@@ -60,18 +63,37 @@ def memory_check(cuda: bool) -> list[dict]:
                     "model": {"architecture": arch, "params": {}},
                     "training": {"epochs": 1, "batch_size": batch}}, "<gpu_paths>")
                 estimate = M.estimate_memory(cfg, io, precision=precision)
+                row = {"architecture": arch, "precision": precision, "batch": batch,
+                       "estimate_mb": round(estimate.peak / 1e6, 2)}
                 if cuda:
                     measured = M.measure_cuda_peak_bytes(cfg, io, precision)
+                    row["fits_allowance"] = _fits(cfg, io, precision, estimate.peak)
                 elif precision == "fp32":
                     measured = M.measure_peak_bytes(cfg, io)
                 else:
                     continue
-                rows.append({"architecture": arch, "precision": precision, "batch": batch,
-                             "estimate_mb": round(estimate.peak / 1e6, 2),
-                             "measured_mb": round(measured / 1e6, 2),
+                rows.append({**row, "measured_mb": round(measured / 1e6, 2),
                              "ratio": round(estimate.peak / measured, 3)})
                 print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+def _fits(cfg, io, precision: str, estimate: int) -> bool:
+    """Whether two training steps run with the allocator capped at what the recommender
+    allows a process beside the CUDA context (the estimate plus its headroom): cuDNN picks
+    an algorithm with a smaller workspace when a larger one does not fit."""
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    allowance = torch.cuda.memory_allocated() + estimate * (1 + HEADROOM)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, allowance / total))
+    try:
+        M.measure_cuda_peak_bytes(cfg, io, precision)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
 
 
 class _Recorder(metrics.NullTracker):
