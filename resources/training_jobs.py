@@ -15,7 +15,10 @@ pods together or none (one Workload, waitForPodsReady in deploy/kueue/kueue-conf
 Rank 0 registers the model as on one node and writes its summary to the lake
 (`result_key`), which the asset reads back. The job name is derived from the run key
 (config hash and world size): a retried step finds its own job instead of starting a
-second one; a failed one is replaced (training resumes from the lake's checkpoints).
+second one; a failed one is replaced (training resumes from the lake's checkpoints). A job
+that failed because Kubernetes took one of its pods away (a Spot reclaim, a lost node,
+an eviction: `robolake.costs.spot.pod_disruption`) fails the step with `CapacityLost`,
+which the GPU pool's retry policy retries; any other failure is the job's own.
 Anywhere else (`local`), the same config runs its `nnodes x nproc_per_node` processes
 under torchrun on one node (robolake.models.pipeline.train_model).
 """
@@ -30,6 +33,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from robolake.costs import spot
+from robolake.errors import CapacityLost
 from robolake.models.config import TrainingConfig
 from robolake.settings import ENV_VARS
 from robolake_resources import pools
@@ -180,6 +185,21 @@ def _delete(api, where: tuple, name: str, poll_s: float) -> None:
         time.sleep(poll_s)
 
 
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator labels the job's pods
+
+
+def disrupted_pods(namespace: str, name: str, core=None) -> list[str]:
+    """'pod: why' for each of the job's pods that Kubernetes took away for capacity."""
+    import kubernetes
+
+    if core is None:
+        core = kubernetes.client.CoreV1Api()
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
+    to_json = kubernetes.client.ApiClient().sanitize_for_serialization  # camelCase, as served
+    return [f"{pod.metadata.name}: {why}" for pod in pods.items
+            if (why := spot.pod_disruption(to_json(pod)))]
+
+
 def pytorchjob_pods(placement: dict[str, Any], replicas: int, start_ns: int,
                     end_ns: int) -> dict[str, Any]:
     """What a PyTorchJob's pods held while its step waited (the training asset's
@@ -191,7 +211,7 @@ def pytorchjob_pods(placement: dict[str, Any], replicas: int, start_ns: int,
 
 def train_step(store, config: TrainingConfig, placement: dict[str, Any], *, deployment: str,
                team: str | None, image: str | None, log: Callable[[str], None] = print,
-               api=None, poll_s: float = 15.0) -> dict[str, Any]:
+               api=None, core=None, poll_s: float = 15.0) -> dict[str, Any]:
     """What the training asset runs: the PyTorchJob for a multi-node config on Kubernetes
     (its rank 0's summary), else `pipeline.train_model` in this process (torchrun on this
     node for more than one process)."""
@@ -207,9 +227,13 @@ def train_step(store, config: TrainingConfig, placement: dict[str, Any], *, depl
     state = submit_and_wait(manifest, api, poll_s=poll_s, log=log)
     name = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
     if state != "Succeeded":
-        raise RuntimeError(f"PyTorchJob {name} {state} (kubectl -n "
-                           f"{manifest['metadata']['namespace']} describe pytorchjob "
-                           f"{manifest['metadata']['name']})")
+        namespace, job = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+        lost = disrupted_pods(namespace, job, core)
+        if lost:  # retried by the pool's policy; training resumes from its checkpoints
+            raise CapacityLost(f"PyTorchJob {name} {state}: Kubernetes took its pods away "
+                               f"({'; '.join(lost)})")
+        raise RuntimeError(f"PyTorchJob {name} {state} (kubectl -n {namespace} describe "
+                           f"pytorchjob {job})")
     summary = json.loads(store.read_bytes(result_key(config)))
     log(f"PyTorchJob {name} succeeded: {summary.get('model')} v{summary.get('version')}")
     return summary

@@ -17,6 +17,7 @@ import kubernetes
 import pytest
 import yaml
 
+from robolake.errors import CapacityLost, is_transient
 from robolake.models.config import ConfigError, load_config, parse_config
 from robolake.models.synthetic import small_config, write_synthetic_dataset
 from robolake.storage import open_store
@@ -257,6 +258,22 @@ class RecordingCustomObjects:
         del self.jobs[name]
 
 
+class JobPods:
+    """CoreV1Api.list_namespaced_pod for the job's pods, as the client returns them."""
+
+    def __init__(self, *pods: kubernetes.client.V1Pod):
+        self.pods, self.selectors = list(pods), []
+
+    def list_namespaced_pod(self, namespace, label_selector):
+        self.selectors.append((namespace, label_selector))
+        return kubernetes.client.V1PodList(items=self.pods)
+
+
+def _pod(name: str, phase: str, **status) -> kubernetes.client.V1Pod:
+    return kubernetes.client.V1Pod(metadata=kubernetes.client.V1ObjectMeta(name=name),
+                                   status=kubernetes.client.V1PodStatus(phase=phase, **status))
+
+
 def test_train_step_on_k8s_submits_waits_and_reads_rank0s_summary(tmp_path, multi):
     config, placement, _ = multi
     store = open_store(tmp_path / "lake")
@@ -276,12 +293,27 @@ def test_train_step_on_k8s_submits_waits_and_reads_rank0s_summary(tmp_path, mult
     assert api.calls[-1] == ("create", training_jobs.job_name(config)) and len(api.jobs) == 1
     assert any("exists (same run key)" in line for line in lines)
     failing = RecordingCustomObjects("Failed", polls=0)
-    with pytest.raises(RuntimeError, match="PyTorchJob team-perception/train-imu-gps-demo-"):
+    crashed = JobPods(_pod("master-0", "Failed", reason="Error"), _pod("worker-0", "Running"))
+    with pytest.raises(RuntimeError, match="PyTorchJob team-perception/train-imu-gps-demo-"
+                       ) as failed:
         training_jobs.train_step(store, config, placement, deployment="k8s", team="perception",
-                                 image=IMAGE, log=lines.append, api=failing, poll_s=0)
-    with pytest.raises(RuntimeError):  # the failed job is replaced, not waited on again
+                                 image=IMAGE, log=lines.append, api=failing, core=crashed,
+                                 poll_s=0)
+    # its own failure (a crash, an OOM kill): not capacity, so not retried as such
+    assert not isinstance(failed.value, CapacityLost)
+    assert crashed.selectors == [("team-perception", "training.kubeflow.org/job-name="
+                                  + training_jobs.job_name(config))]
+    # a Spot reclaim took a worker's node: lost capacity, which the pool's policy retries
+    reclaimed = JobPods(_pod("master-0", "Failed", reason="Error"), _pod(
+        "worker-1", "Failed", conditions=[kubernetes.client.V1PodCondition(
+            type="DisruptionTarget", status="True", reason="TerminationByKubelet",
+            message="Pod was terminated in response to imminent node shutdown.")]))
+    with pytest.raises(CapacityLost, match="worker-1: TerminationByKubelet: Pod was "):
+        # the failed job is replaced, not waited on again
         training_jobs.train_step(store, config, placement, deployment="k8s", team="perception",
-                                 image=IMAGE, log=lines.append, api=failing, poll_s=0)
+                                 image=IMAGE, log=lines.append, api=failing, core=reclaimed,
+                                 poll_s=0)
+    assert is_transient(CapacityLost("x"))
     assert [c[0] for c in failing.calls] == ["create", "create", "delete", "create"]
     with pytest.raises(ValueError, match="ROBOLAKE_TRAINING_IMAGE"):
         training_jobs.train_step(store, config, placement, deployment="k8s", team=None,
