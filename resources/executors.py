@@ -130,7 +130,7 @@ def _kueue_k8s_executor() -> dg.ExecutorDefinition:
             why = spot.failed_pod_disruption(
                 self._api_client.core_api,
                 self._get_container_context(step_handler_context).namespace,
-                self._get_k8s_step_job_name(step_handler_context))
+                f"job-name={self._get_k8s_step_job_name(step_handler_context)}")
             return result if why is None else CheckStepHealthResult.unhealthy(
                 f"{result.unhealthy_reason} Spot {CAPACITY_LOST}: {why}")
 

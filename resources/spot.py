@@ -129,13 +129,14 @@ def record_fallback(instance: dg.DagsterInstance, run: dg.DagsterRun, step_key: 
             "from_pool": tags[FALLBACK_TAG]}), step_key=step_key)
 
 
-def failed_pod_disruption(core_api, namespace: str, job_name: str) -> str | None:
-    """Why Kubernetes took the failed step Job's pod away for capacity (robolake.costs.spot
-    .pod_disruption), or None: the pod failed on its own, or the API cannot say."""
+def failed_pod_disruption(core_api, namespace: str, selector: str) -> str | None:
+    """Why Kubernetes took a pod of a failed job away for capacity (robolake.costs.spot
+    .pod_disruption), or None: the pods failed on their own, or the API cannot say. The
+    job's pods are those of the label `selector` (a step Job's: `job-name=<name>`)."""
     import kubernetes
 
     try:
-        found = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+        found = core_api.list_namespaced_pod(namespace, label_selector=selector)
     except Exception:  # noqa: BLE001 - any API trouble: the failure stands, reason unknown
         return None
     serialize = kubernetes.client.ApiClient().sanitize_for_serialization

@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from robolake.costs import spot
 from robolake.errors import CapacityLost
 from robolake.models.config import TrainingConfig
 from robolake.settings import ENV_VARS
 from robolake_resources import pools
+from robolake_resources.spot import failed_pod_disruption
 
 API_GROUP, API_VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 TRAINING_OPERATOR_VERSION = "v1.9.0"  # the CRD in deploy/training/crds/ is this release's
@@ -188,18 +188,6 @@ def _delete(api, where: tuple, name: str, poll_s: float) -> None:
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"  # the operator labels the job's pods
 
 
-def disrupted_pods(namespace: str, name: str, core=None) -> list[str]:
-    """'pod: why' for each of the job's pods that Kubernetes took away for capacity."""
-    import kubernetes
-
-    if core is None:
-        core = kubernetes.client.CoreV1Api()
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={name}")
-    to_json = kubernetes.client.ApiClient().sanitize_for_serialization  # camelCase, as served
-    return [f"{pod.metadata.name}: {why}" for pod in pods.items
-            if (why := spot.pod_disruption(to_json(pod)))]
-
-
 def pytorchjob_pods(placement: dict[str, Any], replicas: int, start_ns: int,
                     end_ns: int) -> dict[str, Any]:
     """What a PyTorchJob's pods held while its step waited (the training asset's
@@ -227,11 +215,14 @@ def train_step(store, config: TrainingConfig, placement: dict[str, Any], *, depl
     state = submit_and_wait(manifest, api, poll_s=poll_s, log=log)
     name = f"{manifest['metadata']['namespace']}/{manifest['metadata']['name']}"
     if state != "Succeeded":
+        import kubernetes
+
         namespace, job = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-        lost = disrupted_pods(namespace, job, core)
+        lost = failed_pod_disruption(core or kubernetes.client.CoreV1Api(), namespace,
+                                     f"{JOB_NAME_LABEL}={job}")
         if lost:  # retried by the pool's policy; training resumes from its checkpoints
-            raise CapacityLost(f"PyTorchJob {name} {state}: Kubernetes took its pods away "
-                               f"({'; '.join(lost)})")
+            raise CapacityLost(f"PyTorchJob {name} {state}: Kubernetes took a pod away "
+                               f"({lost})")
         raise RuntimeError(f"PyTorchJob {name} {state} (kubectl -n {namespace} describe "
                            f"pytorchjob {job})")
     summary = json.loads(store.read_bytes(result_key(config)))
